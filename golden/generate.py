@@ -1,0 +1,355 @@
+"""Write the golden cases: run transformers (torch, CPU) on seeded weights and record every output tensor.
+
+This is the only writer of golden data (DESIGN.md §5). It needs the `golden` extra:
+    pip install -e ".[golden]"          # torch==2.13.0 (CPU) + transformers==5.23.0
+    python golden/generate.py           # (re)write golden/cases/ and golden/processing/
+    python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
+
+A case directory holds:
+    config.json          as save_pretrained writes it
+    model.safetensors    as save_pretrained writes it (small cases only; real-size cases rebuild weights from the seed
+                         with refvit.synthetic.random_state_dict, which needs only NumPy)
+    inputs.npz           pixel_values (float32) and bool_masked_pos when used
+    outputs.npz          "<dtype>/<field>" for every output (tuples expanded: "float32/hidden_states/3"), and
+                         "<dtype>/intermediates/<checkpoint-name path>" for module outputs (small cases)
+    meta.json            versions, seed, call arguments, command, attention entropy, what was recorded
+
+Framework notes recorded here (see README "Golden tensors"):
+- transformers 5 defaults to sdpa attention, which returns no attention maps: both runs use the eager implementation.
+- transformers' eager attention computes softmax in float32 even for a float64 model (`softmax(..., dtype=float32)`).
+  The float64 run registers an attention function identical to eager except that the softmax stays in the input
+  dtype, so the float64 reference is float64 end to end (otherwise no float64 port could match it to 1e-10).
+- transformers 5 renamed internal modules (layers.N.attention.q_proj …) but saves the classic names; intermediates
+  are recorded under the classic checkpoint names (`deit.encoder.layer.3.attention.output`) via the map below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))  # run from a checkout: import refvit (synthetic weights) and processing cases
+
+from refvit import synthetic  # noqa: E402
+from refvit.checkpoint import read_safetensors, read_torch_bin, write_safetensors  # noqa: E402
+
+TRANSFORMERS_VERSION = "5.23.0"
+TORCH_VERSION = "2.13.0"
+
+
+def tiny(model_type: str, **overrides) -> dict:
+    """A small config (C=32, 2 layers, 4 heads, 32×32 images of 8×8 patches) with non-default eps and labels."""
+    cfg = {"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3, "layer_norm_eps": 1e-6,
+           "encoder_stride": 16, "id2label": {str(i): f"class_{i}" for i in range(5)}}
+    cfg.update(overrides)
+    return cfg
+
+
+def real(model_type: str, hidden: int, heads: int) -> dict:
+    """Real-size DeiT/ViT shapes (224², 16² patches, 12 layers, 1000 labels)."""
+    return {"model_type": model_type, "hidden_size": hidden, "num_hidden_layers": 12, "num_attention_heads": heads,
+            "intermediate_size": 4 * hidden, "image_size": 224, "patch_size": 16, "num_channels": 3,
+            "layer_norm_eps": 1e-12, "id2label": {str(i): f"imagenet_{i}" for i in range(1000)}}
+
+
+# name: (architecture, config, call kwargs, input (B, H, W), storage)
+# storage: False = model.safetensors as save_pretrained writes it; True = real size, weights not committed;
+# "bf16" = save_pretrained of the model cast to bfloat16 (the framework run loads it back as float32/float64);
+# "bin" = torch.save(model.state_dict()) as pytorch_model.bin (transformers-5 module names inside).
+CASES = {
+    "vit_model": ("ViTModel", tiny("vit"), {}, (2, 32, 32), False),
+    "vit_model_variant": ("ViTModel", tiny("vit", qkv_bias=False, hidden_act="gelu_new", pooler_output_size=24,
+                                            pooler_act="relu", num_hidden_layers=3), {}, (2, 32, 32), False),
+    "vit_classification": ("ViTForImageClassification", tiny("vit"), {}, (2, 32, 32), False),
+    "vit_classification_interpolate": ("ViTForImageClassification", tiny("vit"), {"interpolate_pos_encoding": True},
+                                       (2, 48, 40), False),
+    "vit_classification_nonsquare": ("ViTForImageClassification", tiny("vit", image_size=[32, 48]), {}, (2, 32, 48), False),
+    "vit_mim": ("ViTForMaskedImageModeling", tiny("vit", encoder_stride=8), {"bool_masked_pos": True}, (2, 32, 32), False),
+    "deit_model": ("DeiTModel", tiny("deit"), {}, (2, 32, 32), False),
+    "deit_classification": ("DeiTForImageClassification", tiny("deit"), {}, (2, 32, 32), False),
+    "deit_teacher": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (3, 32, 32), False),
+    "deit_teacher_interpolate": ("DeiTForImageClassificationWithTeacher", tiny("deit"),
+                                 {"interpolate_pos_encoding": True}, (2, 40, 40), False),
+    "deit_teacher_nonsquare": ("DeiTForImageClassificationWithTeacher", tiny("deit", image_size=[40, 24], patch_size=[8, 4]),
+                               {}, (2, 40, 24), False),
+    "deit_teacher_bf16": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (2, 32, 32), "bf16"),
+    "deit_teacher_bin": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (2, 32, 32), "bin"),
+    "deit_mim": ("DeiTForMaskedImageModeling", tiny("deit", encoder_stride=8), {"bool_masked_pos": True}, (2, 32, 32), False),
+    "deit_tiny_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 192, 3), {}, (1, 224, 224), True),
+    "deit_small_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 384, 6), {}, (1, 224, 224), True),
+    "deit_base_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 768, 12), {}, (1, 224, 224), True),
+}
+# Real-size cases record logits, every hidden state and the attention maps of the first and last layer only:
+# all 12 layers' maps in two dtypes would add ~70 MB per DeiT-B case to the repository.
+REAL_SIZE_ATTENTION_LAYERS = (0, -1)
+
+
+def case_seed(name: str) -> int:
+    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2 ** 31)
+
+
+def classic_name(module_name: str) -> list[str]:
+    """transformers-5 module path -> the checkpoint-name path(s) of the classic module with the same output."""
+    n = re.sub(r"(^|\.)layers\.(\d+)", r"\1encoder.layer.\2", module_name)
+    table = [(".attention.q_proj", ".attention.attention.query"), (".attention.k_proj", ".attention.attention.key"),
+             (".attention.v_proj", ".attention.attention.value"), (".attention.o_proj", ".attention.output")]
+    for new, old in table:
+        if n.endswith(new):
+            return [n[: -len(new)] + old]
+    if re.search(r"encoder\.layer\.\d+$", n):
+        return [n, n + ".output"]  # classic ViTOutput adds the residual: its output is the layer's output
+    return [n]
+
+
+RECORDED = re.compile(r"(^|\.)(embeddings|layernorm|pooler|classifier|cls_classifier|distillation_classifier|decoder"
+                      r"|decoder\.0|layers\.\d+(\.(layernorm_before|layernorm_after|attention\.[qkvo]_proj))?)$")
+
+
+def attach_hooks(model, store: dict):
+    """Record module outputs under classic names; context (o_proj input) and MLP activation (fc2 input) via pre-hooks."""
+    import torch
+
+    handles = []
+    for name, module in model.named_modules():
+        if name and RECORDED.search(name):
+            def hook(mod, args, out, names=classic_name(name)):
+                t = out[0] if isinstance(out, tuple) else out
+                for n in names:
+                    store[n] = t.detach().numpy().copy()
+            handles.append(module.register_forward_hook(hook))
+        if name.endswith("attention.o_proj") or name.endswith("mlp.fc2"):
+            target = ".attention.attention" if name.endswith("o_proj") else ".intermediate"
+            base = classic_name(name.rsplit(".", 2)[0])[0] if name.endswith("o_proj") else classic_name(name.rsplit(".", 2)[0])[0]
+            def pre(mod, args, n=base + target):
+                store[n] = args[0].detach().numpy().copy()
+            handles.append(module.register_forward_pre_hook(pre))
+    assert all(isinstance(h, torch.utils.hooks.RemovableHandle) for h in handles)
+    return handles
+
+
+def register_float64_attention():
+    """Eager attention with the softmax kept in the input dtype (see module docstring)."""
+    import torch
+    from transformers import AttentionInterface
+
+    def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if scaling is None:
+            scaling = query.size(-1) ** -0.5
+        attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            attn_weights = attn_weights + attention_mask
+        attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)  # eager: dtype=torch.float32 here
+        attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+        return attn_output, attn_weights
+
+    AttentionInterface.register("eager_same_dtype", eager_same_dtype)
+
+
+def flatten_output(out, prefix: str, attention_layers=None) -> dict:
+    arrays = {}
+    for key, value in out.items():
+        if value is None or key == "loss":
+            continue
+        if isinstance(value, tuple):
+            idx = range(len(value)) if (key != "attentions" or attention_layers is None) else \
+                sorted({i % len(value) for i in attention_layers})
+            for i in idx:
+                arrays[f"{prefix}/{key}/{i}"] = value[i].detach().numpy()
+        else:
+            arrays[f"{prefix}/{key}"] = value.detach().numpy()
+    return arrays
+
+
+def attention_entropy_ratio(attn: np.ndarray) -> float:
+    """Mean attention entropy / log(N): ~1.0 means near-uniform (degenerate) attention."""
+    p = np.clip(attn.astype(np.float64), 1e-30, 1)
+    return float((-(p * np.log(p)).sum(-1)).mean() / np.log(attn.shape[-1]))
+
+
+def make_case(name: str, out_dir: Path) -> dict:
+    import torch
+    import transformers
+
+    arch, config, call, (B, H, W), storage = CASES[name]
+    real_size = storage is True
+    seed = case_seed(name)
+    shapes = synthetic.shapes_for(config, arch)
+    if arch.endswith("Model"):  # base models as transformers builds them: pooler, no mask token
+        shapes = {k: v for k, v in shapes.items() if "mask_token" not in k}
+    tensors = synthetic.random_state_dict(shapes, seed)
+    case_dir = out_dir / name
+    case_dir.mkdir(parents=True)
+    cls = getattr(transformers, arch)
+    with tempfile.TemporaryDirectory() as tmp:  # classic-named tensors -> transformers converts names on load
+        (Path(tmp) / "config.json").write_text(json.dumps({**config, "architectures": [arch]}))
+        write_safetensors(Path(tmp) / "model.safetensors", tensors, metadata={"format": "pt"})
+        model, info = cls.from_pretrained(tmp, output_loading_info=True, attn_implementation="eager", dtype=torch.float32)
+    problems = {k: v for k, v in info.items() if v and k != "mismatched_keys" or (k == "mismatched_keys" and v)}
+    if problems:
+        raise SystemExit(f"{name}: transformers did not load every tensor: {problems}")
+    model.eval()
+    if storage == "bf16":
+        model.to(torch.bfloat16).save_pretrained(case_dir)
+        model = cls.from_pretrained(case_dir, attn_implementation="eager", dtype=torch.float32).eval()
+    elif storage == "bin":
+        model.save_pretrained(case_dir)
+        (case_dir / "model.safetensors").unlink()
+        torch.save(model.state_dict(), case_dir / "pytorch_model.bin")
+    else:
+        model.save_pretrained(case_dir)
+        saved = tensors if real_size else read_safetensors(case_dir / "model.safetensors")
+        assert all(np.array_equal(saved[k], tensors[k]) for k in tensors), f"{name}: saved tensors differ from seeded ones"
+        if real_size:
+            (case_dir / "model.safetensors").unlink()  # rebuilt from the seed by refvit.synthetic
+
+    pixel_values = synthetic.random_pixel_values(B, config["num_channels"], H, W, seed + 1)
+    inputs = {"pixel_values": pixel_values}
+    kwargs = {k: v for k, v in call.items() if k != "bool_masked_pos"}
+    if call.get("bool_masked_pos"):
+        num_patches = (H // np.atleast_1d(config["patch_size"])[0]) * (W // np.atleast_1d(config["patch_size"])[-1])
+        inputs["bool_masked_pos"] = np.random.default_rng(seed + 2).random((B, num_patches)) < 0.4
+    np.savez(case_dir / "inputs.npz", **inputs)
+
+    register_float64_attention()
+    arrays, entropy = {}, None
+    for dtype in ("float32", "float64"):
+        tdtype = getattr(torch, dtype)
+        model = model.to(tdtype)
+        model.config._attn_implementation = "eager" if dtype == "float32" else "eager_same_dtype"
+        for module in model.modules():  # some attention modules cache the config
+            if hasattr(module, "config"):
+                module.config._attn_implementation = model.config._attn_implementation
+        store: dict = {}
+        handles = [] if real_size else attach_hooks(model, store)
+        torch_inputs = {"pixel_values": torch.from_numpy(pixel_values).to(tdtype)}
+        if "bool_masked_pos" in inputs:
+            torch_inputs["bool_masked_pos"] = torch.from_numpy(inputs["bool_masked_pos"])
+        with torch.no_grad():
+            out = model(**torch_inputs, **kwargs, output_hidden_states=True, output_attentions=True)
+        for h in handles:
+            h.remove()
+        if dtype == "float32":
+            entropy = attention_entropy_ratio(out.attentions[-1].numpy())
+        arrays.update(flatten_output(out, dtype, REAL_SIZE_ATTENTION_LAYERS if real_size else None))
+        arrays.update({f"{dtype}/intermediates/{k}": v for k, v in store.items()})
+    np.savez(case_dir / "outputs.npz", **arrays)
+    meta = {"case": name, "architecture": arch, "seed": seed, "call": {k: (bool(v) if k == "bool_masked_pos" else v)
+                                                                         for k, v in call.items()},
+            "input_shape": [B, config["num_channels"], H, W], "real_size": real_size,
+            "weights": "refvit.synthetic.random_state_dict(shapes, seed)" + (" (not committed)" if real_size else ""),
+            "storage": {False: "model.safetensors", True: "none (seeded)", "bf16": "model.safetensors (bfloat16)",
+                        "bin": "pytorch_model.bin (torch.save of state_dict)"}[storage],
+            "attentions_recorded": "layers 0 and -1" if real_size else "all", "intermediates": not real_size,
+            "mean_attention_entropy_over_log_n_last_layer": round(entropy, 4),
+            "float64_run": "eager attention with softmax in float64 (transformers' eager uses float32)",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "command": "python golden/generate.py"}
+    (case_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return meta
+
+
+def generate(out: Path, only: list[str] | None = None) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # one thread: reductions in a fixed order, reproducible across machines of this kind
+    cases_dir = out / "cases"
+    if cases_dir.exists() and not only:
+        shutil.rmtree(cases_dir)
+    for name in (only or CASES):
+        if (cases_dir / name).exists():
+            shutil.rmtree(cases_dir / name)
+        meta = make_case(name, cases_dir)
+        print(f"{name:34s} {meta['architecture']:40s} attention entropy/log N = {meta['mean_attention_entropy_over_log_n_last_layer']}")
+    if not only:
+        import processing_cases
+        proc_dir = out / "processing"
+        if proc_dir.exists():
+            shutil.rmtree(proc_dir)
+        for case in processing_cases.generate(proc_dir):
+            print(f"processing/{case}")
+
+
+def compare_trees(committed: Path, fresh: Path) -> list[str]:
+    """Differences between two golden trees: file sets, JSON (minus versions) and arrays (tight tolerance)."""
+    problems = []
+    files_a = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
+    for rel in sorted(files_a ^ files_b):
+        problems.append(f"{rel}: only in {'committed' if rel in files_a else 'regenerated'} tree")
+    for rel in sorted(files_a & files_b):
+        a, b = committed / rel, fresh / rel
+        if rel.suffix == ".npz":
+            with np.load(a) as za, np.load(b) as zb:
+                if set(za.files) != set(zb.files):
+                    problems.append(f"{rel}: keys differ: {sorted(set(za.files) ^ set(zb.files))[:5]}")
+                    continue
+                for k in za.files:
+                    x, y = za[k], zb[k]
+                    if x.shape != y.shape or x.dtype != y.dtype:
+                        problems.append(f"{rel}:{k}: shape/dtype {x.shape}/{x.dtype} vs {y.shape}/{y.dtype}")
+                    elif x.dtype.kind == "f":
+                        tol = (1e-6 if x.dtype == np.float32 else 1e-12) * max(1.0, float(np.abs(y).max(initial=0)))
+                        err = float(np.abs(x.astype(np.float64) - y).max(initial=0))
+                        if not err <= tol:
+                            problems.append(f"{rel}:{k}: max abs difference {err:.3g} > {tol:.3g}")
+                    elif not np.array_equal(x, y):
+                        problems.append(f"{rel}:{k}: values differ")
+        elif rel.suffix in (".safetensors", ".bin"):
+            read = read_safetensors if rel.suffix == ".safetensors" else read_torch_bin
+            ta, tb = read(a), read(b)
+            if ta.keys() != tb.keys() or any(not np.array_equal(ta[k], tb[k]) for k in ta):
+                problems.append(f"{rel}: tensors differ")
+        elif rel.suffix == ".json":
+            ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+            for j in (ja, jb):
+                if isinstance(j, dict):
+                    j.pop("versions", None)
+                    j.pop("transformers_version", None)
+            if ja != jb:
+                problems.append(f"{rel}: JSON differs")
+        elif a.read_bytes() != b.read_bytes():
+            problems.append(f"{rel}: bytes differ")
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="regenerate into a temp dir and compare with golden/")
+    parser.add_argument("--out", type=Path, default=ROOT, help="where to write (default: golden/ of this checkout)")
+    parser.add_argument("--only", nargs="*", help="regenerate only these model cases")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import transformers
+
+    if transformers.__version__ != TRANSFORMERS_VERSION or not torch.__version__.startswith(TORCH_VERSION):
+        print(f"warning: golden data is pinned to torch {TORCH_VERSION} + transformers {TRANSFORMERS_VERSION}; "
+              f"found {torch.__version__} + {transformers.__version__}", file=sys.stderr)
+    if not args.check:
+        generate(args.out, args.only)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        problems = []
+        for sub in ("cases", "processing"):
+            problems += [f"{sub}/{p}" for p in compare_trees(ROOT / sub, Path(tmp) / sub)]
+    for p in problems:
+        print("MISMATCH", p)
+    print(f"golden --check: {'OK' if not problems else f'{len(problems)} difference(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""refvit: NumPy/Numba reference forward passes of ViT, DeiT (BEiT, CvT, BiT to come), as Hugging Face transformers
+defines them, checked against golden tensors from the framework.
+
+    import refvit
+    model = refvit.from_pretrained("path/to/save_pretrained_dir")
+    proc = refvit.ImageProcessor.from_pretrained("path/to/save_pretrained_dir")
+    out = model(**proc(refvit.load_image("cat.jpg")))
+"""
+
+from .errors import CheckpointError, ConfigError, ImageError, InputError, RefvitError, UnsafeCheckpointError
+from .model import (ARCHITECTURES, AutoModel, AutoModelForImageClassification, DeiTForImageClassification,
+                    DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling, DeiTModel, Model,
+                    ViTForImageClassification, ViTForMaskedImageModeling, ViTModel, from_pretrained, from_state_dict)
+from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, DeiTFeatureExtractor,
+                         DeiTImageProcessor, ImageProcessor, ViTFeatureExtractor, ViTImageProcessor, load_image)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RefvitError", "CheckpointError", "UnsafeCheckpointError", "ConfigError", "ImageError", "InputError",
+    "from_pretrained", "from_state_dict", "Model", "ARCHITECTURES", "AutoModel", "AutoModelForImageClassification",
+    "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",
+    "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
+    "ImageProcessor", "AutoImageProcessor", "AutoFeatureExtractor", "BatchFeature", "ViTImageProcessor",
+    "DeiTImageProcessor", "ViTFeatureExtractor", "DeiTFeatureExtractor", "load_image",
+]

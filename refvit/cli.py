@@ -1,0 +1,136 @@
+"""The `refvit` command: verify golden parity, classify images, inspect a checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def cmd_verify(args) -> int:
+    from .verify import find_golden_dir, format_table, list_cases, run_case
+
+    golden = find_golden_dir(args.golden)
+    cases = list_cases(golden)
+    if args.cases:
+        unknown = sorted(set(args.cases) - {c.name for c in cases})
+        if unknown:
+            print(f"refvit verify: unknown case(s) {unknown}; available: {[c.name for c in cases]}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.name in args.cases]
+    results = []
+    for case in cases:
+        for backend in args.backend:
+            for dtype in args.dtype:
+                r = run_case(case, dtype=dtype, backend=backend)
+                results.append(r)
+                if args.progress:
+                    print(f"  {case.name} {backend} {dtype}: {'ok' if r.ok else 'FAIL'}", file=sys.stderr, flush=True)
+    print(f"golden cases from {golden}")
+    print(format_table(results))
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cmd_classify(args) -> int:
+    from . import from_pretrained, load_image
+    from .processing import ImageProcessor
+
+    model = from_pretrained(args.model_dir, dtype=args.dtype, backend=args.backend)
+    if model.config.num_labels == 0 or "logits" not in model.architecture.output.FIELDS:
+        print(f"refvit classify: {model.architecture.name} has no classification head", file=sys.stderr)
+        return 2
+    processor = ImageProcessor.from_pretrained(args.model_dir)
+    results = []
+    for path in args.images:
+        logits = model(**processor(load_image(path), return_tensors="np")).logits[0]
+        probs = softmax(logits.astype(np.float64))
+        top = np.argsort(-probs, kind="stable")[: args.top_k]
+        results.append({"image": path, "top": [{"label": model.config.id2label.get(int(i), str(int(i))), "index": int(i),
+                                                "probability": float(probs[i]), "logit": float(logits[i])} for i in top]})
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(r["image"])
+            for t in r["top"]:
+                print(f"  {t['probability']:7.2%}  {t['label']}  (class {t['index']})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import from_pretrained
+
+    model = from_pretrained(args.model_dir, dtype="float32", backend="numpy")
+    cfg = model.config
+    info = {"directory": os.path.abspath(args.model_dir), "architecture": model.architecture.name,
+            "model_type": cfg.model_type, "parameters": model.num_parameters,
+            "config": {k: v for k, v in cfg.to_dict().items() if k not in ("id2label", "label2id", "architectures")},
+            "num_labels": cfg.num_labels, "ignored_tensors": model.ignored_tensors}
+    if args.json:
+        print(json.dumps(info, indent=1, default=list))
+        return 0
+    print(f"{info['directory']}\n  architecture  {info['architecture']} (model_type {cfg.model_type})")
+    print(f"  parameters    {info['parameters']:,}")
+    print(f"  labels        {cfg.num_labels}" + (f" (e.g. {', '.join(list(cfg.id2label.values())[:3])})" if cfg.num_labels else ""))
+    for k, v in info["config"].items():
+        print(f"  {k:24s}{v}")
+    if model.ignored_tensors:
+        print(f"  ignored tensors (head of another architecture): {len(model.ignored_tensors)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference ViT/DeiT forward passes, "
+                                     "checked against Hugging Face transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("verify", help="run every golden case and print the parity table (exit 1 on any mismatch)")
+    p.add_argument("--golden", help="golden directory (default: golden/ of this checkout, then ./golden)")
+    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"])
+    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
+    p.add_argument("--cases", nargs="+", help="only these case names")
+    p.add_argument("--progress", action="store_true", help="print each run as it finishes (stderr)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs preprocessor_config.json)")
+    p.add_argument("model_dir")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("inspect", help="show architecture, parameter count and config of a checkpoint directory")
+    p.add_argument("model_dir")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .errors import RefvitError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "top_k", 1) < 1:
+        print("refvit classify: --top-k must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except RefvitError as e:
+        print(f"refvit {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

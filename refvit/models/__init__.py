@@ -1,0 +1,1 @@
+"""One module per family: vit.py (ViT + DeiT). BEiT, CvT and BiT follow the same shape."""

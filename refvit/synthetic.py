@@ -1,0 +1,52 @@
+"""Seeded, non-degenerate weights for any supported architecture, from NumPy alone.
+
+Both `golden/generate.py` (which loads them into the transformers model) and the tests / `refvit verify` / bench
+call `random_state_dict`, so real-size golden cases (DeiT-B …) need no committed weights: the seed rebuilds them.
+
+Default initialisation hides bugs (near-uniform attention, LayerNorm = identity), so (DESIGN.md §5, §7):
+query/key weights get std 0.3/sqrt-scaled to make attention peaked; LayerNorm weights are 1 + noise and biases noise;
+tokens and position embeddings are O(1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _std(name: str, shape: tuple) -> tuple[float, float]:
+    """(mean, std) for one tensor, chosen by what the tensor is."""
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    leaf = name.rsplit(".", 1)[-1]
+    if "layernorm" in name or name.endswith("norm.weight") or ".norm." in name:
+        return (1.0, 0.2) if leaf == "weight" else (0.0, 0.2)
+    if leaf == "bias":
+        return 0.0, 0.1
+    if name.endswith(("query.weight", "key.weight")):
+        return 0.0, 1.6 / np.sqrt(fan_in)              # peaked attention: q·k·D^-½ of std ~2.5 (default init: ~0.1)
+    if name.endswith(("cls_token", "distillation_token", "mask_token", "position_embeddings")):
+        return 0.0, 0.5
+    return 0.0, 1.0 / np.sqrt(fan_in)
+
+
+def random_state_dict(shapes: dict[str, tuple], seed: int, dtype=np.float32) -> dict[str, np.ndarray]:
+    """{checkpoint name: array} for the given shapes; each tensor from its own stream so order does not matter."""
+    out = {}
+    for name in sorted(shapes):
+        stream = np.random.default_rng([seed, *name.encode()])
+        mean, std = _std(name, shapes[name])
+        out[name] = (mean + std * stream.standard_normal(shapes[name])).astype(dtype)
+    return out
+
+
+def random_pixel_values(batch: int, channels: int, height: int, width: int, seed: int) -> np.ndarray:
+    """Normalised-image-like inputs: N(0, 1) float32, (B, C, H, W)."""
+    return np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(np.float32)
+
+
+def shapes_for(config: dict, architecture: str | None = None) -> dict[str, tuple]:
+    """Expected checkpoint tensors of an architecture built from a config dict (as in config.json)."""
+    from .model import choose_architecture, expected_shapes, parse_config
+
+    arch = choose_architecture(config, architecture, "config")
+    cfg = parse_config(config, arch)
+    return {**expected_shapes(cfg, arch), **expected_shapes(cfg, arch, optional=True)}

@@ -1,0 +1,137 @@
+"""Run refvit on golden cases written by `golden/generate.py` and compare with the framework's tensors.
+
+Used by `refvit verify` and by the test suite. Tolerances (DESIGN.md §5), for every tensor:
+    float32: max|ours - ref| <= 1e-4 * max(1, max|ref|)
+    float64: max|ours - ref| <= 1e-10 * max(1, max|ref|)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import synthetic
+from .errors import RefvitError
+from .model import from_pretrained, from_state_dict
+
+TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+
+
+def find_golden_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """`explicit`, else golden/ of the checkout refvit is imported from, else ./golden."""
+    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parent.parent / "golden", Path.cwd() / "golden"]
+    for c in candidates:
+        if (c / "cases").is_dir():
+            return c
+    raise RefvitError(f"no golden cases found (looked for cases/ in {', '.join(map(str, candidates))}); "
+                      "pass --golden DIR")
+
+
+def list_cases(golden_dir: Path) -> list[Path]:
+    return sorted(p for p in (Path(golden_dir) / "cases").iterdir() if (p / "meta.json").is_file())
+
+
+def load_case_model(case_dir: Path, dtype: str, backend: str):
+    """The case's model: from its committed save_pretrained files, or rebuilt from the seed (real-size cases)."""
+    meta = json.loads((case_dir / "meta.json").read_text())
+    if (case_dir / "model.safetensors").exists() or (case_dir / "pytorch_model.bin").exists():
+        return from_pretrained(case_dir, dtype=dtype, backend=backend, architecture=meta["architecture"]), meta
+    config = json.loads((case_dir / "config.json").read_text())
+    shapes = synthetic.shapes_for(config, meta["architecture"])
+    if meta["architecture"].endswith("Model"):
+        shapes = {k: v for k, v in shapes.items() if "mask_token" not in k}
+    tensors = synthetic.random_state_dict(shapes, meta["seed"])
+    return from_state_dict(config, tensors, meta["architecture"], dtype, backend, source=str(case_dir)), meta
+
+
+def _ours(out, key: str):
+    """Our array for a golden key like "hidden_states/3" or "intermediates/deit.encoder.layer.0.output"."""
+    if key.startswith("intermediates/"):
+        return (out.intermediates or {}).get(key[len("intermediates/"):])
+    head, _, index = key.partition("/")
+    value = out.get(head)
+    if value is None:
+        return None
+    return value[int(index)] if index else value
+
+
+@dataclass
+class CaseResult:
+    case: str
+    architecture: str
+    backend: str
+    dtype: str
+    seconds: float
+    errors: dict = field(default_factory=dict)     # key -> (max abs error, allowed)
+    problems: list = field(default_factory=list)   # missing outputs etc.
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(e <= tol for e, tol in self.errors.values())
+
+    def by_output(self) -> dict:
+        """Worst error/allowed ratio per top-level output (hidden_states/3 -> hidden_states)."""
+        worst: dict = {}
+        for key, (err, tol) in self.errors.items():
+            group = key.split("/")[0]
+            if group not in worst or err / tol > worst[group][0] / worst[group][1]:
+                worst[group] = (err, tol)
+        return worst
+
+
+def run_case(case_dir: Path, dtype: str = "float32", backend: str = "numba", intermediates: bool = True) -> CaseResult:
+    """Run one golden case; compare every recorded output (and intermediate) with the framework's."""
+    case_dir = Path(case_dir)
+    model, meta = load_case_model(case_dir, dtype, backend)
+    with np.load(case_dir / "inputs.npz") as z:
+        inputs = {k: z[k] for k in z.files}
+    call = {k: v for k, v in meta["call"].items() if k != "bool_masked_pos"}
+    kwargs = dict(output_hidden_states=True, output_attentions=True,
+                  output_intermediates=intermediates and meta.get("intermediates", False), **call)
+    model(**inputs, **kwargs)  # warm-up: JIT compilation is not forward time
+    t0 = time.perf_counter()
+    out = model(**inputs, **kwargs)
+    seconds = time.perf_counter() - t0
+    result = CaseResult(case_dir.name, meta["architecture"], backend, dtype, seconds)
+    with np.load(case_dir / "outputs.npz") as z:
+        for full in z.files:
+            ref_dtype, _, key = full.partition("/")
+            if ref_dtype != dtype or (key.startswith("intermediates/") and not kwargs["output_intermediates"]):
+                continue
+            ref = z[full]
+            ours = _ours(out, key)
+            if ours is None:
+                result.problems.append(f"{key}: refvit produced no such output")
+                continue
+            if ours.shape != ref.shape:
+                result.problems.append(f"{key}: shape {ours.shape} vs reference {ref.shape}")
+                continue
+            err = float(np.abs(ours.astype(np.float64) - ref).max(initial=0.0))
+            result.errors[key] = (err, TOLERANCE[dtype] * max(1.0, float(np.abs(ref).max(initial=0.0))))
+    return result
+
+
+def format_table(results: list[CaseResult]) -> str:
+    """One row per (case, backend, dtype): worst max-abs error of each output (with its allowed bound) and time."""
+    rows = []
+    for r in results:
+        parts = [f"{g} {e:.1e}" for g, (e, tol) in sorted(r.by_output().items())]
+        status = "ok" if r.ok else "FAIL"
+        rows.append((r.case, r.architecture, r.backend, r.dtype, f"{r.seconds * 1e3:9.1f}", status, ", ".join(parts)))
+    head = ("case", "architecture", "backend", "dtype", "fwd ms", "", "max abs error per output")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(6)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(head[:6], widths)) + "  " + head[6]]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row[:6], widths)) + "  " + row[6])
+    for r in results:
+        for p in r.problems:
+            lines.append(f"{r.case} [{r.backend}/{r.dtype}]: {p}")
+        for key, (err, tol) in r.errors.items():
+            if not err <= tol:
+                lines.append(f"{r.case} [{r.backend}/{r.dtype}]: {key} max abs error {err:.3g} > allowed {tol:.3g}")
+    return "\n".join(lines)
