@@ -118,6 +118,9 @@ def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[di
     if arch.head is None and "embeddings.cls_token" not in tensors and family_prefix + "embeddings.cls_token" in tensors:
         ignored = sorted(k for k in tensors if not k.startswith(family_prefix))
         tensors = {k[len(family_prefix):]: v for k, v in tensors.items() if k.startswith(family_prefix)}
+    base_checkpoint = arch.head is not None and "embeddings.cls_token" in tensors
+    if base_checkpoint and family_prefix + "embeddings.cls_token" not in tensors:
+        tensors = {family_prefix + k: v for k, v in tensors.items()}  # so that only the head is reported missing
     required, optional = expected_shapes(cfg, arch), expected_shapes(cfg, arch, optional=True)
     missing = sorted(set(required) - set(tensors))
     unexpected = sorted(set(tensors) - set(required) - set(optional))
@@ -129,7 +132,7 @@ def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[di
             missing += sorted(set(group) - present_optional)
     problems = []
     if missing:
-        hint = " (this checkpoint holds a base model without this head)" if arch.head and "embeddings.cls_token" in tensors else ""
+        hint = " (this checkpoint holds a base model without this head)" if base_checkpoint else ""
         problems.append(f"missing {len(missing)} tensor(s){hint}: {', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}")
     if unexpected:
         problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:20])}{' …' if len(unexpected) > 20 else ''}")
