@@ -11,7 +11,7 @@ import numpy as np
 
 
 def cmd_verify(args) -> int:
-    from .verify import find_golden_dir, format_table, list_cases, run_case
+    from .verify import find_golden_dir, format_table, list_cases, list_processing_cases, run_case, run_processing_case
 
     golden = find_golden_dir(args.golden)
     cases = list_cases(golden)
@@ -29,6 +29,9 @@ def cmd_verify(args) -> int:
                 results.append(r)
                 if args.progress:
                     print(f"  {case.name} {backend} {dtype}: {'ok' if r.ok else 'FAIL'}", file=sys.stderr, flush=True)
+    if not args.cases:
+        for case in list_processing_cases(golden):
+            results.append(run_processing_case(case))
     print(f"golden cases from {golden}")
     print(format_table(results))
     failed = sum(not r.ok for r in results)

@@ -74,12 +74,15 @@ class CaseResult:
     def ok(self) -> bool:
         return not self.problems and all(e <= tol for e, tol in self.errors.values())
 
+    def ratio(self, err: float, tol: float) -> float:
+        return err / tol if tol > 0 else (0.0 if err == 0 else float("inf"))
+
     def by_output(self) -> dict:
         """Worst error/allowed ratio per top-level output (hidden_states/3 -> hidden_states)."""
         worst: dict = {}
         for key, (err, tol) in self.errors.items():
             group = key.split("/")[0]
-            if group not in worst or err / tol > worst[group][0] / worst[group][1]:
+            if group not in worst or self.ratio(err, tol) > self.ratio(*worst[group]):
                 worst[group] = (err, tol)
         return worst
 
@@ -135,3 +138,38 @@ def format_table(results: list[CaseResult]) -> str:
             if not err <= tol:
                 lines.append(f"{r.case} [{r.backend}/{r.dtype}]: {key} max abs error {err:.3g} > allowed {tol:.3g}")
     return "\n".join(lines)
+
+
+PROCESSING_TOLERANCE = 1e-6  # pixel values after normalize; the uint8 resize/crop stage must match exactly
+
+
+def list_processing_cases(golden_dir: Path) -> list[Path]:
+    root = Path(golden_dir) / "processing"
+    return sorted(p for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
+
+
+def run_processing_case(case_dir: Path) -> CaseResult:
+    """Run refvit's processor on a golden processing case's photos; compare with transformers' PIL backend."""
+    from PIL import Image
+
+    from .processing import ImageProcessor, load_image
+
+    case_dir = Path(case_dir)
+    meta = json.loads((case_dir / "meta.json").read_text())
+    golden_dir = case_dir.parent.parent
+    images = [load_image(golden_dir / e["file"]) if e["load"] == "load_image" else Image.open(golden_dir / e["file"])
+              for e in meta["images"]]
+    processor = ImageProcessor.from_pretrained(case_dir)
+    t0 = time.perf_counter()
+    out = processor(images, return_tensors="np")
+    seconds = time.perf_counter() - t0
+    uint8 = processor(images, do_rescale=False, do_normalize=False).pixel_values
+    result = CaseResult(case_dir.name, type(processor).__name__, "pil", "float32", seconds)
+    with np.load(case_dir / "expected.npz") as z:
+        for key, ours, tol in (("pixel_values", out.pixel_values, PROCESSING_TOLERANCE), ("pixels_uint8", uint8, 0.0)):
+            ref = z[key]
+            if ours.shape != ref.shape:
+                result.problems.append(f"{key}: shape {ours.shape} vs reference {ref.shape}")
+            else:
+                result.errors[key] = (float(np.abs(ours.astype(np.float64) - ref).max(initial=0.0)), tol)
+    return result
