@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))  # run from a checkout: import refvit (synthetic weights) and processing cases
+sys.path.insert(0, str(ROOT.parent))  # run from a checkout: import refvit (synthetic weights)
+sys.path.insert(1, str(ROOT))         # and the case modules beside this file
 
 from refvit import synthetic  # noqa: E402
 from refvit.checkpoint import read_safetensors, read_torch_bin, write_safetensors  # noqa: E402
@@ -46,49 +46,25 @@ TRANSFORMERS_VERSION = "5.23.0"
 TORCH_VERSION = "2.13.0"
 
 
-def tiny(model_type: str, **overrides) -> dict:
-    """A small config (C=32, 2 layers, 4 heads, 32×32 images of 8×8 patches) with non-default eps and labels."""
-    cfg = {"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-           "intermediate_size": 64, "image_size": 32, "patch_size": 8, "num_channels": 3, "layer_norm_eps": 1e-6,
-           "encoder_stride": 16, "id2label": {str(i): f"class_{i}" for i in range(5)}}
-    cfg.update(overrides)
-    return cfg
+FAMILIES = ["cases_vit"]  # golden/cases_<family>.py modules: each has CASES and record_points (see cases_vit.py)
 
 
-def real(model_type: str, hidden: int, heads: int) -> dict:
-    """Real-size DeiT/ViT shapes (224², 16² patches, 12 layers, 1000 labels)."""
-    return {"model_type": model_type, "hidden_size": hidden, "num_hidden_layers": 12, "num_attention_heads": heads,
-            "intermediate_size": 4 * hidden, "image_size": 224, "patch_size": 16, "num_channels": 3,
-            "layer_norm_eps": 1e-12, "id2label": {str(i): f"imagenet_{i}" for i in range(1000)}}
+def family_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in FAMILIES]
 
 
-# name: (architecture, config, call kwargs, input (B, H, W), storage)
-# storage: False = model.safetensors as save_pretrained writes it; True = real size, weights not committed;
-# "bf16" = save_pretrained of the model cast to bfloat16 (the framework run loads it back as float32/float64);
-# "bin" = torch.save(model.state_dict()) as pytorch_model.bin (transformers-5 module names inside).
-CASES = {
-    "vit_model": ("ViTModel", tiny("vit"), {}, (2, 32, 32), False),
-    "vit_model_variant": ("ViTModel", tiny("vit", qkv_bias=False, hidden_act="gelu_new", pooler_output_size=24,
-                                            pooler_act="relu", num_hidden_layers=3), {}, (2, 32, 32), False),
-    "vit_classification": ("ViTForImageClassification", tiny("vit"), {}, (2, 32, 32), False),
-    "vit_classification_interpolate": ("ViTForImageClassification", tiny("vit"), {"interpolate_pos_encoding": True},
-                                       (2, 48, 40), False),
-    "vit_classification_nonsquare": ("ViTForImageClassification", tiny("vit", image_size=[32, 48]), {}, (2, 32, 48), False),
-    "vit_mim": ("ViTForMaskedImageModeling", tiny("vit", encoder_stride=8), {"bool_masked_pos": True}, (2, 32, 32), False),
-    "deit_model": ("DeiTModel", tiny("deit"), {}, (2, 32, 32), False),
-    "deit_classification": ("DeiTForImageClassification", tiny("deit"), {}, (2, 32, 32), False),
-    "deit_teacher": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (3, 32, 32), False),
-    "deit_teacher_interpolate": ("DeiTForImageClassificationWithTeacher", tiny("deit"),
-                                 {"interpolate_pos_encoding": True}, (2, 40, 40), False),
-    "deit_teacher_nonsquare": ("DeiTForImageClassificationWithTeacher", tiny("deit", image_size=[40, 24], patch_size=[8, 4]),
-                               {}, (2, 40, 24), False),
-    "deit_teacher_bf16": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (2, 32, 32), "bf16"),
-    "deit_teacher_bin": ("DeiTForImageClassificationWithTeacher", tiny("deit"), {}, (2, 32, 32), "bin"),
-    "deit_mim": ("DeiTForMaskedImageModeling", tiny("deit", encoder_stride=8), {"bool_masked_pos": True}, (2, 32, 32), False),
-    "deit_tiny_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 192, 3), {}, (1, 224, 224), True),
-    "deit_small_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 384, 6), {}, (1, 224, 224), True),
-    "deit_base_teacher_224": ("DeiTForImageClassificationWithTeacher", real("deit", 768, 12), {}, (1, 224, 224), True),
-}
+def all_cases() -> dict:
+    """case name -> (family module, case tuple)"""
+    out = {}
+    for module in family_modules():
+        for name, case in module.CASES.items():
+            assert name not in out, f"duplicate golden case name {name}"
+            out[name] = (module, case)
+    return out
+
+
 # Real-size cases record logits, every hidden state and the attention maps of the first and last layer only:
 # all 12 layers' maps in two dtypes would add ~70 MB per DeiT-B case to the repository.
 REAL_SIZE_ATTENTION_LAYERS = (0, -1)
@@ -98,42 +74,20 @@ def case_seed(name: str) -> int:
     return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2 ** 31)
 
 
-def classic_name(module_name: str) -> list[str]:
-    """transformers-5 module path -> the checkpoint-name path(s) of the classic module with the same output."""
-    n = re.sub(r"(^|\.)layers\.(\d+)", r"\1encoder.layer.\2", module_name)
-    table = [(".attention.q_proj", ".attention.attention.query"), (".attention.k_proj", ".attention.attention.key"),
-             (".attention.v_proj", ".attention.attention.value"), (".attention.o_proj", ".attention.output")]
-    for new, old in table:
-        if n.endswith(new):
-            return [n[: -len(new)] + old]
-    if re.search(r"encoder\.layer\.\d+$", n):
-        return [n, n + ".output"]  # classic ViTOutput adds the residual: its output is the layer's output
-    return [n]
-
-
-RECORDED = re.compile(r"(^|\.)(embeddings|layernorm|pooler|classifier|cls_classifier|distillation_classifier|decoder"
-                      r"|decoder\.0|layers\.\d+(\.(layernorm_before|layernorm_after|attention\.[qkvo]_proj))?)$")
-
-
-def attach_hooks(model, store: dict):
-    """Record module outputs under classic names; context (o_proj input) and MLP activation (fc2 input) via pre-hooks."""
-    import torch
-
+def attach_hooks(model, store: dict, family):
+    """Record module outputs (forward hooks) and inputs (pre-hooks) under checkpoint names (family.record_points)."""
     handles = []
     for name, module in model.named_modules():
-        if name and RECORDED.search(name):
-            def hook(mod, args, out, names=classic_name(name)):
-                t = out[0] if isinstance(out, tuple) else out
-                for n in names:
+        for kind, classic in (family.record_points(name) if name else []):
+            if kind == "out":
+                def hook(mod, args, out, n=classic):
+                    t = out[0] if isinstance(out, tuple) else out
                     store[n] = t.detach().numpy().copy()
-            handles.append(module.register_forward_hook(hook))
-        if name.endswith("attention.o_proj") or name.endswith("mlp.fc2"):
-            target = ".attention.attention" if name.endswith("o_proj") else ".intermediate"
-            base = classic_name(name.rsplit(".", 2)[0])[0] if name.endswith("o_proj") else classic_name(name.rsplit(".", 2)[0])[0]
-            def pre(mod, args, n=base + target):
-                store[n] = args[0].detach().numpy().copy()
-            handles.append(module.register_forward_pre_hook(pre))
-    assert all(isinstance(h, torch.utils.hooks.RemovableHandle) for h in handles)
+                handles.append(module.register_forward_hook(hook))
+            else:
+                def pre(mod, args, n=classic):
+                    store[n] = args[0].detach().numpy().copy()
+                handles.append(module.register_forward_pre_hook(pre))
     return handles
 
 
@@ -180,12 +134,10 @@ def make_case(name: str, out_dir: Path) -> dict:
     import torch
     import transformers
 
-    arch, config, call, (B, H, W), storage = CASES[name]
+    family, (arch, config, call, (B, H, W), storage) = all_cases()[name]
     real_size = storage is True
     seed = case_seed(name)
-    shapes = synthetic.shapes_for(config, arch)
-    if arch.endswith("Model"):  # base models as transformers builds them: pooler, no mask token
-        shapes = {k: v for k, v in shapes.items() if "mask_token" not in k}
+    shapes = synthetic.shapes_for(config, arch)  # as transformers builds the class by default
     tensors = synthetic.random_state_dict(shapes, seed)
     case_dir = out_dir / name
     case_dir.mkdir(parents=True)
@@ -230,7 +182,7 @@ def make_case(name: str, out_dir: Path) -> dict:
             if hasattr(module, "config"):
                 module.config._attn_implementation = model.config._attn_implementation
         store: dict = {}
-        handles = [] if real_size else attach_hooks(model, store)
+        handles = [] if real_size else attach_hooks(model, store, family)
         torch_inputs = {"pixel_values": torch.from_numpy(pixel_values).to(tdtype)}
         if "bool_masked_pos" in inputs:
             torch_inputs["bool_masked_pos"] = torch.from_numpy(inputs["bool_masked_pos"])
@@ -267,7 +219,7 @@ def generate(out: Path, only: list[str] | None = None) -> None:
     cases_dir = out / "cases"
     if cases_dir.exists() and not only:
         shutil.rmtree(cases_dir)
-    for name in (only or CASES):
+    for name in (only or all_cases()):
         if (cases_dir / name).exists():
             shutil.rmtree(cases_dir / name)
         meta = make_case(name, cases_dir)
@@ -330,7 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT, help="where to write (default: golden/ of this checkout)")
     parser.add_argument("--only", nargs="*", help="regenerate only these model cases")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
+
     import torch
     import transformers
 

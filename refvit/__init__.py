@@ -8,19 +8,19 @@ defines them, checked against golden tensors from the framework.
 """
 
 from .errors import CheckpointError, ConfigError, ImageError, InputError, RefvitError, UnsafeCheckpointError
-from .model import (ARCHITECTURES, AutoModel, AutoModelForImageClassification, DeiTForImageClassification,
-                    DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling, DeiTModel, Model,
-                    ViTForImageClassification, ViTForMaskedImageModeling, ViTModel, from_pretrained, from_state_dict)
+from .model import (ARCHITECTURES, CLASSES, AutoModel, AutoModelForImageClassification, Model, from_pretrained,
+                    from_state_dict)
 from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, DeiTFeatureExtractor,
                          DeiTImageProcessor, ImageProcessor, ViTFeatureExtractor, ViTImageProcessor, load_image)
 
 __version__ = "0.1.0"
 
+globals().update(CLASSES)  # refvit.ViTModel, refvit.DeiTForImageClassificationWithTeacher, … (one per architecture)
+
 __all__ = [
     "RefvitError", "CheckpointError", "UnsafeCheckpointError", "ConfigError", "ImageError", "InputError",
     "from_pretrained", "from_state_dict", "Model", "ARCHITECTURES", "AutoModel", "AutoModelForImageClassification",
-    "ViTModel", "ViTForImageClassification", "ViTForMaskedImageModeling",
-    "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher", "DeiTForMaskedImageModeling",
+    *CLASSES,
     "ImageProcessor", "AutoImageProcessor", "AutoFeatureExtractor", "BatchFeature", "ViTImageProcessor",
     "DeiTImageProcessor", "ViTFeatureExtractor", "DeiTFeatureExtractor", "load_image",
 ]

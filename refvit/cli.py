@@ -92,6 +92,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import MODELS, bench, environment, format_rows
+
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        print(f"refvit bench: unknown model(s) {unknown}; available: {sorted(MODELS)}", file=sys.stderr)
+        return 2
+    rows = bench(args.models, args.batch, repeat=args.repeat, threads=args.threads, backends=args.backend)
+    if args.json:
+        print(json.dumps({"environment": environment(args.threads), "rows": rows}, indent=1))
+    else:
+        print(json.dumps(environment(args.threads)))
+        print(format_rows(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference ViT/DeiT forward passes, "
                                      "checked against Hugging Face transformers.")
@@ -113,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("bench", help="time refvit against PyTorch eager (if installed) on real-size seeded models")
+    p.add_argument("--models", nargs="+", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba"])
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (median reported)")
+    p.add_argument("--threads", type=int, help="threads for refvit (numba) and torch (default: their defaults)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="show architecture, parameter count and config of a checkpoint directory")
     p.add_argument("model_dir")

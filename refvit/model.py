@@ -7,67 +7,23 @@ read the tensors (refvit.checkpoint) -> map names strictly (missing/unexpected/w
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from . import kernels
+from .architecture import Architecture, CallOptions, map_tensors
 from .checkpoint import load_state_dict
-from .config import read_config_json, vit_config_from_dict
+from .config import read_config_json
 from .errors import CheckpointError, ConfigError, InputError
 from .models import vit
 from .models.common import Recorder, check_pixel_values, nest
-from .outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
-                      MaskedImageModelingOutput)
 
-
-@dataclass(frozen=True)
-class Architecture:
-    """One transformers class: its family, the prefix its checkpoint puts before the base model, and its head."""
-
-    name: str                       # transformers class name, e.g. "DeiTForImageClassificationWithTeacher"
-    family: str                     # model_type whose code runs it: "vit" or "deit"
-    head: Callable | None           # head forward over the base model's last_hidden_state; None for base models
-    head_shapes: Callable           # cfg -> {checkpoint name: shape} of the head's own tensors
-    output: type                    # output class (transformers' name)
-    uses_mask_token: bool = False   # whether the embeddings hold a mask token (masked image modeling)
-
-    @property
-    def prefix(self) -> str:
-        """Checkpoint name prefix of the base model ("deit." for heads, "" for DeiTModel itself)."""
-        return "" if self.head is None else f"{self.family}."
-
-
-def _no_head(cfg):
-    return {}
-
-
-def _teacher_shapes(cfg):
-    return {**vit.classifier_shapes(cfg, "cls_classifier"), **vit.classifier_shapes(cfg, "distillation_classifier")}
-
-
-ARCHITECTURES = {a.name: a for a in [
-    Architecture("ViTModel", "vit", None, _no_head, BaseModelOutputWithPooling),
-    Architecture("ViTForImageClassification", "vit", vit.image_classification,
-                 lambda cfg: vit.classifier_shapes(cfg, "classifier"), ImageClassifierOutput),
-    Architecture("ViTForMaskedImageModeling", "vit", vit.masked_image_modeling, vit.decoder_shapes,
-                 MaskedImageModelingOutput, uses_mask_token=True),
-    Architecture("DeiTModel", "deit", None, _no_head, BaseModelOutputWithPooling),
-    Architecture("DeiTForImageClassification", "deit", vit.image_classification,
-                 lambda cfg: vit.classifier_shapes(cfg, "classifier"), ImageClassifierOutput),
-    Architecture("DeiTForImageClassificationWithTeacher", "deit", vit.image_classification_with_teacher,
-                 _teacher_shapes, DeiTForImageClassificationWithTeacherOutput),
-    Architecture("DeiTForMaskedImageModeling", "deit", vit.masked_image_modeling, vit.decoder_shapes,
-                 MaskedImageModelingOutput, uses_mask_token=True),
-]}
-
-BASE_MODELS = {"vit": "ViTModel", "deit": "DeiTModel"}           # model_type -> base class (no architectures key)
-CONFIG_PARSERS = {"vit": vit_config_from_dict, "deit": vit_config_from_dict}
-NUM_SPECIAL_TOKENS = {"vit": 1, "deit": 2}                        # [CLS] (+ distillation token)
+# Every supported transformers class, family by family (each family file lists its own).
+ARCHITECTURES = {a.name: a for a in vit.ARCHITECTURES}
+BASE_MODELS = {**vit.BASE_MODELS}      # model_type -> base class, for configs without `architectures`
+CLASSIFIERS = {**vit.CLASSIFIERS}      # model_type -> image-classification class (AutoModelForImageClassification)
 
 
 def choose_architecture(raw: dict, architecture: str | None, source: str) -> Architecture:
@@ -89,58 +45,14 @@ def choose_architecture(raw: dict, architecture: str | None, source: str) -> Arc
 
 def parse_config(raw: dict, arch: Architecture, source: str = "config.json"):
     """Parse config.json for `arch`'s family (the family decides the code that runs, e.g. DeiT's extra token)."""
-    cfg = CONFIG_PARSERS[arch.family](raw, source)
-    return dataclasses.replace(cfg, model_type=arch.family)
+    return arch.parse_config(raw, source)
 
 
 def expected_shapes(cfg, arch: Architecture, optional: bool = False) -> dict[str, tuple]:
     """Every tensor `arch` needs (optional=False), or the ones it may also accept (optional=True), by checkpoint name."""
-    if optional:  # a base model runs its pooler / mask token only when the checkpoint has them
-        return {} if arch.head else {**vit.pooler_shapes(cfg), **vit.mask_token_shapes(cfg)}
-    shapes = vit.base_shapes(cfg, NUM_SPECIAL_TOKENS[arch.family])
-    if arch.uses_mask_token:
-        shapes.update(vit.mask_token_shapes(cfg))
-    shapes = {arch.prefix + k: v for k, v in shapes.items()}
-    shapes.update(arch.head_shapes(cfg))
-    return shapes
-
-
-def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[dict, list]:
-    """Check names and shapes strictly; report every missing, unexpected and wrong-shape tensor in one error.
-
-    As transformers does, a base model loads from a checkpoint with a head (it keeps the `family.` part, the head is
-    ignored and listed in the returned `ignored`), while a head model cannot load a base-model checkpoint (its head
-    tensors would be missing: transformers would initialise them randomly, refvit refuses).
-    """
-    ignored = []
-    tensors = vit.classic_names(tensors)
-    family_prefix = f"{arch.family}."
-    if arch.head is None and "embeddings.cls_token" not in tensors and family_prefix + "embeddings.cls_token" in tensors:
-        ignored = sorted(k for k in tensors if not k.startswith(family_prefix))
-        tensors = {k[len(family_prefix):]: v for k, v in tensors.items() if k.startswith(family_prefix)}
-    base_checkpoint = arch.head is not None and "embeddings.cls_token" in tensors
-    if base_checkpoint and family_prefix + "embeddings.cls_token" not in tensors:
-        tensors = {family_prefix + k: v for k, v in tensors.items()}  # so that only the head is reported missing
-    required, optional = expected_shapes(cfg, arch), expected_shapes(cfg, arch, optional=True)
-    missing = sorted(set(required) - set(tensors))
-    unexpected = sorted(set(tensors) - set(required) - set(optional))
-    wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)}, config expects {shape}"
-             for k, shape in {**required, **optional}.items() if k in tensors and tuple(tensors[k].shape) != shape]
-    present_optional = {k for k in optional if k in tensors}
-    for group in (vit.pooler_shapes(cfg), vit.mask_token_shapes(cfg)):
-        if optional and 0 < len(present_optional & set(group)) < len(group):
-            missing += sorted(set(group) - present_optional)
-    problems = []
-    if missing:
-        hint = " (this checkpoint holds a base model without this head)" if base_checkpoint else ""
-        problems.append(f"missing {len(missing)} tensor(s){hint}: {', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:20])}{' …' if len(unexpected) > 20 else ''}")
-    if wrong:
-        problems.append(f"wrong shape: {'; '.join(wrong[:20])}")
-    if problems:
-        raise CheckpointError(f"{source} does not match {arch.name} built from its config: " + " | ".join(problems))
-    return tensors, ignored
+    if optional:
+        return {k: v for group in arch.optional_groups(cfg) for k, v in group.items()}
+    return arch.shapes(cfg)
 
 
 def prepare_params(tensors: dict, dtype: np.dtype, source: str) -> dict:
@@ -179,22 +91,6 @@ class Model:
             return int(node.size)
         return count(self.params)
 
-    def _base_params(self):
-        return self.params[self.architecture.family] if self.architecture.prefix else self.params
-
-    def _check_mask(self, bool_masked_pos, batch: int, num_patches: int):
-        if bool_masked_pos is None:
-            return None
-        if "mask_token" not in self._base_params()["embeddings"]:
-            raise InputError(f"bool_masked_pos: {self.architecture.name} has no mask token (use a *ForMaskedImageModeling "
-                             "checkpoint)")
-        m = np.asarray(bool_masked_pos)
-        if m.dtype.kind not in "biu" or (m.dtype.kind != "b" and m.size and not np.isin(m, (0, 1)).all()):
-            raise InputError(f"bool_masked_pos: expected booleans (or 0/1), got dtype {m.dtype}")
-        if m.shape != (batch, num_patches):
-            raise InputError(f"bool_masked_pos: expected shape ({batch}, {num_patches}) = (batch, num_patches), got {m.shape}")
-        return m.astype(bool)
-
     def __call__(self, pixel_values=None, bool_masked_pos=None, interpolate_pos_encoding=False,
                  output_hidden_states=False, output_attentions=False, output_intermediates=False,
                  return_dict=True, **kwargs):
@@ -207,25 +103,14 @@ class Model:
                              "(refvit runs inference only: no labels/loss, no head_mask)")
         if pixel_values is None:
             raise InputError("pixel_values is required")
-        cfg, arch = self.config, self.architecture
-        x = check_pixel_values(pixel_values, cfg.num_channels, self.dtype)
-        B, _, height, width = x.shape
-        if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
-            raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
-        num_patches = (height // cfg.patch_size[0]) * (width // cfg.patch_size[1])
-        mask = self._check_mask(bool_masked_pos, B, num_patches)
-        if mask is not None and arch.name == "ViTForMaskedImageModeling" and cfg.patch_size[0] != cfg.encoder_stride:
-            raise InputError(f"bool_masked_pos: patch_size {cfg.patch_size[0]} must equal encoder_stride "
-                             f"{cfg.encoder_stride} (as transformers requires)")
+        x = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
+        opts = CallOptions(bool_masked_pos, bool(interpolate_pos_encoding), bool(output_hidden_states),
+                           bool(output_attentions))
         rec = Recorder(bool(output_intermediates))
-        base = vit.base_forward(self._base_params(), x, cfg, self._K, rec, arch.prefix, mask,
-                                bool(interpolate_pos_encoding), output_hidden_states, output_attentions)
-        values = dict(base) if arch.head is None else {
-            **arch.head(self.params, base["last_hidden_state"], cfg, self._K, rec, arch.prefix),
-            "hidden_states": base["hidden_states"], "attentions": base["attentions"]}
+        values = self.architecture.forward(self.params, x, self.config, self._K, rec, opts)
         if output_intermediates:
             values["intermediates"] = rec.values
-        out = arch.output(**values)
+        out = self.architecture.output(**values)
         return out if return_dict else out.to_tuple()
 
     forward = __call__
@@ -291,35 +176,12 @@ class _PretrainedClass(Model):
         return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name)
 
 
-class ViTModel(_PretrainedClass):
-    architecture_name = "ViTModel"
-
-
-class ViTForImageClassification(_PretrainedClass):
-    architecture_name = "ViTForImageClassification"
-
-
-class ViTForMaskedImageModeling(_PretrainedClass):
-    architecture_name = "ViTForMaskedImageModeling"
-
-
-class DeiTModel(_PretrainedClass):
-    architecture_name = "DeiTModel"
-
-
-class DeiTForImageClassification(_PretrainedClass):
-    architecture_name = "DeiTForImageClassification"
-
-
-class DeiTForImageClassificationWithTeacher(_PretrainedClass):
-    architecture_name = "DeiTForImageClassificationWithTeacher"
-
-
-class DeiTForMaskedImageModeling(_PretrainedClass):
-    architecture_name = "DeiTForMaskedImageModeling"
-
-
-CLASSES = {c.architecture_name: c for c in _PretrainedClass.__subclasses__()}
+# One class per supported architecture, named as in transformers (refvit.DeiTModel, …): a Model whose
+# from_pretrained picks that architecture whatever config.json's `architectures` says.
+CLASSES = {name: type(name, (_PretrainedClass,), {"architecture_name": name, "__module__": __name__,
+                                                  "__doc__": f"transformers' {name}, run by refvit."})
+           for name in ARCHITECTURES}
+globals().update(CLASSES)
 
 
 class AutoModel:
@@ -342,7 +204,6 @@ class AutoModelForImageClassification:
         archs = [a for a in raw.get("architectures") or [] if isinstance(a, str) and "ForImageClassification" in a]
         if archs:
             return from_pretrained(path, dtype, backend, architecture=archs[0])
-        family = {"vit": "ViT", "deit": "DeiT"}.get(raw.get("model_type"))
-        if family is None:
+        if raw.get("model_type") not in CLASSIFIERS:
             raise ConfigError(f"{path}/config.json: no image-classification architecture for model_type {raw.get('model_type')!r}")
-        return from_pretrained(path, dtype, backend, architecture=f"{family}ForImageClassification")
+        return from_pretrained(path, dtype, backend, architecture=CLASSIFIERS[raw["model_type"]])

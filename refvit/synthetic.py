@@ -44,9 +44,10 @@ def random_pixel_values(batch: int, channels: int, height: int, width: int, seed
 
 
 def shapes_for(config: dict, architecture: str | None = None) -> dict[str, tuple]:
-    """Expected checkpoint tensors of an architecture built from a config dict (as in config.json)."""
-    from .model import choose_architecture, expected_shapes, parse_config
+    """Checkpoint tensors of an architecture as transformers builds it by default, from a config dict."""
+    from .model import choose_architecture
 
     arch = choose_architecture(config, architecture, "config")
-    cfg = parse_config(config, arch)
-    return {**expected_shapes(cfg, arch), **expected_shapes(cfg, arch, optional=True)}
+    cfg = arch.parse_config(config, "config")
+    groups = arch.optional_groups(cfg)
+    return {**arch.shapes(cfg), **{k: v for i in arch.default_groups for k, v in groups[i].items()}}

@@ -43,8 +43,6 @@ def load_case_model(case_dir: Path, dtype: str, backend: str):
         return from_pretrained(case_dir, dtype=dtype, backend=backend, architecture=meta["architecture"]), meta
     config = json.loads((case_dir / "config.json").read_text())
     shapes = synthetic.shapes_for(config, meta["architecture"])
-    if meta["architecture"].endswith("Model"):
-        shapes = {k: v for k, v in shapes.items() if "mask_token" not in k}
     tensors = synthetic.random_state_dict(shapes, meta["seed"])
     return from_state_dict(config, tensors, meta["architecture"], dtype, backend, source=str(case_dir)), meta
 

@@ -11,12 +11,17 @@ Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w pa
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
 
+from ..architecture import Architecture, check_mask
+from ..config import vit_config_from_dict
 from ..errors import InputError
-from .common import layer_norm, linear, linear_act, activation, conv1x1, pixel_shuffle
+from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
+                       MaskedImageModelingOutput)
+from .common import activation, conv1x1, layer_norm, linear, linear_act, pixel_shuffle
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What a checkpoint holds, per architecture (checkpoint names, shapes derived from the config)
@@ -251,3 +256,80 @@ def masked_image_modeling(p, x, cfg, K, rec, prefix):
     grid = np.ascontiguousarray(tokens.transpose(0, 2, 1)).reshape(B, C, side, side)  # (B, C, h, w)
     y = rec("decoder.0", conv1x1(grid, p["decoder"][0]))                              # (B, stride²·Cin, h, w)
     return {"reconstruction": rec("decoder", pixel_shuffle(y, cfg.encoder_stride))}    # (B, Cin, h·s, w·s)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Architectures: the transformers classes this file runs
+
+
+def model_forward(head, prefix: str, name: str):
+    """The forward of one class: input checks, base model (`ViTModel.forward`), then the head (None: base model)."""
+    def forward(p, pixel_values, cfg, K, rec, opts):
+        B, _, height, width = pixel_values.shape
+        if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
+            raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
+        base_p = p[prefix[:-1]] if prefix else p
+        num_patches = (height // cfg.patch_size[0]) * (width // cfg.patch_size[1])
+        mask = check_mask(opts.bool_masked_pos, B, num_patches, "mask_token" in base_p["embeddings"], name)
+        if mask is not None and name == "ViTForMaskedImageModeling" and cfg.patch_size[0] != cfg.encoder_stride:
+            raise InputError(f"bool_masked_pos: patch_size {cfg.patch_size[0]} must equal encoder_stride "
+                             f"{cfg.encoder_stride} (as transformers requires)")
+        base = base_forward(base_p, pixel_values, cfg, K, rec, prefix, mask, opts.interpolate_pos_encoding,
+                            opts.output_hidden_states, opts.output_attentions)
+        if head is None:
+            return base
+        return {**head(p, base["last_hidden_state"], cfg, K, rec, prefix),
+                "hidden_states": base["hidden_states"], "attentions": base["attentions"]}
+    return forward
+
+
+def parse_config(family: str):
+    def parse(raw: dict, source: str = "config.json"):
+        return dataclasses.replace(vit_config_from_dict(raw, source), model_type=family)
+    return parse
+
+
+def architecture(name, family, head, head_shapes, output, uses_mask_token=False):
+    """One ViT/DeiT class: base tensors (+ mask token) under `family.` for heads, then the head's own tensors."""
+    num_special = 2 if family == "deit" else 1
+    prefix = "" if head is None else f"{family}."
+
+    def shapes(cfg):
+        s = {**base_shapes(cfg, num_special), **(mask_token_shapes(cfg) if uses_mask_token else {})}
+        return {**{prefix + k: v for k, v in s.items()}, **head_shapes(cfg)}
+
+    def optional_groups(cfg):  # a base model runs its pooler / mask token only when the checkpoint has them
+        return [pooler_shapes(cfg), mask_token_shapes(cfg)] if head is None else []
+
+    return Architecture(name=name, family=family, is_base=head is None, base_prefix=f"{family}.",
+                        parse_config=parse_config(family), shapes=shapes, forward=model_forward(head, prefix, name),
+                        output=output, optional_groups=optional_groups, rename=classic_names,
+                        default_groups=(0,) if head is None else ())  # ViTModel builds its pooler by default
+
+
+def no_head_shapes(cfg):
+    return {}
+
+
+def classifier_head_shapes(cfg):
+    return classifier_shapes(cfg, "classifier")
+
+
+def teacher_head_shapes(cfg):
+    return {**classifier_shapes(cfg, "cls_classifier"), **classifier_shapes(cfg, "distillation_classifier")}
+
+
+ARCHITECTURES = [
+    architecture("ViTModel", "vit", None, no_head_shapes, BaseModelOutputWithPooling),
+    architecture("ViTForImageClassification", "vit", image_classification, classifier_head_shapes, ImageClassifierOutput),
+    architecture("ViTForMaskedImageModeling", "vit", masked_image_modeling, decoder_shapes, MaskedImageModelingOutput,
+                 uses_mask_token=True),
+    architecture("DeiTModel", "deit", None, no_head_shapes, BaseModelOutputWithPooling),
+    architecture("DeiTForImageClassification", "deit", image_classification, classifier_head_shapes, ImageClassifierOutput),
+    architecture("DeiTForImageClassificationWithTeacher", "deit", image_classification_with_teacher, teacher_head_shapes,
+                 DeiTForImageClassificationWithTeacherOutput),
+    architecture("DeiTForMaskedImageModeling", "deit", masked_image_modeling, decoder_shapes, MaskedImageModelingOutput,
+                 uses_mask_token=True),
+]
+BASE_MODELS = {"vit": "ViTModel", "deit": "DeiTModel"}          # model_type -> base class, when config has no architectures
+CLASSIFIERS = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification"}
