@@ -281,6 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="regenerate into a temp dir and compare with golden/")
     parser.add_argument("--out", type=Path, default=ROOT, help="where to write (default: golden/ of this checkout)")
     parser.add_argument("--only", nargs="*", help="regenerate only these model cases")
+    parser.add_argument("--processing", action="store_true", help="regenerate only golden/processing/")
     args = parser.parse_args(argv)
 
     import torch
@@ -289,6 +290,13 @@ def main(argv=None) -> int:
     if transformers.__version__ != TRANSFORMERS_VERSION or not torch.__version__.startswith(TORCH_VERSION):
         print(f"warning: golden data is pinned to torch {TORCH_VERSION} + transformers {TRANSFORMERS_VERSION}; "
               f"found {torch.__version__} + {transformers.__version__}", file=sys.stderr)
+    if args.processing:
+        import processing_cases
+        proc_dir = args.out / "processing"
+        if proc_dir.exists():
+            shutil.rmtree(proc_dir)
+        print("\n".join(f"processing/{c}" for c in processing_cases.generate(proc_dir)))
+        return 0
     if not args.check:
         generate(args.out, args.only)
         return 0

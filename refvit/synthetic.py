@@ -13,28 +13,45 @@ from __future__ import annotations
 import numpy as np
 
 
+NORM_WORDS = ("norm", "bn", "batch_norm", "layer_norm")  # LayerNorm / BatchNorm / GroupNorm parameters
+
+
 def _std(name: str, shape: tuple) -> tuple[float, float]:
     """(mean, std) for one tensor, chosen by what the tensor is."""
     fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    leaf = name.rsplit(".", 1)[-1]
-    if "layernorm" in name or name.endswith("norm.weight") or ".norm." in name:
+    module, _, leaf = name.rpartition(".")
+    if leaf == "running_mean":
+        return 0.0, 0.5
+    if any(w in module.lower() for w in NORM_WORDS) and leaf in ("weight", "bias"):
         return (1.0, 0.2) if leaf == "weight" else (0.0, 0.2)
     if leaf == "bias":
         return 0.0, 0.1
     if name.endswith(("query.weight", "key.weight")):
         return 0.0, 1.6 / np.sqrt(fan_in)              # peaked attention: q·k·D^-½ of std ~2.5 (default init: ~0.1)
+    if leaf.startswith("lambda_"):
+        return 0.5, 0.2                                # layer scale: far from its 0.1 init, not uniform
+    if leaf == "relative_position_bias_table":
+        return 0.0, 1.0                                # a bias that visibly reshapes attention
     if name.endswith(("cls_token", "distillation_token", "mask_token", "position_embeddings")):
         return 0.0, 0.5
     return 0.0, 1.0 / np.sqrt(fan_in)
 
 
 def random_state_dict(shapes: dict[str, tuple], seed: int, dtype=np.float32) -> dict[str, np.ndarray]:
-    """{checkpoint name: array} for the given shapes; each tensor from its own stream so order does not matter."""
+    """{checkpoint name: array} for the given shapes; each tensor from its own stream so order does not matter.
+
+    BatchNorm running variances are positive (0.5 + |N(0, 0.5)|); `num_batches_tracked` is an int64 count.
+    """
     out = {}
     for name in sorted(shapes):
         stream = np.random.default_rng([seed, *name.encode()])
-        mean, std = _std(name, shapes[name])
-        out[name] = (mean + std * stream.standard_normal(shapes[name])).astype(dtype)
+        if name.endswith("num_batches_tracked"):
+            out[name] = np.full(shapes[name], 1000, dtype=np.int64)
+        elif name.endswith("running_var"):
+            out[name] = (0.5 + np.abs(0.5 * stream.standard_normal(shapes[name]))).astype(dtype)
+        else:
+            mean, std = _std(name, shapes[name])
+            out[name] = (mean + std * stream.standard_normal(shapes[name])).astype(dtype)
     return out
 
 
