@@ -1,0 +1,99 @@
+"""Kernels: each Numba kernel beside a same-signature NumPy twin (DESIGN §3.7).
+
+`get("numpy")` returns the twins (the teaching path: plain array code, one line per formula);
+`get("numba")` returns the fast path. Both namespaces carry the same names with the same
+signatures and return arrays of the input's dtype (float32 or float64):
+
+    layer_norm(x, weight, bias, eps)                    torch.nn.LayerNorm over the last axis
+    gelu(x)                                             torch.nn.functional.gelu (exact erf form)
+    bias_gelu(x, bias, out=None)                        gelu(x + bias)
+    softmax(x)                                          torch.softmax(x, dim=-1)
+    attention(q, k, v, num_heads, scale, bias=None, need_probs=False) -> (context, probs)
+                                                        HF eager_attention_forward
+    interpolate_bicubic(x, out_h, out_w)                F.interpolate(mode="bicubic", align_corners=False)
+    interpolate_bilinear(x, out_h, out_w)               F.interpolate(mode="bilinear", align_corners=False)
+    conv2d(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1)
+                                                        F.conv2d, NCHW, padding (top, bottom, left, right)
+    max_pool2d(x, kernel, stride, padding=(0, 0, 0, 0), ceil_mode=False, pad_value=-inf)
+                                                        F.max_pool2d, padding filled with pad_value
+    group_norm_act(x, num_groups, weight, bias, eps, relu=False)
+                                                        F.group_norm on (B, C, ...), then ReLU if relu
+    relative_position_index(window_h, window_w)         BEiT's (N+1, N+1) relative position index (int64)
+    relative_position_bias(table, index)                table (T, H) gathered to a (H, N+1, N+1) bias
+    conv_transpose2d(x, weight, bias, stride=(1, 1))    F.conv_transpose2d, NCHW, no padding
+    adaptive_avg_pool2d(x, out_h, out_w)                F.adaptive_avg_pool2d (torch's uneven bins)
+    depthwise_conv_tokens(x, height, width, weight, bias, stride, padding) -> (tokens, (ho, wo))
+                                                        depthwise Conv2d on a (B, h·w, C) token grid (CvT)
+
+Numba kernels compile lazily (only what a model calls, once per dtype) and are cached on disk
+(`cache=True`), so a second process loads them in milliseconds.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from refvit.errors import InputError, RefvitError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float(array, name):
+    """Raise InputError unless `array` is a float32/float64 ndarray (the dtypes every kernel supports)."""
+    if not isinstance(array, np.ndarray) or array.dtype not in FLOAT_DTYPES:
+        got = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise InputError(f"kernel argument {name!r} must be a float32 or float64 ndarray, got {got}")
+
+
+# The submodules import check_float from here, so they are imported after it is defined.
+from refvit.kernels import activations, attention, conv, dwconv, groupnorm, interpolate, norm  # noqa: E402
+from refvit.kernels import relative_position, resample  # noqa: E402
+
+BACKENDS = ("numpy", "numba")
+
+NUMPY = SimpleNamespace(
+    name="numpy",
+    layer_norm=norm.layer_norm_numpy,
+    gelu=activations.gelu_numpy,
+    bias_gelu=activations.bias_gelu_numpy,
+    softmax=activations.softmax_numpy,
+    attention=attention.attention_numpy,
+    interpolate_bicubic=interpolate.interpolate_bicubic_numpy,
+    interpolate_bilinear=interpolate.interpolate_bilinear_numpy,
+    conv2d=conv.conv2d_numpy,
+    max_pool2d=conv.max_pool2d_numpy,
+    group_norm_act=groupnorm.group_norm_act_numpy,
+    depthwise_conv_tokens=dwconv.depthwise_conv_tokens_numpy,
+    relative_position_index=relative_position.relative_position_index_numpy,
+    relative_position_bias=relative_position.relative_position_bias_numpy,
+    conv_transpose2d=resample.conv_transpose2d_numpy,
+    adaptive_avg_pool2d=resample.adaptive_avg_pool2d_numpy,
+)
+
+NUMBA = SimpleNamespace(
+    name="numba",
+    layer_norm=norm.layer_norm_numba,
+    gelu=activations.gelu_numba,
+    bias_gelu=activations.bias_gelu_numba,
+    softmax=activations.softmax_numba,
+    attention=attention.attention_numba,
+    interpolate_bicubic=interpolate.interpolate_bicubic_numba,
+    interpolate_bilinear=interpolate.interpolate_bilinear_numba,
+    conv2d=conv.conv2d_numba,
+    max_pool2d=conv.max_pool2d_numba,
+    group_norm_act=groupnorm.group_norm_act_numba,
+    depthwise_conv_tokens=dwconv.depthwise_conv_tokens_numba,
+    relative_position_index=relative_position.relative_position_index_numba,
+    relative_position_bias=relative_position.relative_position_bias_numba,
+    conv_transpose2d=resample.conv_transpose2d_numba,
+    adaptive_avg_pool2d=resample.adaptive_avg_pool2d_numba,
+)
+
+
+def get(backend):
+    """The kernel namespace for `backend` ("numpy": the readable twins, "numba": the fast path)."""
+    if backend == "numpy":
+        return NUMPY
+    if backend == "numba":
+        return NUMBA
+    raise RefvitError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
