@@ -1,0 +1,270 @@
+"""2-D convolution and max pooling on NCHW arrays: torch.nn.functional.conv2d / max_pool2d semantics.
+
+conv2d(x, weight, bias, stride, padding, dilation, groups), x (B, Cin, H, W), weight (Cout, Cin/groups, kh, kw):
+
+    out[b, o, y, x] = bias[o] + sum_{c, i, j} weight[o, c, i, j] * xpad[b, g·Cin/G + c, y·sh + i·dh, x·sw + j·dw]
+
+with g = o // (Cout/G) the group of output channel o and xpad the input zero-padded by (top, bottom, left, right)
+(asymmetric padding, so TF-"SAME" padding needs no separate pad step). Output size, as torch's conv:
+    Ho = (H + top + bottom - dh·(kh - 1) - 1) // sh + 1          (and likewise Wo)
+
+Computed as im2col + one BLAS GEMM per (batch, group): the patches become the columns of
+cols (Cin/G · kh · kw, Ho · Wo), so out_g = W_g (Cout/G, Cin/G · kh · kw) @ cols is a plain row-major GEMM on the
+checkpoint's own weight layout (a reshape, no copy) and lands directly in NCHW. A 1×1 kernel without padding needs
+no im2col at all (its "patches" are the input pixels, subsampled by the stride). Only the im2col gather differs
+between the twins (NumPy: one strided slice per kernel tap; Numba: a parallel gather); the GEMM is NumPy's matmul
+(BLAS) in both.
+
+max_pool2d(x, kernel, stride, padding, ceil_mode, pad_value): the maximum over each kh × kw window, the input padded
+by (top, bottom, left, right) with `pad_value` (-inf: torch's implicit padding, which never wins; BiT's
+`BitMaxPool2d` pads with 0 first). Output size as torch's `pooling_output_shape`:
+    Ho = ceil_or_floor((H + top + bottom - kh) / sh) + 1, and with ceil_mode the last window must start inside the
+    input or the top padding (else Ho -= 1); window positions beyond the padded input are ignored.
+NaN propagates, as in torch's CPU kernel (`val > max || isnan(val)`).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from refvit.errors import InputError
+from refvit.kernels import check_float
+
+
+def _pair(value, name):
+    """An int or a 2-sequence of ints -> (a, b)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    try:
+        a, b = value
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (a, b)):
+            raise TypeError
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+
+
+def _quad(value, name):
+    """Padding: an int, (vertical, horizontal) or (top, bottom, left, right) -> (top, bottom, left, right)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,) * 4
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        value = (value[0], value[0], value[1], value[1])
+    if (not isinstance(value, (tuple, list)) or len(value) != 4
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in value)):
+        raise InputError(f"{name}: expected non-negative ints (top, bottom, left, right), got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
+    """torch's conv output length along one axis."""
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, pad_before, pad_after, ceil_mode):
+    """torch's `pooling_output_shape` (dilation 1) with asymmetric padding."""
+    span = size + pad_before + pad_after - kernel
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_before:  # the last window must start inside input / top pad
+        out -= 1
+    return out
+
+
+def _check_conv(x, weight, bias, stride, padding, dilation, groups):
+    check_float(x, "x")
+    check_float(weight, "weight")
+    stride, dilation, padding = _pair(stride, "stride"), _pair(dilation, "dilation"), _quad(padding, "padding")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise InputError(f"conv2d: stride {stride} and dilation {dilation} must be >= 1")
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise InputError(f"conv2d: groups must be a positive int, got {groups!r}")
+    if x.ndim != 4 or weight.ndim != 4 or weight.dtype != x.dtype:
+        raise InputError(f"conv2d: x must be (B, Cin, H, W) and weight (Cout, Cin/groups, kh, kw) of dtype {x.dtype}, "
+                         f"got x {x.shape} {x.dtype}, weight {weight.shape} {weight.dtype}")
+    B, Cin, H, W = x.shape
+    Cout, Cg, kh, kw = weight.shape
+    if Cin != Cg * groups or Cout % groups or Cout == 0 or min(kh, kw) < 1:
+        raise InputError(f"conv2d: weight {weight.shape} with groups={groups} does not fit x {x.shape} "
+                         f"(needs Cin = weight.shape[1]·groups and Cout divisible by groups)")
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.shape != (Cout,)):
+        raise InputError(f"conv2d: bias must be None or ({Cout},), got {getattr(bias, 'shape', type(bias).__name__)}")
+    top, bottom, left, right = padding
+    Ho = conv_output_size(H, kh, stride[0], top, bottom, dilation[0])
+    Wo = conv_output_size(W, kw, stride[1], left, right, dilation[1])
+    if Ho < 1 or Wo < 1 or B == 0:
+        raise InputError(f"conv2d: input {x.shape} padded by {padding} is smaller than the (dilated) kernel "
+                         f"{(kh, kw)}·{dilation}")
+    return stride, padding, dilation, int(groups), Ho, Wo
+
+
+def _gemm(cols, weight, bias, groups, Ho, Wo):
+    """cols (B, G, K, P) -> (B, Cout, Ho, Wo): out_g = W_g (Cout/G, K) @ cols_g (K, P), batched over (B, G)."""
+    B, G, K, P = cols.shape
+    Cout = weight.shape[0]
+    Wg = weight.reshape(G, Cout // G, K)                               # (G, Cout/G, K): the checkpoint layout
+    out = np.matmul(Wg, cols)                                          # (B, G, Cout/G, P), one BLAS GEMM per (b, g)
+    out = out.reshape(B, Cout, Ho, Wo)                                 # (B, Cout, Ho, Wo)
+    if bias is not None:
+        out += bias.astype(out.dtype, copy=False)[:, None, None]
+    return out
+
+
+def _pointwise_cols(x, stride, groups):
+    """A 1×1 kernel without padding: the columns are the (strided) input pixels, (B, G, Cin/G, Ho·Wo)."""
+    B, Cin = x.shape[:2]
+    xs = np.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])        # (B, Cin, Ho, Wo)
+    return xs.reshape(B, groups, Cin // groups, -1)
+
+
+def _is_pointwise(weight, padding):
+    return weight.shape[2:] == (1, 1) and not any(padding)
+
+
+# ---------------------------------------------------------------------------------------- NumPy twins
+
+
+def im2col_numpy(x, kernel, stride, padding, dilation, Ho, Wo):
+    """x (B, C, H, W) -> cols (B, C, kh, kw, Ho, Wo): cols[b, c, i, j, y, x] = xpad[b, c, y·sh + i·dh, x·sw + j·dw]."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    top, bottom, left, right = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))     # zero padding
+    cols = np.empty(x.shape[:2] + (kh, kw, Ho, Wo), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (Ho - 1) + 1:sh, j * dw:j * dw + sw * (Wo - 1) + 1:sw]
+    return cols
+
+
+def conv2d_numpy(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """torch.nn.functional.conv2d on (B, Cin, H, W) with (top, bottom, left, right) zero padding -> (B, Cout, Ho, Wo)."""
+    stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
+    if _is_pointwise(weight, padding):
+        return _gemm(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
+    B, Cin = x.shape[:2]
+    cols = im2col_numpy(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
+    cols = cols.reshape(B, groups, -1, Ho * Wo)                        # (B, G, Cin/G·kh·kw, Ho·Wo)
+    return _gemm(cols, weight, bias, groups, Ho, Wo)
+
+
+def _check_pool(x, kernel, stride, padding, ceil_mode):
+    check_float(x, "x")
+    kernel, stride, padding = _pair(kernel, "kernel"), _pair(stride, "stride"), _quad(padding, "padding")
+    if x.ndim != 4 or min(kernel) < 1 or min(stride) < 1:
+        raise InputError(f"max_pool2d: x must be (B, C, H, W), kernel and stride >= 1; got x {x.shape}, "
+                         f"kernel {kernel}, stride {stride}")
+    top, bottom, left, right = padding
+    Ho = pool_output_size(x.shape[2], kernel[0], stride[0], top, bottom, ceil_mode)
+    Wo = pool_output_size(x.shape[3], kernel[1], stride[1], left, right, ceil_mode)
+    if Ho < 1 or Wo < 1 or x.size == 0:
+        raise InputError(f"max_pool2d: input {x.shape} padded by {padding} is smaller than the kernel {kernel}")
+    return kernel, stride, padding, Ho, Wo
+
+
+def max_pool2d_numpy(x, kernel, stride, padding=(0, 0, 0, 0), ceil_mode=False, pad_value=-np.inf):
+    """torch.nn.functional.max_pool2d with (top, bottom, left, right) padding of value `pad_value` -> (B, C, Ho, Wo)."""
+    (kh, kw), (sh, sw), (top, bottom, left, right), Ho, Wo = _check_pool(x, kernel, stride, padding, ceil_mode)
+    H, W = x.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=x.dtype.type(pad_value))
+    extra_h = max(0, (Ho - 1) * sh + kh - xp.shape[2])                 # ceil_mode overhang: ignored positions
+    extra_w = max(0, (Wo - 1) * sw + kw - xp.shape[3])
+    xp = np.pad(xp, ((0, 0), (0, 0), (0, extra_h), (0, extra_w)), constant_values=-np.inf)
+    out = np.full(x.shape[:2] + (Ho, Wo), -np.inf, x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out = np.maximum(out, xp[:, :, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw])  # NaN wins
+    return out
+
+
+# ---------------------------------------------------------------------------------------- Numba kernels
+
+
+@njit(cache=True, fastmath=False)
+def _valid_range(n_out, stride, offset, size):
+    """Output positions o in [lo, hi) whose input position o·stride + offset lies in [0, size)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi = 0 if offset >= size else min(n_out, (size - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _im2col_kernel(x, kh, kw, sh, sw, top, left, dh, dw, cols):
+    # x: (B, C, H, W); cols: (B, C, kh, kw, Ho, Wo), every element written (zeros where the tap is in the padding).
+    B, C, H, W = x.shape
+    Ho, Wo = cols.shape[4], cols.shape[5]
+    for r in prange(B * C * kh * kw):  # one (b, c, i, j) tap row per iteration
+        j = r % kw
+        i = (r // kw) % kh
+        c = (r // (kw * kh)) % C
+        b = r // (kw * kh * C)
+        y0, y1 = _valid_range(Ho, sh, i * dh - top, H)
+        x0, x1 = _valid_range(Wo, sw, j * dw - left, W)
+        off = j * dw - left
+        for oy in range(Ho):
+            row = cols[b, c, i, j, oy]
+            if oy < y0 or oy >= y1:
+                row[:] = 0
+                continue
+            src = x[b, c, oy * sh + i * dh - top]
+            row[:x0] = 0
+            if sw == 1:
+                row[x0:x1] = src[x0 + off:x1 + off]  # contiguous copy
+            else:
+                for ox in range(x0, x1):
+                    row[ox] = src[ox * sw + off]
+            row[x1:] = 0
+
+
+def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo):
+    """Numba twin of `im2col_numpy`: one parallel gather, no padded copy of x."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    top, _, left, _ = padding
+    x = np.require(x, x.dtype, ["C", "A"])
+    cols = np.empty(x.shape[:2] + (kh, kw, Ho, Wo), x.dtype)
+    _im2col_kernel(x, kh, kw, sh, sw, top, left, dh, dw, cols)
+    return cols
+
+
+def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Numba twin of `conv2d_numpy`: the im2col gather in Numba, the GEMM in BLAS (same as the twin)."""
+    stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
+    if _is_pointwise(weight, padding):
+        return _gemm(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
+    B = x.shape[0]
+    cols = im2col_numba(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
+    return _gemm(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _max_pool_kernel(x, kh, kw, sh, sw, top, bottom, left, right, pad_value, out):
+    # x: (B, C, H, W); out: (B, C, Ho, Wo). Taps inside the padding count as pad_value, taps beyond it are skipped.
+    B, C, H, W = x.shape
+    Ho, Wo = out.shape[2], out.shape[3]
+    for bc in prange(B * C):
+        b = bc // C
+        c = bc % C
+        for oy in range(Ho):
+            for ox in range(Wo):
+                best = -np.inf
+                for i in range(kh):
+                    y = oy * sh + i - top
+                    if y >= H + bottom:
+                        break
+                    for jj in range(kw):
+                        xx = ox * sw + jj - left
+                        if xx >= W + right:
+                            break
+                        if y < 0 or y >= H or xx < 0 or xx >= W:
+                            v = pad_value
+                        else:
+                            v = x[b, c, y, xx]
+                        if v > best or v != v:  # NaN propagates, as torch
+                            best = v
+                out[b, c, oy, ox] = best
+
+
+def max_pool2d_numba(x, kernel, stride, padding=(0, 0, 0, 0), ceil_mode=False, pad_value=-np.inf):
+    """Numba twin of `max_pool2d_numpy`: (batch, channel) planes in parallel, no padded copy."""
+    (kh, kw), (sh, sw), (top, bottom, left, right), Ho, Wo = _check_pool(x, kernel, stride, padding, ceil_mode)
+    x = np.require(x, x.dtype, ["C", "A"])
+    out = np.empty(x.shape[:2] + (Ho, Wo), x.dtype)
+    _max_pool_kernel(x, kh, kw, sh, sw, top, bottom, left, right, x.dtype.type(pad_value), out)
+    return out
