@@ -46,7 +46,7 @@ TRANSFORMERS_VERSION = "5.23.0"
 TORCH_VERSION = "2.13.0"
 
 
-FAMILIES = ["cases_vit"]  # golden/cases_<family>.py modules: each has CASES and record_points (see cases_vit.py)
+FAMILIES = ["cases_vit", "cases_cvt", "cases_bit", "cases_beit", "cases_data2vec_vision"]  # golden/cases_<family>.py modules: each has CASES and record_points (see cases_vit.py)
 
 
 def family_modules():
@@ -160,7 +160,8 @@ def make_case(name: str, out_dir: Path) -> dict:
     else:
         model.save_pretrained(case_dir)
         saved = tensors if real_size else read_safetensors(case_dir / "model.safetensors")
-        assert all(np.array_equal(saved[k], tensors[k]) for k in tensors), f"{name}: saved tensors differ from seeded ones"
+        expected = getattr(family, "saved_names", lambda arch, t: t)(arch, tensors)  # a family's save-name quirks
+        assert all(np.array_equal(saved[k], expected[k]) for k in expected), f"{name}: saved tensors differ from seeded ones"
         if real_size:
             (case_dir / "model.safetensors").unlink()  # rebuilt from the seed by refvit.synthetic
 
@@ -183,6 +184,10 @@ def make_case(name: str, out_dir: Path) -> dict:
                 module.config._attn_implementation = model.config._attn_implementation
         store: dict = {}
         handles = [] if real_size else attach_hooks(model, store, family)
+        probs: list = []  # attention maps of family.ATTENTION_PROBS modules, for outputs that hold none (CvT)
+        probe = getattr(family, "ATTENTION_PROBS", None)
+        handles += [m.register_forward_hook(lambda mod, args, o: probs.append(o.detach().numpy()))
+                    for n, m in model.named_modules() if probe is not None and probe.search(n)]
         torch_inputs = {"pixel_values": torch.from_numpy(pixel_values).to(tdtype)}
         if "bool_masked_pos" in inputs:
             torch_inputs["bool_masked_pos"] = torch.from_numpy(inputs["bool_masked_pos"])
@@ -190,10 +195,13 @@ def make_case(name: str, out_dir: Path) -> dict:
             out = model(**torch_inputs, **kwargs, output_hidden_states=True, output_attentions=True)
         for h in handles:
             h.remove()
-        if dtype == "float32":
-            entropy = attention_entropy_ratio(out.attentions[-1].numpy())
+        if dtype == "float32" and ("attentions" in out or probs):  # convolutional models (BiT) have none
+            entropy = attention_entropy_ratio(out.attentions[-1].numpy() if "attentions" in out else probs[-1])
         arrays.update(flatten_output(out, dtype, REAL_SIZE_ATTENTION_LAYERS if real_size else None))
         arrays.update({f"{dtype}/intermediates/{k}": v for k, v in store.items()})
+    keep = getattr(family, "real_size_keep", None)  # a family's rule for what its real-size cases record (size)
+    if real_size and keep is not None:
+        arrays = {k: v for k, v in arrays.items() if keep(name, k)}
     np.savez(case_dir / "outputs.npz", **arrays)
     meta = {"case": name, "architecture": arch, "seed": seed, "call": {k: (bool(v) if k == "bool_masked_pos" else v)
                                                                          for k, v in call.items()},
@@ -201,12 +209,15 @@ def make_case(name: str, out_dir: Path) -> dict:
             "weights": "refvit.synthetic.random_state_dict(shapes, seed)" + (" (not committed)" if real_size else ""),
             "storage": {False: "model.safetensors", True: "none (seeded)", "bf16": "model.safetensors (bfloat16)",
                         "bin": "pytorch_model.bin (torch.save of state_dict)"}[storage],
-            "attentions_recorded": "layers 0 and -1" if real_size else "all", "intermediates": not real_size,
-            "mean_attention_entropy_over_log_n_last_layer": round(entropy, 4),
+            "attentions_recorded": ("layers 0 and -1" if real_size else "all") if "attentions" in out
+            else "none (the model returns no attention maps)", "intermediates": not real_size,
+            "mean_attention_entropy_over_log_n_last_layer": None if entropy is None else round(entropy, 4),
             "float64_run": "eager attention with softmax in float64 (transformers' eager uses float32)",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "command": "python golden/generate.py"}
+    if real_size and keep is not None:
+        meta["recorded"] = family.REAL_SIZE_RECORDED
     (case_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 

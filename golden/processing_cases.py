@@ -56,7 +56,84 @@ CASES = {
                              "crop_size": {"height": 224, "width": 224}}, None, [(LANDSCAPE, "load_image")]),
     "vit_convert_gray": ("vit", {"do_convert_rgb": True}, None, [(GRAY, "open")]),
     "deit_convert_rgba": ("deit", {"do_convert_rgb": True, **IMAGENET_DEFAULT}, None, [(RGBA, "open")]),
+    # CvT checkpoints ship ConvNeXT's processor: shortest edge to int(224 / 0.875) = 256, then a 224² center crop
+    "cvt_default": ("cvt", {"size": {"shortest_edge": 224}, "crop_pct": 0.875, **IMAGENET_DEFAULT}, None,
+                    [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "cvt_legacy": ("cvt", None, {  # microsoft/cvt-13 style: legacy type name, int size (= shortest edge), crop_pct
+        "crop_pct": 0.875, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "ConvNextFeatureExtractor", **IMAGENET_DEFAULT, "resample": 3, "size": 224,
+    }, [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "cvt_384": ("cvt", {"size": {"shortest_edge": 384}, "crop_pct": 0.5}, None,  # >= 384: warp to a square, no crop
+                [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "cvt_crop_pct": ("cvt", {"size": {"shortest_edge": 200}, "crop_pct": 0.9, "resample": 2}, None,  # int(222.2) = 222
+                     [(PORTRAIT, "load_image")]),
 }
+# BEiT (and data2vec-vision): the ImageNet checkpoints' legacy config (microsoft/beit-base-patch16-224 style), the
+# ADE20k segmentation ones (640x640, labels reduced) as save_pretrained writes them and as the hub's legacy config
+# (whose `reduce_labels` key transformers 5 ignores), and a crop. Each also processes segmentation maps (`labels`).
+BEIT_LEGACY = {"crop_size": 224, "do_center_crop": False, "do_normalize": True, "do_resize": True,
+               "feature_extractor_type": "BeitFeatureExtractor", "image_mean": [0.5, 0.5, 0.5],
+               "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224}
+CASES.update({
+    "beit_default": ("beit", {}, None, [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "beit_imagenet_legacy": ("beit", None, BEIT_LEGACY, [(LANDSCAPE, "load_image")]),
+    "beit_ade": ("beit", {"size": {"height": 640, "width": 640}, "resample": 2, "do_reduce_labels": True}, None,
+                 [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "beit_ade_legacy": ("beit", None, {**BEIT_LEGACY, "crop_size": 640, "size": 640, "reduce_labels": True},
+                        [(PORTRAIT, "load_image")]),
+    "beit_crop": ("beit", {"size": {"shortest_edge": 256}, "do_center_crop": True,
+                           "crop_size": {"height": 200, "width": 240}, "do_reduce_labels": True}, None,
+                  [(PORTRAIT, "load_image")]),
+})
+# BiT: the class defaults (shortest edge 224, crop, CLIP mean/std, RGB conversion on by default, so gray and RGBA
+# photos are converted without asking), a 448² google/bit-50-like config, and legacy hand-written configs (int sizes:
+# the size is the shortest edge since default_to_square is false; the crop an int square)
+CASES.update({
+    "bit_default": ("bit", {}, None, [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "bit_448": ("bit", {"size": {"shortest_edge": 448}, "crop_size": {"height": 448, "width": 448},
+                        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, None, [(LANDSCAPE, "load_image")]),
+    "bit_convert_default": ("bit", {}, None, [(GRAY, "open"), (RGBA, "open")]),
+    "bit_legacy": ("bit", None, {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                                 "image_processor_type": "BitImageProcessor", **IMAGENET_DEFAULT, "resample": 2,
+                                 "size": 256}, [(LANDSCAPE, "load_image"), (PORTRAIT, "load_image")]),
+    "bit_legacy_feature_extractor": ("bit", None, {"feature_extractor_type": "BitFeatureExtractor", "size": 240,
+                                                   "crop_size": 200, "resample": 3}, [(PORTRAIT, "load_image")]),
+})
+# segmentation maps for the BEiT cases: ADE20k-like labels 0..150 (0 = background) made from each photo's gray levels
+SEGMENTATION_LABELS = 151
+# post_process_semantic_segmentation golden (case beit_ade): seeded N(0, 1) float32 logits (B, num_labels, h, w),
+# resized to each target size (bilinear) then argmax; "small" targets take torch's small-output path
+POST_PROCESS_LOGITS = (2, 7, 12, 18)
+POST_PROCESS_TARGETS = {"photos": [(300, 451), (450, 301)], "small": [(9, 13), (40, 25)], "none": None}
+
+
+def segmentation_map(image):
+    """A single-band (mode L) label map from a photo: gray * 151 // 256, so labels 0..150."""
+    from PIL import Image
+
+    gray = np.asarray(image.convert("L")).astype(np.int64)
+    return Image.fromarray((gray * SEGMENTATION_LABELS // 256).astype(np.uint8), "L")
+
+
+def segmentation_extras(name: str, processor, images) -> tuple[dict, dict]:
+    """BEiT cases: `labels` for the photos' label maps; for beit_ade also the post-processing golden."""
+    import torch
+
+    maps = [segmentation_map(image) for image in images]
+    arrays = {"labels": processor(images, segmentation_maps=maps, return_tensors="np")["labels"]}
+    meta = {"segmentation_maps": "refvit: golden.processing_cases.segmentation_map(image) (gray * 151 // 256, "
+                                 "mode L), one per image; labels from processor(images, segmentation_maps=maps)"}
+    if name == "beit_ade":
+        logits = np.random.default_rng(0).standard_normal(POST_PROCESS_LOGITS).astype(np.float32)
+        arrays["post_process/logits"] = logits
+        outputs = type("Outputs", (), {"logits": torch.from_numpy(logits)})()
+        for key, targets in POST_PROCESS_TARGETS.items():
+            for i, m in enumerate(processor.post_process_semantic_segmentation(outputs, target_sizes=targets)):
+                arrays[f"post_process/{key}/{i}"] = m.numpy()
+        meta["post_process"] = {"logits": "np.random.default_rng(0).standard_normal(%s) float32"
+                                          % (list(POST_PROCESS_LOGITS),),
+                                "target_sizes": POST_PROCESS_TARGETS}
+    return arrays, meta
 
 
 def generate(out_dir: pathlib.Path) -> list[str]:
@@ -64,11 +141,15 @@ def generate(out_dir: pathlib.Path) -> list[str]:
     import PIL
     import transformers
     from PIL import Image
-    from transformers import AutoImageProcessor, DeiTImageProcessorPil, ViTImageProcessorPil
+    from transformers import AutoImageProcessor, ConvNextImageProcessorPil, DeiTImageProcessorPil, ViTImageProcessorPil
+    from transformers import BeitImageProcessorPil
     from transformers.image_utils import load_image
 
     transformers.logging.set_verbosity_error()
-    classes = {"vit": ViTImageProcessorPil, "deit": DeiTImageProcessorPil}
+    classes = {"vit": ViTImageProcessorPil, "deit": DeiTImageProcessorPil, "cvt": ConvNextImageProcessorPil}
+    classes["beit"] = BeitImageProcessorPil
+    from transformers import BitImageProcessorPil
+    classes["bit"] = BitImageProcessorPil
     out_dir = pathlib.Path(out_dir)
     written = []
     for name, (family, settings, legacy, images) in CASES.items():
@@ -88,7 +169,8 @@ def generate(out_dir: pathlib.Path) -> list[str]:
         pixels_uint8 = processor(loaded, return_tensors="np", do_rescale=False, do_normalize=False)["pixel_values"]
         if pixel_values.dtype != np.float32 or pixels_uint8.dtype != np.uint8:
             raise RuntimeError(f"{name}: unexpected dtypes {pixel_values.dtype}, {pixels_uint8.dtype}")
-        _write_npz(case_dir / "expected.npz", {"pixel_values": pixel_values, "pixels_uint8": pixels_uint8})
+        extra, extra_meta = segmentation_extras(name, processor, loaded) if family == "beit" else ({}, {})
+        _write_npz(case_dir / "expected.npz", {"pixel_values": pixel_values, "pixels_uint8": pixels_uint8, **extra})
         _write_json(case_dir / "meta.json", {
             "case": name,
             "command": COMMAND,
@@ -100,6 +182,7 @@ def generate(out_dir: pathlib.Path) -> list[str]:
             "pixels_uint8": "same processor with do_rescale=False, do_normalize=False",
             "images": [_image_meta(f, how, img) for (f, how), img in zip(images, loaded)],
             "pixel_values_shape": list(pixel_values.shape),
+            **extra_meta,
         })
         written.append(name)
     return written

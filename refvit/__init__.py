@@ -10,7 +10,9 @@ defines them, checked against golden tensors from the framework.
 from .errors import CheckpointError, ConfigError, ImageError, InputError, RefvitError, UnsafeCheckpointError
 from .model import (ARCHITECTURES, CLASSES, AutoModel, AutoModelForImageClassification, Model, from_pretrained,
                     from_state_dict)
-from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, DeiTFeatureExtractor,
+from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, BeitFeatureExtractor,
+                         BeitImageProcessor, BitImageProcessor, ConvNextFeatureExtractor,
+                         ConvNextImageProcessor, DeiTFeatureExtractor,
                          DeiTImageProcessor, ImageProcessor, ViTFeatureExtractor, ViTImageProcessor, load_image)
 
 __version__ = "0.1.0"
@@ -23,4 +25,6 @@ __all__ = [
     *CLASSES,
     "ImageProcessor", "AutoImageProcessor", "AutoFeatureExtractor", "BatchFeature", "ViTImageProcessor",
     "DeiTImageProcessor", "ViTFeatureExtractor", "DeiTFeatureExtractor", "load_image",
+    "ConvNextImageProcessor", "ConvNextFeatureExtractor", "BeitImageProcessor", "BeitFeatureExtractor",
+    "BitImageProcessor",
 ]

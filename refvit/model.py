@@ -17,13 +17,13 @@ from .architecture import Architecture, CallOptions, map_tensors
 from .checkpoint import load_state_dict
 from .config import read_config_json
 from .errors import CheckpointError, ConfigError, InputError
-from .models import vit
+from .models import beit, bit, cvt, vit
 from .models.common import Recorder, check_pixel_values, nest
 
 # Every supported transformers class, family by family (each family file lists its own).
-ARCHITECTURES = {a.name: a for a in vit.ARCHITECTURES}
-BASE_MODELS = {**vit.BASE_MODELS}      # model_type -> base class, for configs without `architectures`
-CLASSIFIERS = {**vit.CLASSIFIERS}      # model_type -> image-classification class (AutoModelForImageClassification)
+ARCHITECTURES = {a.name: a for a in vit.ARCHITECTURES + cvt.ARCHITECTURES + bit.ARCHITECTURES + beit.ARCHITECTURES}
+BASE_MODELS = {**vit.BASE_MODELS, **cvt.BASE_MODELS, **bit.BASE_MODELS, **beit.BASE_MODELS}      # model_type -> base class, for configs without `architectures`
+CLASSIFIERS = {**vit.CLASSIFIERS, **cvt.CLASSIFIERS, **bit.CLASSIFIERS, **beit.CLASSIFIERS}      # model_type -> image-classification class (AutoModelForImageClassification)
 
 
 def choose_architecture(raw: dict, architecture: str | None, source: str) -> Architecture:

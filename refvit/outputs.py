@@ -56,3 +56,30 @@ class MaskedImageModelingOutput(ModelOutput):
 
 class DeiTForImageClassificationWithTeacherOutput(ModelOutput):
     FIELDS = ("logits", "cls_logits", "distillation_logits", "hidden_states", "attentions")
+
+
+class ImageClassifierOutputWithNoAttention(ModelOutput):  # CvT, BiT
+    FIELDS = ("loss", "logits", "hidden_states")
+
+
+class BaseModelOutputWithCLSToken(ModelOutput):  # CvtModel (modeling_cvt.py)
+    FIELDS = ("last_hidden_state", "cls_token_value", "hidden_states")
+
+
+class BaseModelOutputWithPoolingAndNoAttention(ModelOutput):  # BitModel
+    FIELDS = ("last_hidden_state", "pooler_output", "hidden_states")
+
+
+class BackboneOutput(ModelOutput):  # BitBackbone, BeitBackbone
+    FIELDS = ("feature_maps", "hidden_states", "attentions")
+
+
+class MaskedLMOutput(ModelOutput):  # BeitForMaskedImageModeling: logits over the visual-token vocabulary
+    FIELDS = ("loss", "logits", "hidden_states", "attentions")
+
+
+class SemanticSegmenterOutput(ModelOutput):
+    """BeitForSemanticSegmentation / Data2VecVisionForSemanticSegmentation. `auxiliary_logits` (the FCN auxiliary
+    head, which transformers computes for its loss but does not return) is refvit's addition, last so that the
+    positions of transformers' fields are unchanged."""
+    FIELDS = ("loss", "logits", "hidden_states", "attentions", "auxiliary_logits")

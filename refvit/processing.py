@@ -67,6 +67,11 @@ __all__ = [
     "DeiTImageProcessor",
     "ViTFeatureExtractor",
     "DeiTFeatureExtractor",
+    "ConvNextImageProcessor",
+    "ConvNextFeatureExtractor",
+    "BeitImageProcessor",
+    "BeitFeatureExtractor",
+    "BitImageProcessor",
     "AutoImageProcessor",
     "AutoFeatureExtractor",
     "resize",
@@ -80,6 +85,8 @@ IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PILImageResampling is PIL.Image.Resampling; transformers' `resampling_validator` accepts ints 0..5 only.
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
@@ -478,9 +485,7 @@ def _size_with_aspect_ratio(height: int, width: int, size: int, max_size: int) -
 # ----------------------------------------------------------------------------------------------------
 # Processors
 
-_LATER_FAMILIES = {  # processors of the families refvit will support, with the model each belongs to
-    "BeitImageProcessor": "BEiT", "BitImageProcessor": "BiT", "ConvNextImageProcessor": "CvT",
-}
+_LATER_FAMILIES: dict[str, str] = {}  # processors of the families refvit will support, with the model each belongs to
 
 
 class ImageProcessor:
@@ -508,16 +513,25 @@ class ImageProcessor:
     pad_size = None
     data_format = "channels_first"
     input_data_format = None
+    extra_keys: tuple = ()  # settings only this processor class reads (ConvNextImageProcessor: crop_pct)
 
     def __init__(self, **kwargs: Any):
-        unknown = sorted(set(kwargs) - set(_PROCESSING_KEYS))
+        unknown = sorted(set(kwargs) - set(self._keys()))
         if unknown:
-            raise ConfigError(f"{type(self).__name__}: unknown arguments {unknown}; valid: {sorted(_PROCESSING_KEYS)}")
+            raise ConfigError(f"{type(self).__name__}: unknown arguments {unknown}; valid: {sorted(self._keys())}")
         # quirk (ImageProcessingMixin.__init__ sets every kwarg first): an explicit None / JSON null is kept,
         # it does not fall back to the class default (DeiT with "do_center_crop": null does not crop)
-        settings = {k: kwargs[k] if k in kwargs else getattr(type(self), k) for k in _PROCESSING_KEYS}
-        for key, value in _validate(settings, ConfigError, "").items():
+        settings = {k: kwargs[k] if k in kwargs else getattr(type(self), k) for k in self._keys()}
+        for key, value in self._check_settings(settings, ConfigError, "").items():
             setattr(self, key, value)
+
+    @classmethod
+    def _keys(cls) -> tuple:
+        return _PROCESSING_KEYS + cls.extra_keys
+
+    def _check_settings(self, settings: dict[str, Any], error: type, where: str) -> dict[str, Any]:
+        """Validate settings (at load: ConfigError; per call: InputError); subclasses add their own checks."""
+        return _validate(settings, error, where)
 
     # -- loading -------------------------------------------------------------------------------------
 
@@ -531,7 +545,7 @@ class ImageProcessor:
         """
         config, file = _read_processor_config(path)
         target = _class_for_config(config, file) if cls in (ImageProcessor, AutoImageProcessor) else cls
-        settings = {k: v for k, v in config.items() if k in _PROCESSING_KEYS}  # other keys are ignored, as upstream
+        settings = {k: v for k, v in config.items() if k in target._keys()}  # other keys are ignored, as upstream
         settings.update(overrides)
         try:
             return target(**settings)
@@ -540,7 +554,7 @@ class ImageProcessor:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as transformers' `to_dict` writes them (class name without the Pil suffix)."""
-        out = {k: getattr(self, k) for k in _PROCESSING_KEYS if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in self._keys() if getattr(self, k) is not None}
         out.pop("data_format", None)
         out["image_processor_type"] = type(self).__name__.replace("FeatureExtractor", "ImageProcessor")
         return out
@@ -559,12 +573,12 @@ class ImageProcessor:
         """
         if return_tensors not in (None, "np"):
             raise InputError(f"return_tensors={return_tensors!r}: refvit returns NumPy arrays only (use None or 'np')")
-        unknown = sorted(set(overrides) - set(_PROCESSING_KEYS))
+        unknown = sorted(set(overrides) - set(self._keys()))
         if unknown:
-            raise InputError(f"unknown processor arguments {unknown}; valid: {sorted(_PROCESSING_KEYS)}")
-        settings = {k: getattr(self, k) for k in _PROCESSING_KEYS}
+            raise InputError(f"unknown processor arguments {unknown}; valid: {sorted(self._keys())}")
+        settings = {k: getattr(self, k) for k in self._keys()}
         settings.update(overrides)  # quirk: an explicit None override disables the setting for this call
-        s = _validate(settings, InputError, "argument ")
+        s = self._check_settings(settings, InputError, "argument ")
         batch = [self._preprocess_one(image, s) for image in _flat_list_of_images(images)]
         return BatchFeature(pixel_values=np.stack(batch).astype(np.float32, copy=False))
 
@@ -574,7 +588,7 @@ class ImageProcessor:
         """PilBackend.process_image then PilBackend._preprocess for one image; returns (3, H, W) float32."""
         pixels = _to_hwc(image, s["do_convert_rgb"], s["input_data_format"])  # (h, w, 3)
         if s["do_resize"]:
-            pixels = resize(pixels, _output_size(*pixels.shape[:2], s["size"]), s["resample"])
+            pixels = self._resize(pixels, s)
         if s["do_center_crop"]:
             pixels = center_crop(pixels, (s["crop_size"]["height"], s["crop_size"]["width"]))
         if s["do_rescale"]:
@@ -582,6 +596,10 @@ class ImageProcessor:
         if s["do_normalize"]:
             pixels = normalize(pixels, s["image_mean"], s["image_std"])
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32, copy=False)  # (3, H, W)
+
+    def _resize(self, pixels: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+        """PilBackend.resize: to the (height, width) the size dict asks for."""
+        return resize(pixels, _output_size(*pixels.shape[:2], s["size"]), s["resample"])
 
 
 class ViTImageProcessor(ImageProcessor):
@@ -597,11 +615,206 @@ class DeiTImageProcessor(ImageProcessor):
     crop_size = {"height": 224, "width": 224}
 
 
+class BitImageProcessor(ImageProcessor):
+    """transformers' BitImageProcessorPil (models/bit/image_processing_pil_bit.py): shortest edge to 224 BICUBIC,
+    center crop 224x224, rescale, normalize with the OpenAI CLIP mean/std, and RGB conversion on by default (L, P,
+    RGBA… images are converted, alpha composited onto white, as transformers' convert_to_rgb)."""
+
+    size = {"shortest_edge": 224}
+    resample = 3  # BICUBIC
+    default_to_square = False  # a legacy int `size` is the shortest edge
+    do_center_crop = True
+    crop_size = {"height": 224, "width": 224}
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    do_convert_rgb = True
+
+
+class ConvNextImageProcessor(ImageProcessor):
+    """transformers' ConvNextImageProcessorPil (models/convnext/image_processing_pil_convnext.py), which CvT
+    checkpoints ship: below 384 the shortest edge goes to int(shortest_edge / crop_pct) and a shortest_edge square is
+    center-cropped; at 384 or more the image is warped to a shortest_edge square, without crop."""
+
+    size = {"shortest_edge": 384}
+    resample = 3  # BICUBIC
+    default_to_square = False  # a legacy int `size` is the shortest edge
+    crop_pct = 224 / 256
+    extra_keys = ("crop_pct",)
+
+    def _check_settings(self, settings: dict[str, Any], error: type, where: str) -> dict[str, Any]:
+        s = super()._check_settings(settings, error, where)
+        crop_pct = s.get("crop_pct")
+        if crop_pct is not None and (not _is_number(crop_pct) or crop_pct <= 0):
+            raise error(f"{where}crop_pct: must be a positive finite number or null, got {crop_pct!r}")
+        if s.get("do_resize"):
+            if "shortest_edge" not in s["size"]:  # transformers raises at call time
+                raise error(f"{where}size: ConvNextImageProcessor resizes by shortest_edge, got {s['size']}")
+            edge = s["size"]["shortest_edge"]
+            if edge < 384 and (crop_pct is None or int(edge / crop_pct) < 1):
+                raise error(f"{where}crop_pct: shortest_edge {edge} < 384 needs a crop_pct in (0, {edge}], "
+                            f"got {crop_pct!r}")
+        return s
+
+    def _resize(self, pixels: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+        edge = s["size"]["shortest_edge"]  # quirk: any longest_edge in the size dict is ignored
+        if edge < 384:
+            resize_edge = int(edge / s["crop_pct"])  # quirk: truncated (224 / 0.875 = 256)
+            pixels = resize(pixels, _output_size(*pixels.shape[:2], {"shortest_edge": resize_edge}), s["resample"])
+            return center_crop(pixels, (edge, edge))
+        return resize(pixels, (edge, edge), s["resample"])  # quirk: 384 or more warps to a square, aspect ratio lost
+
+
+class BeitImageProcessor(ImageProcessor):
+    """transformers' BeitImageProcessorPil (models/beit/image_processing_pil_beit.py), also data2vec-vision's:
+    resize 224x224 BICUBIC, no center crop, rescale, normalize 0.5/0.5; segmentation maps become `labels`.
+
+    `processor(images, segmentation_maps=maps)` adds `labels` (B, H, W) int64: each map (a single-band PIL image or
+    a 2-D integer array of values in [0, 255]) goes through the same resize / center crop, without rescale and
+    normalize, after `do_reduce_labels` (0 -> 255, v -> v - 1, 255 stays 255) when set. Quirks reproduced:
+    - maps are resized with the images' `resample` (BICUBIC by default, BILINEAR for the ADE20k checkpoints), so
+      labels are interpolated, not taken from the nearest pixel;
+    - the legacy config key `reduce_labels` (microsoft/beit-*-ade-640-640) is ignored by transformers 5: only
+      `do_reduce_labels` reduces labels;
+    - `do_reduce_labels` never touches the images.
+    Deliberate change: the caller's map array is not modified (transformers reduces labels in place).
+    """
+
+    resample = 3  # BICUBIC
+    do_center_crop = False
+    crop_size = {"height": 224, "width": 224}
+    do_reduce_labels = False
+    extra_keys = ("do_reduce_labels",)
+
+    def _check_settings(self, settings: dict[str, Any], error: type, where: str) -> dict[str, Any]:
+        s = super()._check_settings(settings, error, where)
+        if s.get("do_reduce_labels") is not None and not isinstance(s["do_reduce_labels"], (bool, np.bool_)):
+            raise error(f"{where}do_reduce_labels: must be true, false or null, got {s['do_reduce_labels']!r}")
+        return s
+
+    def __call__(self, images: Any = None, segmentation_maps: Any = None, return_tensors: str | None = "np",
+                 **overrides: Any) -> BatchFeature:
+        """Preprocess images (and segmentation maps): `BatchFeature(pixel_values=…, labels=…)`."""
+        batch = super().__call__(images, return_tensors=return_tensors, **overrides)
+        if segmentation_maps is None:
+            return batch
+        settings = {**{k: getattr(self, k) for k in self._keys()}, **overrides}
+        s = self._check_settings(settings, InputError, "argument ")
+        maps = [self._preprocess_map(m, s) for m in _flat_list_of_maps(segmentation_maps)]
+        if len({m.shape for m in maps}) != 1:
+            raise InputError(f"segmentation maps of different sizes {sorted({m.shape for m in maps})} cannot be "
+                             "stacked (set do_resize or use maps of one size)")
+        batch["labels"] = np.stack(maps)
+        return batch
+
+    preprocess = __call__
+
+    def _preprocess_map(self, seg_map: Any, s: dict[str, Any]) -> np.ndarray:
+        """BeitImageProcessorPil._preprocess on one map (do_rescale/do_normalize off); returns (H, W) int64."""
+        m = _map_array(seg_map)                                                   # (h, w) integers in [0, 255]
+        if s["do_reduce_labels"]:
+            m = reduce_labels(m)
+        if s["do_resize"]:
+            height, width = _output_size(*m.shape, s["size"])
+            # quirk: the labels are resampled like pixels (s["resample"]), through a PIL "L" image
+            m = np.asarray(Image.fromarray(m.astype(np.uint8), "L").resize((width, height), resample=s["resample"],
+                                                                            reducing_gap=None))
+        if s["do_center_crop"]:
+            m = center_crop(m[:, :, None], (s["crop_size"]["height"], s["crop_size"]["width"]))[:, :, 0]
+        return m.astype(np.int64)
+
+    def post_process_semantic_segmentation(self, outputs: Any, target_sizes: Any = None,
+                                           return_segmentation_scores: bool = False) -> list:
+        """Per-image label maps (H, W) int64 from segmentation logits (B, num_labels, h, w), as transformers:
+        with target_sizes, each image's logits are bilinearly resized (align_corners=False, torch's arithmetic)
+        to its (height, width) first; then the argmax over labels (ties: the first label). With
+        return_segmentation_scores, each item is {"segmentation": map, "segmentation_scores": (num_labels, H, W)}."""
+        from .kernels.interpolate import interpolate_bilinear_numpy
+
+        logits = _segmentation_logits(outputs)
+        if target_sizes is not None:
+            if hasattr(target_sizes, "numpy") and type(target_sizes).__module__.startswith("torch"):
+                target_sizes = target_sizes.numpy()
+            if len(logits) != len(target_sizes):
+                raise InputError(f"target_sizes: {len(target_sizes)} sizes for a batch of {len(logits)} logits "
+                                 "(pass one (height, width) per image)")
+            scores = [interpolate_bilinear_numpy(np.ascontiguousarray(logits[i][None]), *_target_size(t))[0]
+                      for i, t in enumerate(target_sizes)]
+        else:
+            scores = list(logits)
+        maps = [score.argmax(axis=0).astype(np.int64) for score in scores]         # (H, W) each
+        if return_segmentation_scores:
+            return [BatchFeature(segmentation=m, segmentation_scores=sc) for m, sc in zip(maps, scores)]
+        return maps
+
+
+def reduce_labels(seg_map: np.ndarray) -> np.ndarray:
+    """BeitImageProcessorPil.reduce_label: 0 (background) -> 255, every other label -> label - 1, 255 stays 255."""
+    m = seg_map.copy()  # transformers modifies the map in place; refvit leaves the caller's array alone
+    m[m == 0] = 255
+    m = m - 1
+    m[m == 254] = 255
+    return m
+
+
+def _flat_list_of_maps(maps: Any) -> list[Any]:
+    """One map (2-D array or PIL image), a list of them, or a 3-D array (B, H, W) -> a flat, non-empty list."""
+    if isinstance(maps, np.ndarray) and maps.ndim == 3:
+        return list(maps)
+    if isinstance(maps, (list, tuple)):
+        if not maps:
+            raise InputError("segmentation_maps: empty list")
+        return list(maps)
+    return [maps]
+
+
+def _map_array(seg_map: Any) -> np.ndarray:
+    """A segmentation map as a 2-D integer array with values in [0, 255] (what transformers can resize)."""
+    if isinstance(seg_map, Image.Image):
+        seg_map = np.array(_decoded(seg_map))
+    if not isinstance(seg_map, np.ndarray):
+        raise InputError(f"segmentation map: expected a PIL image or a 2-D array, got {type(seg_map).__name__}")
+    if seg_map.ndim != 2 or seg_map.size == 0:
+        raise InputError(f"segmentation map: expected one (H, W) label map (a single-band image), got shape "
+                         f"{seg_map.shape}")
+    if seg_map.dtype.kind not in "iu" and not (seg_map.dtype.kind == "f" and np.all(np.isfinite(seg_map))
+                                               and np.all(seg_map == np.round(seg_map))):
+        raise InputError(f"segmentation map: expected integer labels, got dtype {seg_map.dtype}")
+    if seg_map.min() < 0 or seg_map.max() > 255:
+        raise InputError(f"segmentation map: labels must be in [0, 255] to be resized through PIL as transformers "
+                         f"does, got [{seg_map.min()}, {seg_map.max()}]")
+    return seg_map.astype(np.int64) if seg_map.dtype.kind == "f" else seg_map
+
+
+def _segmentation_logits(outputs: Any) -> np.ndarray:
+    logits = outputs.get("logits") if isinstance(outputs, Mapping) else getattr(outputs, "logits", outputs)
+    logits = np.asarray(logits) if not isinstance(logits, np.ndarray) else logits
+    if logits.ndim != 4 or logits.dtype.kind != "f" or logits.shape[1] == 0:
+        raise InputError(f"outputs.logits: expected (batch, num_labels, height, width) floats, got "
+                         f"{getattr(logits, 'shape', None)} {getattr(logits, 'dtype', None)}")
+    return logits if logits.dtype in (np.float32, np.float64) else logits.astype(np.float32)
+
+
+def _target_size(size: Any) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise InputError(f"target_sizes: each item must be (height, width), got {size!r}") from None
+    if height < 1 or width < 1:
+        raise InputError(f"target_sizes: sizes must be positive, got {size!r}")
+    return height, width
+
+
 ViTFeatureExtractor = ViTImageProcessor  # legacy transformers names, same classes
 DeiTFeatureExtractor = DeiTImageProcessor
+ConvNextFeatureExtractor = ConvNextImageProcessor
+BeitFeatureExtractor = BeitImageProcessor
 
-_PROCESSOR_CLASSES = {"ViTImageProcessor": ViTImageProcessor, "DeiTImageProcessor": DeiTImageProcessor}
-_MODEL_TYPE_CLASSES = {"vit": ViTImageProcessor, "deit": DeiTImageProcessor}  # IMAGE_PROCESSOR_MAPPING entries
+_PROCESSOR_CLASSES = {"ViTImageProcessor": ViTImageProcessor, "DeiTImageProcessor": DeiTImageProcessor,
+                      "ConvNextImageProcessor": ConvNextImageProcessor, "BeitImageProcessor": BeitImageProcessor,
+                      "BitImageProcessor": BitImageProcessor}
+_MODEL_TYPE_CLASSES = {"vit": ViTImageProcessor, "deit": DeiTImageProcessor,  # IMAGE_PROCESSOR_MAPPING entries
+                       "cvt": ConvNextImageProcessor, "beit": BeitImageProcessor, "data2vec-vision": BeitImageProcessor,
+                       "bit": BitImageProcessor}
 
 
 class AutoImageProcessor:

@@ -26,6 +26,8 @@ def _std(name: str, shape: tuple) -> tuple[float, float]:
         return (1.0, 0.2) if leaf == "weight" else (0.0, 0.2)
     if leaf == "bias":
         return 0.0, 0.1
+    if name.endswith(("projection_query.weight", "projection_key.weight")):
+        return 0.0, 2.5 / np.sqrt(fan_in)              # CvT scales q·k by embed_dim^-½, not head_dim^-½: stronger q, k
     if name.endswith(("query.weight", "key.weight")):
         return 0.0, 1.6 / np.sqrt(fan_in)              # peaked attention: q·k·D^-½ of std ~2.5 (default init: ~0.1)
     if leaf.startswith("lambda_"):
