@@ -1,5 +1,5 @@
-"""refvit: NumPy/Numba reference forward passes of ViT, DeiT (BEiT, CvT, BiT to come), as Hugging Face transformers
-defines them, checked against golden tensors from the framework.
+"""refvit: NumPy/Numba reference forward passes of ViT, DeiT, BEiT (and data2vec-vision), CvT and BiT, as Hugging Face
+transformers defines them, checked against golden tensors from the framework.
 
     import refvit
     model = refvit.from_pretrained("path/to/save_pretrained_dir")

@@ -156,8 +156,8 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference ViT/DeiT forward passes, "
-                                     "checked against Hugging Face transformers.")
+    parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference forward passes of ViT, DeiT, "
+                                     "BEiT, CvT and BiT, checked against Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("verify", help="run every golden case and print the parity table (exit 1 on any mismatch)")
