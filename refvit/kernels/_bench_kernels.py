@@ -3,8 +3,8 @@
     python -m refvit.kernels._bench_kernels                                  # numba cache as it is
     NUMBA_CACHE_DIR=$(mktemp -d) python -m refvit.kernels._bench_kernels     # cold: first calls compile
 
-Columns: median ms over --repeat calls; "numba after matmul" times the numba call right after a NumPy
-(B*N, C) @ (C, 4C) matmul, as inside a model, where OpenBLAS's worker threads are still spinning.
+Columns: median ms over --repeat calls, alone and right after a NumPy (B*N, C) @ (C, 4C) matmul (as
+inside a model, where OpenBLAS's worker threads are still spinning and compete with Numba's threads).
 Not a test: numbers depend on the machine and on whatever else it is running.
 """
 
@@ -68,12 +68,14 @@ def main(argv=None):
         wm = rng.standard_normal((C, hidden)).astype(dt)
         matmul = lambda: xm @ wm  # noqa: E731
         print(f"\nB={B} {dt} (median ms of {args.repeat}); numpy matmul (B*N,C)@(C,4C): {_median_ms(matmul, args.repeat):.1f}")
-        print(f"  {'kernel':28s} {'numpy':>8s} {'numba':>8s} {'numba after matmul':>19s}")
+        print(f"  {'kernel':28s} {'numpy':>8s} {'numba':>8s}   after a matmul: {'numpy':>8s} {'numba':>8s}")
         for label, (name, a, kw) in cases(B).items():
-            t_np = _median_ms(lambda: getattr(npk, name)(*a, **kw), args.repeat)
-            t_nb = _median_ms(lambda: getattr(nbk, name)(*a, **kw), args.repeat)
-            t_ctx = _median_ms(lambda: getattr(nbk, name)(*a, **kw), args.repeat, before=matmul)
-            print(f"  {label:28s} {t_np:8.2f} {t_nb:8.2f} {t_ctx:19.2f}")
+            t = [
+                _median_ms(lambda: getattr(backend, name)(*a, **kw), args.repeat, before=before)
+                for before in (None, matmul)
+                for backend in (npk, nbk)
+            ]
+            print(f"  {label:28s} {t[0]:8.2f} {t[1]:8.2f}                   {t[2]:8.2f} {t[3]:8.2f}")
     return 0
 
 

@@ -22,8 +22,8 @@ SQRT1_2 = 1.0 / math.sqrt(2.0)  # M_SQRT1_2 in GeluKernel.cpp
 
 def _check_bias_out(x, bias, out):
     check_float(x, "x")
-    if x.ndim < 1 or bias.shape != x.shape[-1:]:
-        raise InputError(f"bias_gelu: bias {bias.shape} must be (C,) for x {x.shape}")
+    if x.ndim < 1 or np.shape(bias) != x.shape[-1:]:
+        raise InputError(f"bias_gelu: bias {np.shape(bias)} must be (C,) for x {x.shape}")
     if out is not None and (
         not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype
         or not out.flags.c_contiguous or not out.flags.writeable
@@ -45,7 +45,7 @@ def bias_gelu_numpy(x, bias, out=None):
     """gelu(x + bias) with bias (C,) broadcast over the last axis of x (..., C): nn.Linear's bias, then GELU.
     With `out` given (may be x itself) the result is written there and out is returned."""
     _check_bias_out(x, bias, out)
-    y = gelu_numpy(x + bias.astype(x.dtype, copy=False))
+    y = gelu_numpy(x + np.asarray(bias, x.dtype))
     if out is None:
         return y
     out[...] = y

@@ -9,9 +9,11 @@ transformers/models/vit/modeling_vit.py `eager_attention_forward`:
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2)           # then reshape (B, N, C)
 Heads are split as `.view(B, N, H, D).transpose(1, 2)`: head h owns channels h*D:(h+1)*D.
 
-Note: HF's softmax runs in float32 even for a float64 model. These kernels keep the input's dtype
-(a float64 run is float64 throughout), so a float64 run differs from HF's float64 attention
-maps by float32 rounding (~1e-7 relative); float32 runs are unaffected.
+Note: HF's softmax runs in float32 even for a float64 model (`dtype=torch.float32`, then `.to(query.dtype)`).
+These kernels keep the input's dtype (a float64 run is float64 throughout), so against a float64 HF run
+everything from the first attention map on agrees only to float32 rounding (~1e-7), not 1e-10; float32
+runs are unaffected. (Redoing the float32 softmax here would not close the gap: torch's vectorised
+float32 exp/sum and NumPy's differ by a few float32 ulps.)
 """
 
 import numpy as np
@@ -35,8 +37,8 @@ def _check_args(q, k, v, num_heads, bias):
         raise InputError(f"attention: {num_heads} heads do not split {C} channels")
     if Nk == 0:
         raise InputError(f"attention: k and v have no tokens ({k.shape})")
-    if bias is not None and bias.shape != (num_heads, Nq, Nk):
-        raise InputError(f"attention: bias {bias.shape} must be (H, Nq, Nk) = {(num_heads, Nq, Nk)}")
+    if bias is not None and np.shape(bias) != (num_heads, Nq, Nk):
+        raise InputError(f"attention: bias {np.shape(bias)} must be (H, Nq, Nk) = {(num_heads, Nq, Nk)}")
 
 
 def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
@@ -52,7 +54,7 @@ def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
     vh = v.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)  # (B, H, Nk, D)
     scores = np.matmul(qh, kh.transpose(0, 1, 3, 2)) * q.dtype.type(scale)  # (B, H, Nq, Nk)
     if bias is not None:
-        scores = scores + bias.astype(q.dtype, copy=False)  # (H, Nq, Nk) broadcast over B
+        scores = scores + np.asarray(bias, q.dtype)  # (H, Nq, Nk) broadcast over B
     probs = softmax_numpy(scores)  # (B, H, Nq, Nk)
     context = np.matmul(probs, vh)  # (B, H, Nq, D)
     context = context.transpose(0, 2, 1, 3).reshape(B, Nq, C)  # (B, Nq, H*D): heads back along channels
@@ -61,7 +63,7 @@ def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
 
 # OpenBLAS (interface/gemm.c) runs a gemm on the calling thread when M*N*K <= SMP_THRESHOLD_MIN (65536)
 # * GEMM_MULTITHREAD_THRESHOLD (4); above that it wakes its own threads, and inside our prange threads
-# that oversubscribed the 2 cores: whole-head gemms were 3-10x slower than row blocks under this size.
+# that oversubscribed the 2 cores: whole-head gemms were 3-6x slower than row blocks under this size.
 BLAS_SERIAL_MNK = 65536 * 4
 
 
