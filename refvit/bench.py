@@ -17,21 +17,42 @@ import numpy as np
 from . import synthetic
 from .model import from_state_dict
 
-# name: (architecture, config) — real DeiT/ViT shapes at 224², 1000 labels
+LABELS = {str(i): f"class_{i}" for i in range(1000)}
+
+
+def _vit(model_type, arch, hidden, heads, **extra):
+    return arch, 224, {"model_type": model_type, "hidden_size": hidden, "num_hidden_layers": 12,
+                       "num_attention_heads": heads, "intermediate_size": 4 * hidden, "image_size": 224,
+                       "patch_size": 16, "layer_norm_eps": 1e-12, **extra}
+
+
+def _cvt(depth):
+    return "CvtForImageClassification", 224, {
+        "model_type": "cvt", "embed_dim": [64, 192, 384], "depth": depth, "num_heads": [1, 3, 6],
+        "cls_token": [False, False, True], "patch_sizes": [7, 3, 3], "patch_stride": [4, 2, 2],
+        "patch_padding": [2, 1, 1]}
+
+
+# name: (architecture, input side, config) — the real models' shapes, 1000 labels, weights from a seed
 MODELS = {
-    "deit-tiny": ("DeiTForImageClassificationWithTeacher", 192, 3),
-    "deit-small": ("DeiTForImageClassificationWithTeacher", 384, 6),
-    "deit-base": ("DeiTForImageClassificationWithTeacher", 768, 12),
-    "vit-base": ("ViTForImageClassification", 768, 12),
+    "deit-tiny": _vit("deit", "DeiTForImageClassificationWithTeacher", 192, 3),
+    "deit-small": _vit("deit", "DeiTForImageClassificationWithTeacher", 384, 6),
+    "deit-base": _vit("deit", "DeiTForImageClassificationWithTeacher", 768, 12),
+    "vit-base": _vit("vit", "ViTForImageClassification", 768, 12),
+    "beit-base": _vit("beit", "BeitForImageClassification", 768, 12, use_relative_position_bias=True,
+                      use_mean_pooling=True, layer_scale_init_value=0.1),
+    "cvt-13": _cvt([1, 2, 10]),
+    "cvt-21": _cvt([1, 4, 16]),
+    "bit-50": ("BitForImageClassification", 448, {
+        "model_type": "bit", "layer_type": "preactivation", "global_padding": "SAME",
+        "embedding_dynamic_padding": True, "depths": [3, 4, 6, 3], "hidden_sizes": [256, 512, 1024, 2048]}),
 }
 
 
-def model_config(name: str) -> tuple[str, dict]:
-    arch, hidden, heads = MODELS[name]
-    return arch, {"model_type": arch[:4].lower() if arch.startswith("DeiT") else "vit", "hidden_size": hidden,
-                  "num_hidden_layers": 12, "num_attention_heads": heads, "intermediate_size": 4 * hidden,
-                  "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-12,
-                  "id2label": {str(i): f"class_{i}" for i in range(1000)}, "architectures": [arch]}
+def model_config(name: str) -> tuple[str, dict, int]:
+    """(architecture, config dict as config.json holds it, input side) of a benchmark model."""
+    arch, side, config = MODELS[name]
+    return arch, {**config, "id2label": LABELS, "architectures": [arch]}, side
 
 
 def torch_model(arch: str, config: dict, tensors: dict):
@@ -72,13 +93,13 @@ def bench(models, batches, repeat: int = 7, threads: int | None = None, backends
         numba.set_num_threads(threads)
     rows = []
     for name in models:
-        arch, config = model_config(name)
+        arch, config, side = model_config(name)
         shapes = synthetic.shapes_for(config, arch)
         tensors = synthetic.random_state_dict(shapes, seed=0)
         impls = {f"refvit-{b}": from_state_dict(config, tensors, arch, "float32", b) for b in backends}
         tm = torch_model(arch, config, tensors)
         for batch in batches:
-            x = synthetic.random_pixel_values(batch, 3, 224, 224, seed=1)
+            x = synthetic.random_pixel_values(batch, 3, side, side, seed=1)
             calls = {k: (lambda m=m: m(x)) for k, m in impls.items()}
             if tm is not None:
                 tx = torch.from_numpy(x)

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("bench", help="time refvit against PyTorch eager (if installed) on real-size seeded models")
-    p.add_argument("--models", nargs="+", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base")
+    p.add_argument("--models", nargs="+", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base beit-base cvt-13 cvt-21 bit-50 (default: deit-small)")
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
     p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba"])
     p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (median reported)")

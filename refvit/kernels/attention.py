@@ -17,11 +17,11 @@ float32 exp/sum and NumPy's differ by a few float32 ulps.)
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
-from refvit.kernels.activations import softmax_numpy, softmax_row
+from refvit.kernels.activations import softmax_inplace, softmax_numpy
 
 
 def _check_args(q, k, v, num_heads, bias):
@@ -61,62 +61,46 @@ def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
     return context, (probs if need_probs else None)
 
 
-# OpenBLAS (interface/gemm.c) runs a gemm on the calling thread when M*N*K <= SMP_THRESHOLD_MIN (65536)
-# * GEMM_MULTITHREAD_THRESHOLD (4); above that it wakes its own threads, and inside our prange threads
-# that oversubscribed the 2 cores: whole-head gemms were 3-6x slower than row blocks under this size.
-BLAS_SERIAL_MNK = 65536 * 4
+# Why the GEMMs are NumPy's here: `np.dot` inside a Numba kernel calls scipy's bundled OpenBLAS, a second
+# OpenBLAS with its own thread pool. Its threads spin after each call and fought numpy's (which runs every
+# linear layer) for the 2 cores: whole models ran 3-5x slower. One BLAS, one pool: q·kᵀ and p·v go through
+# numpy's matmul; the element-wise part in between (scale, bias, softmax) is the fused Numba kernel.
 
 
-@njit(cache=True, fastmath=False)
-def _attend_head(q, k, v, b, h, num_heads, scale, bias, has_bias, probs, need_probs, out, block):
-    # One (batch b, head h): out[b, :, h*D:(h+1)*D] = softmax(q_h @ k_hᵀ * scale + bias[h]) @ v_h,
-    # `block` query rows at a time. np.dot on contiguous 2-D arrays calls BLAS gemm.
-    Nq, C = q.shape[1], q.shape[2]
-    D = C // num_heads
-    c0 = h * D
-    qh = np.ascontiguousarray(q[b, :, c0:c0 + D])  # (Nq, D)
-    khT = np.ascontiguousarray(k[b, :, c0:c0 + D].T)  # (D, Nk)
-    vh = np.ascontiguousarray(v[b, :, c0:c0 + D])  # (Nk, D)
-    for i0 in range(0, Nq, block):
-        i1 = min(i0 + block, Nq)
-        scores = np.dot(qh[i0:i1], khT)  # (i1 - i0, Nk)
-        for i in range(i1 - i0):
-            row = scores[i]
-            for j in range(row.shape[0]):
-                row[j] = row[j] * scale  # scale after the matmul, as HF
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _scale_bias_softmax(scores, scale, bias, has_bias):
+    # scores: (B, H, Nq, Nk), in place: softmax(scores * scale + bias[h]) over the last axis.
+    B, H, Nq, Nk = scores.shape
+    for b in range(B):
+        for h in range(H):
+            for i in range(Nq):
+                row = scores[b, h, i]
                 if has_bias:
-                    row[j] += bias[h, i0 + i, j]
-            softmax_row(row, row)
-        context = np.dot(scores, vh)  # (i1 - i0, D)
-        for i in range(i1 - i0):  # element loops: a sliced setitem here tripled the compile time
-            for d in range(D):
-                out[b, i0 + i, c0 + d] = context[i, d]  # this head's channels
-            if need_probs:
-                for j in range(scores.shape[1]):
-                    probs[b, h, i0 + i, j] = scores[i, j]
-
-
-@njit(cache=True, fastmath=False, parallel=True)
-def _attention_kernel(q, k, v, num_heads, scale, bias, has_bias, probs, need_probs, out, block):
-    # q, out: (B, Nq, C); k, v: (B, Nk, C); bias: (H, Nq, Nk) or empty; probs: (B, H, Nq, Nk) or empty.
-    for bh in prange(q.shape[0] * num_heads):  # one (batch, head) pair per iteration
-        _attend_head(q, k, v, bh // num_heads, bh % num_heads, num_heads, scale, bias, has_bias,
-                     probs, need_probs, out, block)
+                    bh = bias[h, i]
+                    for j in range(Nk):
+                        row[j] = row[j] * scale + bh[j]  # scale after the matmul, then the bias, as HF
+                else:
+                    for j in range(Nk):
+                        row[j] = row[j] * scale
+                softmax_inplace(row)
 
 
 def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
-    """Numba twin of `attention_numpy`: (batch, head) pairs in parallel, each head's matmuls via BLAS on
-    blocks of query rows, scale + bias + softmax fused in between; probs only allocated when need_probs."""
+    """Numba twin of `attention_numpy`: q·kᵀ and p·v as BLAS GEMMs (numpy's matmul over heads), the scale, bias and
+    softmax fused in one Numba pass over the scores (vectorised exp); probs are the scores buffer, returned if asked."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape
     Nk = k.shape[1]
-    q, k, v = (np.require(a, dt, ["C", "A", "W"]) for a in (q, k, v))  # one signature per dtype
-    out = np.empty((B, Nq, C), dt)
-    probs = np.empty((B, num_heads, Nq, Nk) if need_probs else (0, 0, 0, 0), dt)
+    H, D = num_heads, C // num_heads
+    qh = q.reshape(B, Nq, H, D).transpose(0, 2, 1, 3)  # (B, H, Nq, D)
+    kh = k.reshape(B, Nk, H, D).transpose(0, 2, 3, 1)  # (B, H, D, Nk)
+    vh = v.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)  # (B, H, Nk, D)
+    scores = np.matmul(qh, kh)  # (B, H, Nq, Nk), a fresh C-contiguous array
     has_bias = bias is not None
-    bias = np.require(bias if has_bias else np.empty((0, 0, 0), dt), dt, ["C", "A", "W"])
-    block = max(1, BLAS_SERIAL_MNK // (Nk * (C // num_heads)))  # query rows per gemm
-    if out.size:
-        _attention_kernel(q, k, v, num_heads, dt.type(scale), bias, has_bias, probs, need_probs, out, block)
-    return out, (probs if need_probs else None)
+    bias = np.require(bias if has_bias else np.empty((0, 0, 0), dt), dt, ["C", "A"])
+    if scores.size:
+        _scale_bias_softmax(scores, dt.type(scale), bias, has_bias)
+    out = np.empty((B, Nq, H, D), dt)                   # (B, Nq, H, D) = (B, Nq, C) in memory
+    np.matmul(scores, vh, out=out.transpose(0, 2, 1, 3))  # heads written straight into their channels
+    return out.reshape(B, Nq, C), (scores if need_probs else None)

@@ -12,7 +12,7 @@ Computed as im2col + one BLAS GEMM per (batch, group): the patches become the co
 cols (Cin/G · kh · kw, Ho · Wo), so out_g = W_g (Cout/G, Cin/G · kh · kw) @ cols is a plain row-major GEMM on the
 checkpoint's own weight layout (a reshape, no copy) and lands directly in NCHW. A 1×1 kernel without padding needs
 no im2col at all (its "patches" are the input pixels, subsampled by the stride). Only the im2col gather differs
-between the twins (NumPy: one strided slice per kernel tap; Numba: a parallel gather); the GEMM is NumPy's matmul
+between the twins (NumPy: one strided slice per kernel tap; Numba: one gather loop); the GEMM is NumPy's matmul
 (BLAS) in both.
 
 max_pool2d(x, kernel, stride, padding, ceil_mode, pad_value): the maximum over each kh × kw window, the input padded
@@ -24,7 +24,7 @@ NaN propagates, as in torch's CPU kernel (`val > max || isnan(val)`).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
@@ -185,12 +185,12 @@ def _valid_range(n_out, stride, offset, size):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, fastmath=False, parallel=True)
+@njit(cache=True, fastmath=False)
 def _im2col_kernel(x, kh, kw, sh, sw, top, left, dh, dw, cols):
     # x: (B, C, H, W); cols: (B, C, kh, kw, Ho, Wo), every element written (zeros where the tap is in the padding).
     B, C, H, W = x.shape
     Ho, Wo = cols.shape[4], cols.shape[5]
-    for r in prange(B * C * kh * kw):  # one (b, c, i, j) tap row per iteration
+    for r in range(B * C * kh * kw):  # one (b, c, i, j) tap row per iteration
         j = r % kw
         i = (r // kw) % kh
         c = (r // (kw * kh)) % C
@@ -214,7 +214,7 @@ def _im2col_kernel(x, kh, kw, sh, sw, top, left, dh, dw, cols):
 
 
 def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo):
-    """Numba twin of `im2col_numpy`: one parallel gather, no padded copy of x."""
+    """Numba twin of `im2col_numpy`: one gather loop, no padded copy of x."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     top, _, left, _ = padding
     x = np.require(x, x.dtype, ["C", "A"])
@@ -233,12 +233,12 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     return _gemm(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
 
 
-@njit(cache=True, fastmath=False, parallel=True)
+@njit(cache=True, fastmath=False)
 def _max_pool_kernel(x, kh, kw, sh, sw, top, bottom, left, right, pad_value, out):
     # x: (B, C, H, W); out: (B, C, Ho, Wo). Taps inside the padding count as pad_value, taps beyond it are skipped.
     B, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
-    for bc in prange(B * C):
+    for bc in range(B * C):
         b = bc // C
         c = bc % C
         for oy in range(Ho):
@@ -262,7 +262,7 @@ def _max_pool_kernel(x, kh, kw, sh, sw, top, bottom, left, right, pad_value, out
 
 
 def max_pool2d_numba(x, kernel, stride, padding=(0, 0, 0, 0), ceil_mode=False, pad_value=-np.inf):
-    """Numba twin of `max_pool2d_numpy`: (batch, channel) planes in parallel, no padded copy."""
+    """Numba twin of `max_pool2d_numpy`: (batch, channel) planes in turn, no padded copy."""
     (kh, kw), (sh, sw), (top, bottom, left, right), Ho, Wo = _check_pool(x, kernel, stride, padding, ceil_mode)
     x = np.require(x, x.dtype, ["C", "A"])
     out = np.empty(x.shape[:2] + (Ho, Wo), x.dtype)

@@ -19,7 +19,7 @@ projection, and the grid may be any h×w (CvT has no position embeddings). Signa
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
@@ -65,13 +65,13 @@ def depthwise_conv_tokens_numpy(x, height, width, weight, bias, stride, padding)
     return out.reshape(B, ho * wo, C), (ho, wo)
 
 
-@njit(cache=True, fastmath=False, parallel=True)
+@njit(cache=True, fastmath=False)
 def _depthwise_kernel(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out):
     # x: (B, height·width, C); taps: (kh, kw, C) = weight[c, 0, i, j] channels-last; bias: (C,); out: (B, ho·wo, C).
-    # One output row (b, oy) per prange iteration; the channel loop is innermost and contiguous.
+    # One output row (b, oy) per outer iteration; the channel loop is innermost and contiguous.
     B, _, C = x.shape
     kh, kw = taps.shape[0], taps.shape[1]
-    for r in prange(B * ho):
+    for r in range(B * ho):
         b, oy = r // ho, r % ho
         for ox in range(wo):
             o = out[b, oy * wo + ox]
@@ -92,7 +92,7 @@ def _depthwise_kernel(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out)
 
 
 def depthwise_conv_tokens_numba(x, height, width, weight, bias, stride, padding):
-    """Numba twin of `depthwise_conv_tokens_numpy`: output rows in parallel, channels vectorised."""
+    """Numba twin of `depthwise_conv_tokens_numpy`: output rows in turn, channels vectorised."""
     ho, wo = _check_args(x, height, width, weight, bias, stride, padding)
     B, _, C = x.shape
     dt = x.dtype

@@ -14,7 +14,7 @@ ACT2FN[hidden_act] (ReLU for every BiT checkpoint), fused here into one pass whe
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
@@ -63,11 +63,11 @@ def _moments(v):
     return mean, ss / n
 
 
-@njit(cache=True, fastmath=False, parallel=True)
+@njit(cache=True, fastmath=False)
 def _group_norm_kernel(x, num_groups, weight, bias, eps, relu, out):
     # x, out: (B·G, C/G, P) with P = h·w, one (sample, group) per row; weight, bias: (C,).
     R, Cg, P = x.shape
-    for r in prange(R):  # one (sample, group) per iteration
+    for r in range(R):  # one (sample, group) per iteration
         mean, var = _moments(x[r].reshape(Cg * P))
         rstd = 1.0 / math.sqrt(var + eps)
         c0 = (r % num_groups) * Cg
@@ -84,7 +84,7 @@ def _group_norm_kernel(x, num_groups, weight, bias, eps, relu, out):
 
 
 def group_norm_act_numba(x, num_groups, weight, bias, eps, relu=False):
-    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in parallel, normalisation + affine + ReLU in one
+    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in turn, normalisation + affine + ReLU in one
     pass over the output; float64 moments even for float32 input (torch accumulates float32 in float32)."""
     _check_args(x, num_groups, weight, bias)
     B, C = x.shape[:2]

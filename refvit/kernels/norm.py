@@ -9,7 +9,7 @@ Ba et al. 2016, "Layer Normalization", eq. 4; torch: aten/src/ATen/native/cpu/la
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
@@ -34,12 +34,12 @@ def layer_norm_numpy(x, weight, bias, eps):
     return centered * rstd * np.asarray(weight, x.dtype) + np.asarray(bias, x.dtype)
 
 
-@njit(cache=True, fastmath=False, parallel=True)
+@njit(cache=True, fastmath=False)
 def _layer_norm_kernel(x, weight, bias, eps, out):
     # x, out: (M, C) every leading index flattened into M rows; weight, bias: (C,).
     # Statistics and the affine map run in float64 and are rounded once when stored into out.
     M, C = x.shape
-    for i in prange(M):
+    for i in range(M):
         mean = 0.0
         for j in range(C):
             mean += x[i, j]
@@ -55,7 +55,7 @@ def _layer_norm_kernel(x, weight, bias, eps, out):
 
 
 def layer_norm_numba(x, weight, bias, eps):
-    """Numba twin of `layer_norm_numpy`: rows in parallel; float64 accumulators even for float32
+    """Numba twin of `layer_norm_numpy`: row by row; float64 accumulators even for float32
     input (torch accumulates float32 in float32), rounded once on store: as close to torch as the twin."""
     _check_args(x, weight, bias)
     C = x.shape[-1]
