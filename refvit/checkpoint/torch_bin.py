@@ -18,6 +18,7 @@ it emulates with NumPy. Anything else raises `UnsafeCheckpointError` before any 
 from __future__ import annotations
 
 import dataclasses
+import encodings.cp437  # noqa: F401  zipfile decodes legacy entry names with it: imported now, so reading imports nothing
 import math
 import os
 import pickletools
