@@ -48,7 +48,8 @@ class Architecture:
     forward: Callable                # (params, pixel_values, cfg, K, rec, CallOptions) -> {output field: value}
     output: type                     # transformers' output class
     optional_groups: Callable = _no_groups  # cfg -> [{name: shape}]: groups a checkpoint may hold, all or nothing
-    rename: Callable = _identity     # {name: tensor} -> {name: tensor}: e.g. transformers-5 state-dict names
+    prepare: Callable = _identity    # {name: tensor} -> {name: tensor}, once at load, before the strict check: name
+                                     # fixes (transformers-5 state dicts), weight standardisation, BatchNorm folding
     anchor: str = "embeddings.cls_token"  # a tensor every checkpoint of the family has (finds the prefix)
     default_groups: tuple = ()       # indices of optional_groups that transformers' class builds by default
 
@@ -79,7 +80,7 @@ def _listed(names: list) -> str:
 
 def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[dict, list]:
     """Check names and shapes strictly; every missing, unexpected and wrong-shape tensor is reported in one error."""
-    tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.rename(tensors), arch)
+    tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.prepare(tensors), arch)
     required = arch.shapes(cfg)
     groups = arch.optional_groups(cfg)
     allowed = dict(required)

@@ -14,7 +14,7 @@ bottleneck. transformers 5 renamed BEiT's modules (`layers.3.attention.q_proj`, 
 `fpn.fpn1.conv_transpose1`, `psp_modules.blocks.0.conv.convolution` …) but `save_pretrained` writes the classic names;
 data2vec-vision kept its module names, so its segmentation head's checkpoint names differ from BEiT's (`HeadNames`).
 
-Load-time preparation (`prepare_tensors`, run through Architecture.rename on the flat checkpoint tensors): every
+Load-time preparation (`prepare_tensors`, run through Architecture.prepare on the flat checkpoint tensors): every
 BatchNorm (eval mode) is folded into the convolution before it, once, in float64 (`fold_batch_norm`).
 Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w patch grid (or feature-map size).
 """
@@ -454,8 +454,8 @@ def fold_batch_norms(tensors: dict, names: HeadNames) -> dict:
 
 
 def prepare_tensors(family: str, backbone: bool = False):
-    """Architecture.rename for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
-    def rename(tensors: dict) -> dict:
+    """Architecture.prepare for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
+    def prepare(tensors: dict) -> dict:
         t = classic_names(tensors) if family == "beit" else dict(tensors)
         if backbone and any(k.startswith(("embeddings.", "fpn1.", "fpn2.")) for k in t):
             # quirk: BeitBackbone.save_pretrained writes its base at the top level (`embeddings.*`,
@@ -463,7 +463,7 @@ def prepare_tensors(family: str, backbone: bool = False):
             # (transformers 4) name has no prefix. Both load, as in transformers.
             t = {k[len("beit."):] if k.startswith("beit.") else k: v for k, v in t.items()}
         return fold_batch_norms(t, HEAD_NAMES[family])
-    return rename
+    return prepare
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -778,7 +778,7 @@ def architecture(name, family, head, head_shapes, output, pooler_rule, kind=""):
     return Architecture(name=name, family=family, is_base=head is None or kind == "backbone",
                         base_prefix=PREFIX[family], parse_config=parse, shapes=shapes,
                         forward=model_forward(head, name, family, pooler_rule), output=output,
-                        optional_groups=optional_groups, rename=prepare_tensors(family, kind == "backbone"),
+                        optional_groups=optional_groups, prepare=prepare_tensors(family, kind == "backbone"),
                         default_groups=(0,) if head is None and family == "beit" else ())
 
 

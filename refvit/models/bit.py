@@ -10,7 +10,7 @@ are recorded under the same names (`bit.encoder.stages.1.layers.0.conv2`). Every
 B batch, C channels, h/w feature-map height and width.
 
 Load-time preparation: every convolution of BiT is a `WeightStandardizedConv2d`, which standardises its weight on
-every call; refvit standardises each weight once, at load (`standardize_weight`, run through Architecture.rename on
+every call; refvit standardises each weight once, at load (`standardize_weight`, run through Architecture.prepare on
 the flat checkpoint tensors, in float64), so the forward runs plain convolutions.
 """
 
@@ -295,7 +295,7 @@ def standardize_weight(w: np.ndarray, eps: float = WS_EPS) -> np.ndarray:
 
 
 def standardize_conv_weights(tensors: dict) -> dict:
-    """Load-time preparation (Architecture.rename, the hook on the flat checkpoint tensors): every BiT convolution
+    """Load-time preparation (Architecture.prepare, the hook on the flat checkpoint tensors): every BiT convolution
     weight is replaced by its standardised form, once; the run dtype cast follows in model.prepare_params."""
     out = {}
     for name, t in tensors.items():
@@ -465,7 +465,7 @@ def model_forward(head, prefix: str, name: str):
     return forward
 
 
-def architecture(name, head, head_shapes, output, rename=standardize_conv_weights):
+def architecture(name, head, head_shapes, output, prepare=standardize_conv_weights):
     """One BiT class: BitModel's tensors (under `bit.` for heads and the backbone), then the head's own tensors."""
     prefix = "" if head is None else "bit."
 
@@ -478,7 +478,7 @@ def architecture(name, head, head_shapes, output, rename=standardize_conv_weight
         return bit_config_from_dict(raw, source, needs_final_width=preact or head is image_classification)
 
     return Architecture(name=name, family="bit", is_base=head is None, base_prefix="bit.", parse_config=parse,
-                        shapes=shapes, forward=model_forward(head, prefix, name), output=output, rename=rename,
+                        shapes=shapes, forward=model_forward(head, prefix, name), output=output, prepare=prepare,
                         anchor="embedder.convolution.weight")
 
 
@@ -490,7 +490,7 @@ ARCHITECTURES = [
     architecture("BitModel", None, no_head_shapes, BaseModelOutputWithPoolingAndNoAttention),
     architecture("BitForImageClassification", image_classification, classifier_shapes,
                  ImageClassifierOutputWithNoAttention),
-    architecture("BitBackbone", backbone, no_head_shapes, BackboneOutput, rename=backbone_tensors),
+    architecture("BitBackbone", backbone, no_head_shapes, BackboneOutput, prepare=backbone_tensors),
 ]
 BASE_MODELS = {"bit": "BitModel"}                           # model_type -> base class, when config has no architectures
 CLASSIFIERS = {"bit": "BitForImageClassification"}

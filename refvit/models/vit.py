@@ -303,7 +303,7 @@ def architecture(name, family, head, head_shapes, output, uses_mask_token=False)
 
     return Architecture(name=name, family=family, is_base=head is None, base_prefix=f"{family}.",
                         parse_config=parse_config(family), shapes=shapes, forward=model_forward(head, prefix, name),
-                        output=output, optional_groups=optional_groups, rename=classic_names,
+                        output=output, optional_groups=optional_groups, prepare=classic_names,
                         default_groups=(0,) if head is None else ())  # ViTModel builds its pooler by default
 
 
