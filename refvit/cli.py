@@ -146,6 +146,14 @@ def cmd_bench(args) -> int:
     if unknown:
         print(f"refvit bench: unknown model(s) {unknown}; available: {sorted(MODELS)}", file=sys.stderr)
         return 2
+    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        # numpy's BLAS reads its thread count at import: run the benchmark in a child process whose environment
+        # says it (this process, and anything else of the user's, keeps its own settings)
+        import subprocess
+
+        env = {**os.environ, **{k: str(args.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                                 "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+        return subprocess.call([sys.executable, "-m", "refvit.cli", "bench", *_bench_argv(args)], env=env)
     rows = bench(args.models, args.batch, repeat=args.repeat, threads=args.threads, backends=args.backend)
     if args.json:
         print(json.dumps({"environment": environment(args.threads), "rows": rows}, indent=1))
@@ -153,6 +161,12 @@ def cmd_bench(args) -> int:
         print(json.dumps(environment(args.threads)))
         print(format_rows(rows))
     return 0
+
+
+def _bench_argv(args) -> list:
+    argv = ["--models", *args.models, "--batch", *map(str, args.batch), "--backend", *args.backend,
+            "--repeat", str(args.repeat), "--threads", str(args.threads)]
+    return argv + (["--json"] if args.json else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
     p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba"])
     p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (median reported)")
-    p.add_argument("--threads", type=int, help="threads for refvit (numba) and torch (default: their defaults)")
+    p.add_argument("--threads", type=int, help="threads for BLAS, Numba and torch: runs the benchmark in a child process "
+                   "with OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS set (default: the libraries' defaults)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench)
 
