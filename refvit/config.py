@@ -19,8 +19,33 @@ from .errors import ConfigError
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh", "linear")
 
 
+class LabelsMixin:
+    """`num_labels` as transformers derives it: the length of `id2label`."""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+
+class PatchGridMixin(LabelsMixin):
+    """Sizes derived from hidden_size/heads and image_size/patch_size (ViT, DeiT, BEiT configs)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def grid_size(self) -> tuple:
+        """(h, w): patches along height and width at the configured image size."""
+        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PatchGridMixin):
     """Configuration of ViT and DeiT (both use `ViTConfig`'s fields; DeiT adds a distillation token in code)."""
 
     model_type: str = "vit"                      # "vit" or "deit"
@@ -40,23 +65,6 @@ class ViTConfig:
     pooler_act: str = "tanh"                     # pooler activation
     id2label: dict = field(default_factory=dict)  # class index -> label name (num_labels = its length)
     label2id: dict = field(default_factory=dict)  # label name -> class index
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def grid_size(self) -> tuple:
-        """(h, w): patches along height and width at the configured image size."""
-        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -22,18 +22,17 @@ Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w pa
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
 
 from ..architecture import Architecture, check_mask
-from ..config import SUPPORTED_ACTIVATIONS, _check_type, _labels, _pair
+from ..config import SUPPORTED_ACTIVATIONS, PatchGridMixin, _check_type, _labels, _pair
 from ..errors import ConfigError, InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import layer_norm, linear, linear_act
+from .common import layer_norm, linear, linear_act, rename_modules
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps: every BatchNorm of the segmentation head and the FPN uses it
@@ -43,7 +42,7 @@ BN_EPS = 1e-5  # nn.BatchNorm2d's default eps: every BatchNorm of the segmentati
 
 
 @dataclass(frozen=True)
-class BeitConfig:
+class BeitConfig(PatchGridMixin):
     """`BeitConfig` / `Data2VecVisionConfig` (the same fields); defaults are transformers' (BEiT-B at 224²)."""
 
     model_type: str = "beit"                     # "beit" or "data2vec-vision"
@@ -75,23 +74,8 @@ class BeitConfig:
     reshape_hidden_states: bool = True           # BeitBackbone: feature maps as (B, C, h, w), else (B, 1 + N, C)
     id2label: dict = field(default_factory=dict)
     label2id: dict = field(default_factory=dict)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def grid_size(self) -> tuple:
-        """(h, w) patches at the configured image size: the window the relative position tables were made for."""
-        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
+    # num_labels, head_dim, grid_size (the window the relative position tables were made for), num_patches:
+    # PatchGridMixin
 
     @property
     def stage_names(self) -> tuple:
@@ -385,12 +369,7 @@ RENAMED_IN_TRANSFORMERS_5 = [
 
 def classic_names(tensors: dict) -> dict:
     """Rename transformers-5 internal module names (`beit.layers.3.attention.q_proj`) to checkpoint names."""
-    out = {}
-    for name, value in tensors.items():
-        for pattern, classic in RENAMED_IN_TRANSFORMERS_5:
-            name = re.sub(pattern, classic, name)
-        out[name] = value
-    return out
+    return rename_modules(tensors, RENAMED_IN_TRANSFORMERS_5)
 
 
 def fold_batch_norm(weight, bias, bn: dict, axis: int, eps: float = BN_EPS):

@@ -6,6 +6,7 @@ Shape alphabet (README): B batch, N tokens, C channels, H heads, D head dim, h/w
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from scipy import special
@@ -115,6 +116,16 @@ def check_pixel_values(pixel_values, num_channels: int, dtype: np.dtype) -> np.n
     if B == 0 or H == 0 or W == 0:
         raise InputError(f"pixel_values: empty batch or image, shape {pixel_values.shape}")
     return np.ascontiguousarray(pixel_values, dtype=dtype)
+
+
+def rename_modules(tensors: dict, table: list) -> dict:
+    """Apply (regex, replacement) renames to every tensor name, in order (e.g. transformers-5 -> checkpoint names)."""
+    out = {}
+    for name, value in tensors.items():
+        for pattern, replacement in table:
+            name = re.sub(pattern, replacement, name)
+        out[name] = value
+    return out
 
 
 def nest(flat: dict[str, np.ndarray]) -> dict:

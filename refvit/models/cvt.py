@@ -282,7 +282,7 @@ def stage_grids(cfg, height: int, width: int) -> list[tuple[int, int]]:
 def conv_embedding(p, x, stage, cfg, K, rec, name):
     """CvtConvEmbeddings: Conv2d(patch_sizes, patch_stride, patch_padding) on (B, C_in, H, W), then LayerNorm over
     channels -> tokens (B, h·w, C) and the grid (h, w)."""
-    k, s, pad = cfg.patch_sizes[stage], cfg.patch_stride[stage], cfg.patch_padding[stage]
+    s, pad = cfg.patch_stride[stage], cfg.patch_padding[stage]  # the kernel size is the weight's
     y = rec(f"{name}.projection", K.conv2d(x, p["projection"]["weight"], p["projection"]["bias"], (s, s), (pad,) * 4))
     h, w = y.shape[2:]                                                                 # (B, C, h, w)
     tokens = layer_norm(to_tokens(y), p["normalization"], LAYER_NORM_EPS, K)           # (B, N, C)

@@ -12,7 +12,6 @@ Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w pa
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from ..config import vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
                        MaskedImageModelingOutput)
-from .common import activation, conv1x1, layer_norm, linear, linear_act, pixel_shuffle
+from .common import activation, conv1x1, layer_norm, linear, linear_act, pixel_shuffle, rename_modules
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What a checkpoint holds, per architecture (checkpoint names, shapes derived from the config)
@@ -87,12 +86,7 @@ RENAMED_IN_TRANSFORMERS_5 = [
 
 def classic_names(tensors: dict) -> dict:
     """Rename transformers-5 internal module names (`layers.3.attention.q_proj`) to checkpoint names."""
-    out = {}
-    for name, value in tensors.items():
-        for pattern, classic in RENAMED_IN_TRANSFORMERS_5:
-            name = re.sub(pattern, classic, name)
-        out[name] = value
-    return out
+    return rename_modules(tensors, RENAMED_IN_TRANSFORMERS_5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
