@@ -78,9 +78,26 @@ def _listed(names: list) -> str:
     return ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
 
 
+# ViT/DeiT/BEiT layers, CvT and BiT layers per stage, BEiT's FCN head convs: each one holds tensors of its own
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "depth", "depths", "auxiliary_num_convs")
+
+
+def _check_layer_count(cfg, tensors: dict, arch: Architecture, source: str) -> None:
+    """Every layer has at least one tensor: refuse a config asking for more layers than the checkpoint has tensors
+    before `arch.shapes` lists them (num_hidden_layers = 10**9 would otherwise build a dict of 10**10 names)."""
+    for name in LAYER_COUNT_FIELDS:
+        value = getattr(cfg, name, None)
+        counts = value if isinstance(value, (tuple, list)) else [value]
+        if all(isinstance(c, int) for c in counts) and sum(counts) > len(tensors):
+            raise CheckpointError(f"{source} does not match {arch.name} built from its config: {name} = "
+                                  f"{value!r} asks for {sum(counts)} layers, but the checkpoint holds only "
+                                  f"{len(tensors)} tensors")
+
+
 def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[dict, list]:
     """Check names and shapes strictly; every missing, unexpected and wrong-shape tensor is reported in one error."""
     tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.prepare(tensors), arch)
+    _check_layer_count(cfg, tensors, arch, source)
     required = arch.shapes(cfg)
     groups = arch.optional_groups(cfg)
     allowed = dict(required)

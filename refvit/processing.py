@@ -29,6 +29,8 @@ does, so `refvit.load_image` + processor == transformers' `load_image` + process
 What transformers does that refvit deliberately does not:
 - no URLs, no base64 strings: refvit never downloads (ImageError);
 - images over Pillow's `Image.MAX_IMAGE_PIXELS` (its *warning* level) are refused, not just warned about;
+- a resize or padded crop whose output would be empty or exceed `Image.MAX_IMAGE_PIXELS` (a hostile
+  preprocessor_config.json, or an extreme aspect ratio with `shortest_edge`) raises InputError before allocating;
 - corrupt EXIF is tolerated (orientation ignored) instead of raising;
 - non-RGB inputs without `do_convert_rgb` (PIL modes L/LA/P/RGBA/CMYK/I/F/YCbCr/..., arrays with 1 or 4
   channels) raise InputError up front; transformers fails later in `normalize` (or, for 3-band modes like
@@ -55,7 +57,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, ImageError, InputError, RefvitError
 
@@ -90,6 +92,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PILImageResampling is PIL.Image.Resampling; transformers' `resampling_validator` accepts ints 0..5 only.
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+MAX_JSON_BYTES = 16 * 2**20  # preprocessor_config.json (and the config.json it may consult): as config.json's limit
 
 # ----------------------------------------------------------------------------------------------------
 # load_image
@@ -142,7 +145,10 @@ def _open_and_convert(fp: Any, name: str) -> Image.Image:
 
 def _decoded(image: Image.Image) -> Image.Image:
     """A PIL image handed in (maybe lazily opened), fully decoded, decoding errors as ImageError."""
-    with _image_errors(getattr(image, "filename", "") or "<PIL image>", Image.MAX_IMAGE_PIXELS):
+    name = getattr(image, "filename", "") or "<PIL image>"
+    with _image_errors(name, Image.MAX_IMAGE_PIXELS):
+        if isinstance(image, ImageFile.ImageFile):  # from a file (maybe not decoded yet): Pillow's bomb limit applies
+            _check_pixels(image, name, Image.MAX_IMAGE_PIXELS)
         image.load()
     return image
 
@@ -265,6 +271,7 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarra
     uint8 images (and integer-valued float images in [0, 255]) are resized as uint8 and come back uint8;
     float images in [0, 1] are multiplied by 255, truncated to uint8, resized, and divided by 255.
     """
+    _check_output_size(*size, "resize")
     do_rescale = _rescale_for_pil_conversion(image)
     if do_rescale:
         image = rescale(image, 255)  # quirk: [0, 1] floats go to uint8 by *truncation* (127.5 -> 127)
@@ -273,6 +280,19 @@ def resize(image: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarra
     # quirk: reducing_gap is never passed by the PIL backend (None = one-step resampling)
     resized = np.asarray(pil_image.resize((width, height), resample=resample, reducing_gap=None))
     return rescale(resized, 1 / 255) if do_rescale else resized
+
+
+def _check_output_size(height: int, width: int, what: str) -> None:
+    """An image the processor is about to allocate: not empty, and within Pillow's `Image.MAX_IMAGE_PIXELS` (read at
+    call time; None disables it), so a preprocessor config or an extreme aspect ratio cannot allocate without bound."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if height < 1 or width < 1:
+        raise InputError(f"{what}: output size {height}x{width} is empty (size too small for this aspect ratio)")
+    if limit is not None and height * width > limit:
+        raise InputError(
+            f"{what}: output size {height}x{width} = {height * width} pixels exceeds Image.MAX_IMAGE_PIXELS = {limit} "
+            "(refused to bound memory; raise Pillow's limit yourself if you mean it)"
+        )
 
 
 def _rescale_for_pil_conversion(image: np.ndarray) -> bool:
@@ -303,6 +323,7 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image[top:bottom, left:right]
     new_height = max(crop_height, orig_height)
     new_width = max(crop_width, orig_width)
+    _check_output_size(new_height, new_width, "center_crop (zero padding)")
     padded = np.zeros((new_height, new_width) + image.shape[2:], dtype=image.dtype)
     top_pad = math.ceil((new_height - orig_height) / 2)  # quirk: padding uses ceil, the extra zero row goes on top
     left_pad = math.ceil((new_width - orig_width) / 2)
@@ -715,6 +736,7 @@ class BeitImageProcessor(ImageProcessor):
             m = reduce_labels(m)
         if s["do_resize"]:
             height, width = _output_size(*m.shape, s["size"])
+            _check_output_size(height, width, "segmentation map resize")
             # quirk: the labels are resampled like pixels (s["resample"]), through a PIL "L" image
             m = np.asarray(Image.fromarray(m.astype(np.uint8), "L").resize((width, height), resample=s["resample"],
                                                                             reducing_gap=None))
@@ -860,10 +882,15 @@ def _load_json(file: pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: {token} is not valid JSON")
 
     try:
-        text = file.read_bytes().decode("utf-8")
-        data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        with open(file, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise ConfigError(f"{file}: larger than {MAX_JSON_BYTES} bytes, not a processor config")
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ConfigError(f"{file}: not valid UTF-8 JSON: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: top level must be a JSON object, got {type(data).__name__}")
     return data
@@ -873,6 +900,8 @@ def _class_for_config(config: dict[str, Any], file: pathlib.Path) -> type[ImageP
     """AutoImageProcessor.from_pretrained's choice (models/auto/image_processing_auto.py)."""
     name = config.get("image_processor_type")
     source = "image_processor_type"
+    if config.get("auto_map") is not None and not isinstance(config["auto_map"], dict):
+        raise ConfigError(f"{file}: auto_map must be an object, got {type(config['auto_map']).__name__}")
     if name is None and "AutoImageProcessor" not in (config.get("auto_map") or {}):
         legacy = config.get("feature_extractor_type")
         if legacy is not None:

@@ -40,6 +40,7 @@ MAX_TENSOR_RANK = 64
 MAX_EXPANDED_ELEMENTS = 2**24  # a stride-0 (expanded) view may exceed its storage only up to this
 MAX_COMPRESSION_RATIO = 1100  # deflate cannot exceed ~1032:1; torch itself writes stored entries
 MAX_SMALL_RECORD_BYTES = 64  # byteorder
+MAX_COPIED_SLACK_BYTES = 2**28  # tensors that are copies (strided, expanded, BF16) may total 2x the storages + this
 
 # torch storage class name -> dtype of the stored bytes; BFloat16 is widened to float32 on read.
 STORAGE_DTYPES = {
@@ -105,6 +106,7 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 
 def _find_archive(zf: zipfile.ZipFile, path: str) -> str:
     """The `<archive>` prefix holding exactly one data.pkl; refuse TorchScript and duplicate names."""
+    _check_no_overlap(zf, path)
     names = zf.namelist()
     seen = set()
     for name in names:
@@ -125,6 +127,19 @@ def _find_archive(zf: zipfile.ZipFile, path: str) -> str:
     if not sep or "/" in archive:
         raise CheckpointError(f"{path}: data.pkl must sit at '<archive>/data.pkl', found {pickles[0]!r}")
     return archive
+
+
+def _check_no_overlap(zf: zipfile.ZipFile, path: str) -> None:
+    """Entries may not share bytes: an "overlapping" zip bomb points many names at one compressed stream
+    (Python < 3.11.8's zipfile does not check). Each entry needs at least a 30-byte local header + its data."""
+    infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    ends = [i.header_offset for i in infos[1:]] + [getattr(zf, "start_dir", None)]
+    for info, limit in zip(infos, ends):
+        if limit is not None and info.header_offset + 30 + info.compress_size > limit:
+            raise CheckpointError(
+                f"{path}: zip entry {info.filename!r} overlaps the next entry or the central directory "
+                "(overlapping entries: a zip bomb?)"
+            )
 
 
 def _read_byteorder(zf: zipfile.ZipFile, archive: str, path: str) -> str:
@@ -214,6 +229,7 @@ class _StorageReader:
     def __init__(self, zf: zipfile.ZipFile, archive: str, byteorder: str, path: str):
         self.zf, self.archive, self.byteorder, self.path = zf, archive, byteorder, path
         self.raw: dict[str, bytes] = {}  # key -> entry bytes, read once even if shared
+        self.total_bytes = 0  # of all storages read: together at most MAX_COMPRESSION_RATIO x the archive
 
     def load(self, pid) -> _Storage:
         storage_type, key, numel = self._validate_pid(pid)
@@ -239,18 +255,20 @@ class _StorageReader:
                 and storage_type.name in STORAGE_DTYPES):
             raise CheckpointError(f"{self.path}: persistent id {_short(pid)} names no known storage type")
         if not isinstance(key, str) or not key or any(bad in key for bad in ("/", "\\", "..", "\0")):
-            raise CheckpointError(f"{self.path}: persistent id has an unsafe storage key {key!r}")
+            raise CheckpointError(f"{self.path}: persistent id has an unsafe storage key {_short(key)}")
         if not isinstance(location, str):
-            raise CheckpointError(f"{self.path}: storage {key!r} has a non-string location {location!r}")
+            raise CheckpointError(f"{self.path}: storage {key!r} has a non-string location {_short(location)}")
         if type(numel) is not int or numel < 0:
-            raise CheckpointError(f"{self.path}: storage {key!r} has an invalid numel {numel!r}")
+            raise CheckpointError(f"{self.path}: storage {key!r} has an invalid numel {_short(numel)}")
         return storage_type.name, key, numel
 
     def _raw(self, key: str) -> bytes:
         if key not in self.raw:
             name = f"{self.archive}/data/{key}"
             archive_size = os.path.getsize(self.path)
-            self.raw[key] = _read_entry(self.zf, name, MAX_COMPRESSION_RATIO * archive_size + 1024, self.path)
+            limit = MAX_COMPRESSION_RATIO * archive_size + 1024 - self.total_bytes  # what all storages have left
+            self.raw[key] = _read_entry(self.zf, name, limit, self.path)
+            self.total_bytes += len(self.raw[key])
         return self.raw[key]
 
 
@@ -265,7 +283,7 @@ def _rebuild_tensor(storage, offset, size, stride, *, where: str) -> np.ndarray:
     size, stride = _int_tuple(size, "size", where), _int_tuple(stride, "stride", where)
     if type(offset) is not int or offset < 0 or len(size) != len(stride) or len(size) > MAX_TENSOR_RANK:
         raise CheckpointError(
-            f"{where}: storage {storage.key!r}: bad offset/size/stride {offset!r}, {size}, {stride}"
+            f"{where}: storage {storage.key!r}: bad offset/size/stride {_short(offset)}, {size}, {stride}"
         )
     numel, base = storage.array.size, storage.array
     count = math.prod(size)
@@ -325,6 +343,9 @@ class _Interpreter:
         self.stack: list = []
         self.metastack: list[list] = []
         self.memo: dict[int, object] = {}
+        self.storage_bytes = 0  # bytes of the distinct storages the tensors view (see `_charge`)
+        self.storage_keys: set[str] = set()
+        self.copied_bytes = 0  # bytes of tensors that are copies, not views, of their storage
 
     def run(self):
         try:
@@ -538,7 +559,7 @@ class _Interpreter:
 
     def op_setitem(self):
         value, key = self._pop(), self._pop()
-        self._target(dict)[key] = value
+        self._target(dict)[self._key(key)] = value
 
     def op_setitems(self):
         items = self._pop_mark()
@@ -546,7 +567,13 @@ class _Interpreter:
             raise CheckpointError(f"{self.where}: byte {self.op_pos}: SETITEMS with an odd number of items")
         target = self._target(dict)
         for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
+            target[self._key(items[i])] = items[i + 1]
+
+    def _key(self, key):
+        """Refuse tuple keys: hashing one the memo made a DAG of 2**60 leaves would never return (torch writes str keys)."""
+        if type(key) is tuple:
+            raise CheckpointError(f"{self.where}: byte {self.op_pos}: dict key {_short(key)} is a tuple; keys must be scalars")
+        return key
 
     def _target(self, kind: type):
         """The list or dict under construction on top of the stack (never a tensor or anything else)."""
@@ -583,7 +610,7 @@ class _Interpreter:
         if name == "collections.OrderedDict" and args == ():
             return _OrderedDict()
         if name == "torch._utils._rebuild_tensor_v2" and len(args) in (6, 7):
-            return _rebuild_tensor(*args[:4], where=self.where)
+            return self._charge(_rebuild_tensor(*args[:4], where=self.where), args[0])
         if name == "torch._utils._rebuild_parameter" and len(args) == 3:
             return self._parameter_data(args[0])
         if name == "torch._utils._rebuild_parameter_with_state" and len(args) == 4:
@@ -591,6 +618,23 @@ class _Interpreter:
         raise UnsafeCheckpointError(
             f"{self.where}: byte {self.op_pos}: call of '{name}' with {len(args)} arguments is not allowed"
         )
+
+    def _charge(self, tensor: np.ndarray, storage: _Storage) -> np.ndarray:
+        """Tensors that are copies (strided, expanded, BF16, big-endian) may total at most twice the bytes of the
+        storages viewed plus MAX_COPIED_SLACK_BYTES, so many views of one small storage cannot multiply memory."""
+        if storage.key not in self.storage_keys:
+            self.storage_keys.add(storage.key)
+            self.storage_bytes += storage.array.nbytes
+        if not np.may_share_memory(tensor, storage.array):
+            self.copied_bytes += tensor.nbytes
+            budget = 2 * self.storage_bytes + MAX_COPIED_SLACK_BYTES
+            if self.copied_bytes > budget:
+                raise CheckpointError(
+                    f"{self.where}: byte {self.op_pos}: tensors copied out of their storages (strided, expanded or "
+                    f"BF16 views) total {self.copied_bytes} bytes, over the limit of {budget} (2 x the "
+                    f"{self.storage_bytes} storage bytes + {MAX_COPIED_SLACK_BYTES}); last one from storage {storage.key!r}"
+                )
+        return tensor
 
     def _parameter_data(self, data):
         if not isinstance(data, np.ndarray):
@@ -671,10 +715,44 @@ def _as_state_dict(result, where: str) -> dict[str, np.ndarray]:
     return dict(result)
 
 
-def _short(value) -> str:
-    """A bounded repr for error messages (never raises, even on deeply nested input)."""
-    try:
-        text = repr(value)
-    except Exception:  # e.g. RecursionError on a pickle of deeply nested tuples
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
+def _short(value, limit: int = 80) -> str:
+    """A bounded repr for error messages, in bounded time: never raises, and never walks more than ~`limit` nodes
+    (through its memo a pickle can build a tuple DAG of 2**60 leaves, whose full repr would never finish)."""
+    parts: list[str] = []
+    budget = [limit + 1]
+
+    def emit(text: str) -> None:
+        parts.append(text[: max(budget[0], 0)])
+        budget[0] -= len(text)
+
+    def walk(v, depth: int) -> None:
+        if budget[0] <= 0:
+            return
+        if type(v) in (tuple, list) and depth < 8:
+            emit("(" if type(v) is tuple else "[")
+            for i, item in enumerate(v):
+                if budget[0] <= 0:
+                    return
+                emit(", " if i else "")
+                walk(item, depth + 1)
+            emit(("," if type(v) is tuple and len(v) == 1 else "") + (")" if type(v) is tuple else "]"))
+        elif isinstance(v, dict) and depth < 8:
+            emit("{")
+            for i, (k, item) in enumerate(v.items()):
+                if budget[0] <= 0:
+                    return
+                emit(", " if i else "")
+                walk(k, depth + 1)
+                emit(": ")
+                walk(item, depth + 1)
+            emit("}")
+        elif type(v) in (str, bytes):
+            emit(repr(v[: limit + 1]))
+        elif type(v) in (int, float, bool, type(None), _Global):
+            emit(repr(v))
+        else:
+            emit(f"<{type(v).__name__}>")
+
+    walk(value, 0)
+    text = "".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
