@@ -41,6 +41,9 @@ BN_EPS = 1e-5  # nn.BatchNorm2d's default eps: every BatchNorm of the segmentati
 # Configuration (transformers/models/beit/configuration_beit.py, .../data2vec/configuration_data2vec_vision.py)
 
 
+MAX_LAYERS = 4096  # far beyond any real checkpoint; bounds the work done before the tensors are checked
+
+
 @dataclass(frozen=True)
 class BeitConfig(PatchGridMixin):
     """`BeitConfig` / `Data2VecVisionConfig` (the same fields); defaults are transformers' (BEiT-B at 224²)."""
@@ -178,6 +181,9 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
         archs = ()
     id2label, label2id = _labels(raw, problems)
     L = values["num_hidden_layers"]
+    if family == "beit" and L > MAX_LAYERS:  # before the per-layer stage names are built: 10**12 would never finish
+        problems.append(f"num_hidden_layers: {L} is more than refvit builds ({MAX_LAYERS})")
+        L = values["num_hidden_layers"] = 0
     if family == "beit":
         stage_names = ("stem",) + tuple(f"stage{i}" for i in range(1, max(L, 0) + 1))
         values["out_features"], values["out_indices"] = _backbone_outputs(raw, stage_names, problems)

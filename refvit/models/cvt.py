@@ -152,6 +152,9 @@ def cvt_config_from_dict(raw: dict, source: str = "config.json") -> CvtConfig:
     return CvtConfig(model_type=model_type, architectures=tuple(archs), id2label=id2label, label2id=label2id, **values)
 
 
+MAX_STRIDE = 2 ** 16  # a stride beyond any image size only empties the grid; bounds the integers the kernels see
+
+
 def _stage_problems(v: dict, n: int) -> list[str]:
     """Combinations transformers cannot build or run, stage by stage."""
     problems = []
@@ -164,6 +167,12 @@ def _stage_problems(v: dict, n: int) -> list[str]:
         if v["cls_token"][i] and C != v["embed_dim"][-1]:
             problems.append(f"cls_token[{i}]: transformers builds every class token with embed_dim[-1] = "
                             f"{v['embed_dim'][-1]} channels, which cannot join stage {i}'s {C}")
+        for key, kernel in (("patch_padding", v["patch_sizes"][i]), ("padding_kv", k), ("padding_q", k)):
+            if v[key][i] > kernel:  # more padding than kernel: outputs that see only zeros (and unbounded memory)
+                problems.append(f"{key}[{i}]: {v[key][i]} is more than the kernel size {kernel}")
+        for key in ("patch_stride", "stride_kv", "stride_q"):
+            if v[key][i] > MAX_STRIDE:
+                problems.append(f"{key}[{i}]: {v[key][i]} is more than refvit accepts ({MAX_STRIDE})")
         if v["qkv_projection_method"][i] == "avg" and v["padding_kv"][i] > k // 2:
             problems.append(f"padding_kv[{i}]: nn.AvgPool2d needs padding <= kernel_qkv // 2 = {k // 2}")
     return problems
