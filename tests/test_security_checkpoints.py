@@ -498,6 +498,20 @@ def test_safetensors_entry_count_is_bounded_by_the_header(tmp_path):
         assert len(read_safetensors(path)) == 100_000
 
 
+@pytest.mark.parametrize("dtype, shape", [("F64", [0, 2**63 - 1]), ("U8", [0, 2**61, 4]), ("F32", [2**62, 0])])
+def test_empty_safetensors_tensor_numpy_cannot_represent(tmp_path, dtype, shape):
+    """Found by fuzzing: an empty tensor whose other dims x itemsize pass 2**63 made NumPy raise ValueError."""
+    path = tmp_path / "e.safetensors"
+    path.write_bytes(safetensors_bytes({"w": entry(dtype, shape, 0, 0)}))
+    raises(CheckpointError, lambda: read_safetensors(path), path, "tensor 'w'", "too large for NumPy")
+
+
+def test_empty_safetensors_tensor_numpy_can_represent(tmp_path):
+    path = tmp_path / "e.safetensors"
+    path.write_bytes(safetensors_bytes({"w": entry("U8", [0, 2**62], 0, 0)}))
+    assert read_safetensors(path)["w"].shape == (0, 2**62)
+
+
 # ----------------------------------------------------------------------------- end to end: safetensors, state
 
 

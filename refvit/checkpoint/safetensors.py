@@ -18,6 +18,7 @@ We are stricter in a few places (duplicate JSON keys, NaN/Infinity tokens, unkno
 from __future__ import annotations
 
 import json
+import math
 import mmap as _mmap
 import os
 import struct
@@ -214,7 +215,9 @@ def _validate_shape(shape, where: str) -> tuple[int, ...]:
 
 def _checked_nbytes(shape: tuple[int, ...], itemsize: int, buffer_len: int, where: str) -> int:
     """prod(shape) * itemsize with Python ints, refusing anything larger than the data buffer."""
-    if 0 in shape:
+    if 0 in shape:  # empty, but NumPy still needs itemsize x the non-zero dims to fit in its index range
+        if math.prod(d for d in shape if d) * itemsize >= 2**63:
+            raise CheckpointError(f"{where}: empty shape {_short(list(shape))} is too large for NumPy to represent")
         return 0
     nbytes = itemsize
     for dim in shape:
