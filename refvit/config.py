@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -185,6 +186,10 @@ def read_config_json(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: invalid JSON number {token}")
 
     try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open() forever, a device never end
+            raise ConfigError(f"{path}: not a regular file")
         with open(path, "rb") as f:
             text = f.read(16 * 1024 * 1024 + 1)
         if len(text) > 16 * 1024 * 1024:
@@ -192,10 +197,12 @@ def read_config_json(path: str | os.PathLike) -> dict:
         raw = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (a save_pretrained directory has config.json)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ConfigError(f"{path}: not valid UTF-8 JSON ({e})") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, expected config.json") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw

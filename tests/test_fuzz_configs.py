@@ -169,7 +169,11 @@ def config_bytes():
 @given(data=st.data())
 def test_fuzz_config_json_bytes(tmp_path_factory, config_bytes, data):
     path = tmp_path_factory.getbasetemp() / f"config_{next(COUNTER)}.json"
-    path.write_bytes(data.draw(byte_edits(config_bytes), label="bytes"))
+    raw = data.draw(byte_edits(config_bytes), label="bytes")
+    if data.draw(st.booleans(), label="nest"):  # deep nesting: json's recursion limit, not a byte edit away
+        n, at = data.draw(st.integers(1, 5000), label="depth"), data.draw(st.integers(0, len(raw)), label="at")
+        raw = raw[:at] + b"[" * n + b"]" * n + raw[at:]
+    path.write_bytes(raw)
     try:
         result, err = outcome(lambda: read_config_json(path), str(path))
     finally:

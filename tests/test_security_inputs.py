@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import warnings
@@ -88,6 +89,29 @@ def test_every_config_problem_listed_at_once(tmp_path, case, changes):
     message = refused(ConfigError, lambda: refvit.from_pretrained(config_dir(tmp_path, case, **changes)))
     for key in changes:
         assert f"{key}:" in message, (key, message)
+
+
+def test_deeply_nested_config_json(tmp_path):
+    d = config_dir(tmp_path, "vit_model")
+    (d / "config.json").write_text('{"hidden_size": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(ConfigError, lambda: refvit.from_pretrained(d), d / "config.json", "not valid UTF-8 JSON")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "preprocessor_config.json", "cat.png"])
+def test_fifo_instead_of_a_file_never_blocks(tmp_path, name):
+    """A checkout or archive can hold a named pipe: opening one for reading blocks until a writer appears."""
+    d = config_dir(tmp_path, "vit_model")
+    (d / name).unlink(missing_ok=True)
+    os.mkfifo(d / name)
+    with time_guard(10):
+        if name == "preprocessor_config.json":
+            refused(ConfigError, lambda: refvit.AutoImageProcessor.from_pretrained(d), name)
+        elif name == "cat.png":
+            refused(ImageError, lambda: refvit.load_image(d / name), "no such image file")
+        else:
+            cls = ConfigError if name == "config.json" else CheckpointError
+            refused(cls, lambda: refvit.from_pretrained(d), d, "not a regular file" if cls is ConfigError else
+                    "no checkpoint file found")
 
 
 LAYER_FIELDS = [("deit_teacher", "num_hidden_layers", 10**12), ("vit_mim", "num_hidden_layers", 2**62),
