@@ -551,3 +551,14 @@ def test_loading_good_and_bad_checkpoints_changes_no_global_state(tmp_path):
     with pytest.raises(CheckpointError):
         read_torch_bin(tmp_path / "bomb.bin")
     assert global_state() == before
+
+
+def test_zip_needing_a_newer_extract_version(tmp_path):
+    """Found by fuzzing: zipfile raises NotImplementedError("zip file version 6.4") while reading the directory."""
+    path = tmp_path / "v.bin"
+    write_torch_state_dict(path, {"w": np.ones(3, np.float32)})
+    raw = bytearray(path.read_bytes())
+    pos = raw.index(b"PK\x01\x02")
+    raw[pos + 6 : pos + 8] = struct.pack("<H", 64)  # "version needed to extract": 6.4
+    path.write_bytes(bytes(raw))
+    raises(CheckpointError, lambda: read_torch_bin(path), path, "cannot open as a zip archive", "6.4")

@@ -100,8 +100,9 @@ def _open_zip(path: str) -> zipfile.ZipFile:
             "read; the legacy non-zip torch.save format is not supported: re-save it with a recent "
             "torch or convert it to safetensors"
         ) from e
-    except (OSError, ValueError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot open as a zip archive: {e}") from e
+    except (OSError, ValueError, EOFError, NotImplementedError, RuntimeError, OverflowError, struct.error) as e:
+        # zipfile parsing a damaged central directory: e.g. NotImplementedError("zip file version 6.4")
+        raise CheckpointError(f"{path}: cannot open as a zip archive: {type(e).__name__}: {e}") from e
 
 
 def _find_archive(zf: zipfile.ZipFile, path: str) -> str:
