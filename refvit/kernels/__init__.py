@@ -4,6 +4,7 @@
 `get("numba")` returns the fast path. Both namespaces carry the same names with the same
 signatures and return arrays of the input's dtype (float32 or float64):
 
+    linear(x, weight, bias=None)                        torch.nn.Linear: x @ weightᵀ + bias
     layer_norm(x, weight, bias, eps)                    torch.nn.LayerNorm over the last axis
     gelu(x)                                             torch.nn.functional.gelu (exact erf form)
     bias_gelu(x, bias, out=None)                        gelu(x + bias)
@@ -26,7 +27,8 @@ signatures and return arrays of the input's dtype (float32 or float64):
                                                         depthwise Conv2d on a (B, h·w, C) token grid (CvT)
 
 Numba kernels compile lazily (only what a model calls, once per dtype) and are cached on disk
-(`cache=True`), so a second process loads them in milliseconds.
+(`cache=True`), so a second process loads them in milliseconds. The kernel modules (and Numba) are imported
+by the first `get()` (a model being built), not by `import refvit`: importing Numba costs ~0.2 s and ~60 MB.
 """
 
 from types import SimpleNamespace
@@ -45,55 +47,39 @@ def check_float(array, name):
         raise InputError(f"kernel argument {name!r} must be a float32 or float64 ndarray, got {got}")
 
 
-# The submodules import check_float from here, so they are imported after it is defined.
-from refvit.kernels import activations, attention, conv, dwconv, groupnorm, interpolate, norm  # noqa: E402
-from refvit.kernels import relative_position, resample  # noqa: E402
-
 BACKENDS = ("numpy", "numba")
 
-NUMPY = SimpleNamespace(
-    name="numpy",
-    layer_norm=norm.layer_norm_numpy,
-    gelu=activations.gelu_numpy,
-    bias_gelu=activations.bias_gelu_numpy,
-    softmax=activations.softmax_numpy,
-    attention=attention.attention_numpy,
-    interpolate_bicubic=interpolate.interpolate_bicubic_numpy,
-    interpolate_bilinear=interpolate.interpolate_bilinear_numpy,
-    conv2d=conv.conv2d_numpy,
-    max_pool2d=conv.max_pool2d_numpy,
-    group_norm_act=groupnorm.group_norm_act_numpy,
-    depthwise_conv_tokens=dwconv.depthwise_conv_tokens_numpy,
-    relative_position_index=relative_position.relative_position_index_numpy,
-    relative_position_bias=relative_position.relative_position_bias_numpy,
-    conv_transpose2d=resample.conv_transpose2d_numpy,
-    adaptive_avg_pool2d=resample.adaptive_avg_pool2d_numpy,
-)
+# kernel name -> module that defines `<name>_numpy` and `<name>_numba`
+KERNELS = {
+    "layer_norm": "norm", "gelu": "activations", "bias_gelu": "activations", "softmax": "activations",
+    "attention": "attention", "interpolate_bicubic": "interpolate", "interpolate_bilinear": "interpolate",
+    "conv2d": "conv", "max_pool2d": "conv", "group_norm_act": "groupnorm", "depthwise_conv_tokens": "dwconv",
+    "relative_position_index": "relative_position", "relative_position_bias": "relative_position",
+    "conv_transpose2d": "resample", "adaptive_avg_pool2d": "resample", "linear": "linear",
+}
+_NAMESPACES = {}
 
-NUMBA = SimpleNamespace(
-    name="numba",
-    layer_norm=norm.layer_norm_numba,
-    gelu=activations.gelu_numba,
-    bias_gelu=activations.bias_gelu_numba,
-    softmax=activations.softmax_numba,
-    attention=attention.attention_numba,
-    interpolate_bicubic=interpolate.interpolate_bicubic_numba,
-    interpolate_bilinear=interpolate.interpolate_bilinear_numba,
-    conv2d=conv.conv2d_numba,
-    max_pool2d=conv.max_pool2d_numba,
-    group_norm_act=groupnorm.group_norm_act_numba,
-    depthwise_conv_tokens=dwconv.depthwise_conv_tokens_numba,
-    relative_position_index=relative_position.relative_position_index_numba,
-    relative_position_bias=relative_position.relative_position_bias_numba,
-    conv_transpose2d=resample.conv_transpose2d_numba,
-    adaptive_avg_pool2d=resample.adaptive_avg_pool2d_numba,
-)
+
+def _namespace(backend):
+    """SimpleNamespace(name=backend, layer_norm=norm.layer_norm_<backend>, …): every kernel of one backend."""
+    import importlib
+
+    found = {name: getattr(importlib.import_module(f"refvit.kernels.{module}"), f"{name}_{backend}")
+             for name, module in KERNELS.items()}
+    return SimpleNamespace(name=backend, **found)
 
 
 def get(backend):
     """The kernel namespace for `backend` ("numpy": the readable twins, "numba": the fast path)."""
-    if backend == "numpy":
-        return NUMPY
-    if backend == "numba":
-        return NUMBA
-    raise RefvitError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise RefvitError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if backend not in _NAMESPACES:
+        _NAMESPACES[backend] = _namespace(backend)
+    return _NAMESPACES[backend]
+
+
+def __getattr__(name):
+    """`kernels.NUMPY` / `kernels.NUMBA`: the namespaces, built (and their modules imported) on first use."""
+    if name in ("NUMPY", "NUMBA"):
+        return get(name.lower())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

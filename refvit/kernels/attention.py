@@ -17,11 +17,12 @@ float32 exp/sum and NumPy's differ by a few float32 ulps.)
 """
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.activations import softmax_inplace, softmax_numpy
+from refvit.kernels.jit import njit
+from refvit.kernels.threads import for_blocks
 
 
 def _check_args(q, k, v, num_heads, bias):
@@ -67,7 +68,7 @@ def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
 # numpy's matmul; the element-wise part in between (scale, bias, softmax) is the fused Numba kernel.
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _scale_bias_softmax(scores, scale, bias, has_bias):
     # scores: (B, H, Nq, Nk), in place: softmax(scores * scale + bias[h]) over the last axis.
     B, H, Nq, Nk = scores.shape
@@ -87,7 +88,8 @@ def _scale_bias_softmax(scores, scale, bias, has_bias):
 
 def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     """Numba twin of `attention_numpy`: q·kᵀ and p·v as BLAS GEMMs (numpy's matmul over heads), the scale, bias and
-    softmax fused in one Numba pass over the scores (vectorised exp); probs are the scores buffer, returned if asked."""
+    softmax fused in one Numba pass over the scores (vectorised exp); probs are the scores buffer, returned if asked.
+    Images (or, for one image, heads) are split across threads: each block runs its GEMMs and softmax on its own."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape
@@ -96,11 +98,29 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     qh = q.reshape(B, Nq, H, D).transpose(0, 2, 1, 3)  # (B, H, Nq, D)
     kh = k.reshape(B, Nk, H, D).transpose(0, 2, 3, 1)  # (B, H, D, Nk)
     vh = v.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)  # (B, H, Nk, D)
-    scores = np.matmul(qh, kh)  # (B, H, Nq, Nk), a fresh C-contiguous array
     has_bias = bias is not None
     bias = np.require(bias if has_bias else np.empty((0, 0, 0), dt), dt, ["C", "A"])
-    if scores.size:
-        _scale_bias_softmax(scores, dt.type(scale), bias, has_bias)
+    scores = np.empty((B, H, Nq, Nk), dt)               # (B, H, Nq, Nk), becomes the probs
     out = np.empty((B, Nq, H, D), dt)                   # (B, Nq, H, D) = (B, Nq, C) in memory
-    np.matmul(scores, vh, out=out.transpose(0, 2, 1, 3))  # heads written straight into their channels
+    out_h = out.transpose(0, 2, 1, 3)                   # (B, H, Nq, D): heads written straight into their channels
+
+    def images(lo, hi):
+        _attend(qh[lo:hi], kh[lo:hi], vh[lo:hi], scores[lo:hi], out_h[lo:hi], scale, bias, has_bias)
+
+    def heads(lo, hi):  # one image: blocks of heads, each with its slice of the bias
+        _attend(qh[:, lo:hi], kh[:, lo:hi], vh[:, lo:hi], scores[:, lo:hi], out_h[:, lo:hi], scale,
+                bias[lo:hi] if has_bias else bias, has_bias)
+
+    if scores.size:
+        if B > 1:
+            for_blocks(images, B, H * Nq * Nk)             # work counted in scores elements
+        else:
+            for_blocks(heads, H, Nq * Nk)
     return out.reshape(B, Nq, C), (scores if need_probs else None)
+
+
+def _attend(qh, kh, vh, scores, out_h, scale, bias, has_bias):
+    """One block of images or heads: scores = q·kᵀ, softmax(scores·scale + bias) in place, out = probs·v."""
+    np.matmul(qh, kh, out=scores)
+    _scale_bias_softmax(scores, scores.dtype.type(scale), bias, has_bias)
+    np.matmul(scores, vh, out=out_h)

@@ -24,10 +24,12 @@ NaN propagates, as in torch's CPU kernel (`val > max || isnan(val)`).
 """
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
-from refvit.kernels import check_float
+from refvit.kernels import check_float, threads
+from refvit.kernels.jit import njit
+from refvit.kernels.sizes import conv_output_size, pool_output_size  # noqa: F401 (also imported from here)
+from refvit.kernels.threads import blas_threads, for_blocks
 
 
 def _pair(value, name):
@@ -53,20 +55,6 @@ def _quad(value, name):
             or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in value)):
         raise InputError(f"{name}: expected non-negative ints (top, bottom, left, right), got {value!r}")
     return tuple(int(v) for v in value)
-
-
-def conv_output_size(size, kernel, stride, pad_before, pad_after, dilation):
-    """torch's conv output length along one axis."""
-    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def pool_output_size(size, kernel, stride, pad_before, pad_after, ceil_mode):
-    """torch's `pooling_output_shape` (dilation 1) with asymmetric padding."""
-    span = size + pad_before + pad_after - kernel
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad_before:  # the last window must start inside input / top pad
-        out -= 1
-    return out
 
 
 def _check_conv(x, weight, bias, stride, padding, dilation, groups):
@@ -106,6 +94,25 @@ def _gemm(cols, weight, bias, groups, Ho, Wo):
     if bias is not None:
         out += bias.astype(out.dtype, copy=False)[:, None, None]
     return out
+
+
+def _gemm_blocks(cols, weight, bias, groups, Ho, Wo):
+    """`_gemm` with one GEMM per block of output pixels (BiT's and CvT's GEMMs have few output channels and many
+    pixels), the blocks chosen by the sizes alone, run across refvit's threads when numpy's BLAS is single-threaded
+    (see refvit.kernels.linear)."""
+    B, G, K, P = cols.shape
+    Cout = weight.shape[0]
+    Wg = weight.reshape(G, Cout // G, K)                               # (G, Cout/G, K)
+    out = np.empty((B, G, Cout // G, P), np.result_type(Wg, cols))     # (B, G, Cout/G, P)
+    b = None if bias is None else bias.astype(out.dtype, copy=False).reshape(G, Cout // G, 1)
+
+    def pixels(lo, hi):
+        np.matmul(Wg, cols[..., lo:hi], out=out[..., lo:hi])
+        if b is not None:
+            out[..., lo:hi] += b
+
+    for_blocks(pixels, P, B * Cout * K // 8, threads.MIN_GEMM_BLOCK, blas_threads() == 1)  # ~2·B·Cout·K flops/pixel
+    return out.reshape(B, Cout, Ho, Wo)
 
 
 def _pointwise_cols(x, stride, groups):
@@ -227,10 +234,10 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     """Numba twin of `conv2d_numpy`: the im2col gather in Numba, the GEMM in BLAS (same as the twin)."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
-        return _gemm(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
+        return _gemm_blocks(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
     B = x.shape[0]
     cols = im2col_numba(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
-    return _gemm(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
+    return _gemm_blocks(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
 
 
 @njit(cache=True, fastmath=False)

@@ -19,10 +19,10 @@ projection, and the grid may be any h×w (CvT has no position embeddings). Signa
 """
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
+from refvit.kernels.jit import njit
 
 
 def _check_args(x, height, width, weight, bias, stride, padding):

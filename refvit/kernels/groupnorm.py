@@ -14,10 +14,10 @@ ACT2FN[hidden_act] (ReLU for every BiT checkpoint), fused here into one pass whe
 import math
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
+from refvit.kernels.jit import njit
 
 
 def _check_args(x, num_groups, weight, bias):

@@ -9,10 +9,11 @@ Ba et al. 2016, "Layer Normalization", eq. 4; torch: aten/src/ATen/native/cpu/la
 import math
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
+from refvit.kernels.jit import njit
+from refvit.kernels.threads import for_blocks
 
 
 def _check_args(x, weight, bias):
@@ -34,7 +35,7 @@ def layer_norm_numpy(x, weight, bias, eps):
     return centered * rstd * np.asarray(weight, x.dtype) + np.asarray(bias, x.dtype)
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, nogil=True)
 def _layer_norm_kernel(x, weight, bias, eps, out):
     # x, out: (M, C) every leading index flattened into M rows; weight, bias: (C,).
     # Statistics and the affine map run in float64 and are rounded once when stored into out.
@@ -56,7 +57,8 @@ def _layer_norm_kernel(x, weight, bias, eps, out):
 
 def layer_norm_numba(x, weight, bias, eps):
     """Numba twin of `layer_norm_numpy`: row by row; float64 accumulators even for float32
-    input (torch accumulates float32 in float32), rounded once on store: as close to torch as the twin."""
+    input (torch accumulates float32 in float32), rounded once on store: as close to torch as the twin.
+    Large inputs are split into row blocks across threads (refvit.kernels.threads)."""
     _check_args(x, weight, bias)
     C = x.shape[-1]
     x2 = np.require(x, x.dtype, ["C", "A", "W"]).reshape(-1, C)  # (M, C)
@@ -64,5 +66,6 @@ def layer_norm_numba(x, weight, bias, eps):
     if x2.size:
         weight = np.require(weight, x.dtype, ["C", "A", "W"])
         bias = np.require(bias, x.dtype, ["C", "A", "W"])
-        _layer_norm_kernel(x2, weight, bias, float(eps), out)
+        eps = float(eps)
+        for_blocks(lambda lo, hi: _layer_norm_kernel(x2[lo:hi], weight, bias, eps, out[lo:hi]), len(x2), C)
     return out.reshape(x.shape)

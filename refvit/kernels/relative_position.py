@@ -17,10 +17,10 @@ scale + bias + softmax loop (`attention(..., bias=...)`).
 """
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
+from refvit.kernels.jit import njit
 
 
 def _check_window(window_h, window_w):

@@ -17,10 +17,10 @@ adaptive_avg_pool2d(x, out_h, out_w)            torch.nn.functional.adaptive_avg
 """
 
 import numpy as np
-from numba import njit
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
+from refvit.kernels.jit import njit
 
 
 def _pair(v, name):

@@ -42,6 +42,11 @@ BN_EPS = 1e-5  # nn.BatchNorm2d's default eps: every BatchNorm of the segmentati
 
 
 MAX_LAYERS = 4096  # far beyond any real checkpoint; bounds the work done before the tensors are checked
+# UperNet pools the last feature map to scale x scale bins whatever its size (torch's adaptive bins overlap and
+# repeat pixels past the map's size), allocating (B, hidden_size, scale, scale) per scale: no weight bounds it.
+# Real heads use (1, 2, 3, 6); the pooled map (token grid halved) is 128 wide only for 4096-pixel inputs at
+# patch 16. 128 caps each pooled map at 64 KiB per channel and image.
+MAX_POOL_SCALE = 128
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,8 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
         problems.append(f"hidden_act: activation {values['hidden_act']!r} is not supported "
                         f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
     values["pool_scales"] = _int_tuple(raw, "pool_scales", d.pool_scales, problems)
+    if max(values["pool_scales"]) > MAX_POOL_SCALE:
+        problems.append(f"pool_scales: {max(values['pool_scales'])} is more than refvit accepts ({MAX_POOL_SCALE})")
     # quirk: transformers keeps patch_size as written and divides pixel sizes by it (`height // config.patch_size`)
     # in the relative position bias, the position-embedding resize, segmentation and the backbone, which fails for a
     # [h, w] list; refvit takes a list as (h, w) everywhere (where transformers runs at all, the result is the same)
@@ -208,7 +215,7 @@ def _head_problems(cfg: BeitConfig, head: str) -> list[str]:
         if len(cfg.out_indices) != 4:  # BeitForSemanticSegmentation.__init__ raises this
             problems.append(f"out_indices: semantic segmentation needs exactly 4, got {list(cfg.out_indices)}")
         elif cfg.model_type == "data2vec-vision":
-            used = [i for i in range(1, cfg.num_hidden_layers + 2) if i in cfg.out_indices]
+            used = {i for i in cfg.out_indices if 1 <= i <= cfg.num_hidden_layers + 1}  # no loop over the layers
             if len(used) != 4:  # it keeps hidden_states[idx] with idx + 1 in out_indices: 4 must match
                 problems.append(f"out_indices: {list(cfg.out_indices)} must be 4 distinct values in "
                                 f"1..{cfg.num_hidden_layers + 1} (data2vec-vision selects hidden_states[i - 1])")
@@ -514,9 +521,9 @@ def relative_position_bias(p, cfg, window, interpolate, seq_len, K):
 
 def self_attention(p, x, bias, cfg, K, rec, name, need_probs):
     """BeitSelfAttention: q, k (no bias), v; softmax(q kᵀ · D^-½ + relative bias) v per head (fused kernel)."""
-    q = rec(f"{name}.query", linear(x, p["query"]))                                   # (B, N, C)
-    k = rec(f"{name}.key", linear(x, p["key"]))                                       # (B, N, C)
-    v = rec(f"{name}.value", linear(x, p["value"]))                                   # (B, N, C)
+    q = rec(f"{name}.query", linear(x, p["query"], K))                                # (B, N, C)
+    k = rec(f"{name}.key", linear(x, p["key"], K))                                    # (B, N, C)
+    v = rec(f"{name}.value", linear(x, p["value"], K))                                # (B, N, C)
     context, probs = K.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, bias=bias,
                                  need_probs=need_probs)
     return rec(name, context), probs                                                  # (B, N, C), (B, H, N, N)
@@ -532,11 +539,11 @@ def layer(p, x, bias, cfg, K, rec, name, need_probs):
     h = rec(f"{name}.layernorm_before", layer_norm(x, p["layernorm_before"], cfg.layer_norm_eps, K))
     h, probs = self_attention(p["attention"]["attention"], h, bias, cfg, K, rec, f"{name}.attention.attention",
                               need_probs)
-    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"]))
+    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"], K))
     x = layer_scale(p, "lambda_1", h) + x
     h = rec(f"{name}.layernorm_after", layer_norm(x, p["layernorm_after"], cfg.layer_norm_eps, K))
     h = rec(f"{name}.intermediate", linear_act(h, p["intermediate"]["dense"], cfg.hidden_act, K))  # (B, N, I)
-    h = rec(f"{name}.output", linear(h, p["output"]["dense"]))                       # BeitOutput: no residual
+    h = rec(f"{name}.output", linear(h, p["output"]["dense"], K))                    # BeitOutput: no residual
     return rec(name, layer_scale(p, "lambda_2", h) + x), probs
 
 

@@ -9,7 +9,6 @@ import math
 import re
 
 import numpy as np
-from scipy import special
 
 from ..errors import InputError
 
@@ -30,8 +29,12 @@ class Recorder:
         return value
 
 
-def linear(x: np.ndarray, p: dict) -> np.ndarray:
-    """torch.nn.Linear: x @ Wᵀ + b, W of shape (out, in) as the checkpoint stores it (BLAS reads the transpose in place)."""
+def linear(x: np.ndarray, p: dict, K=None) -> np.ndarray:
+    """torch.nn.Linear: x @ Wᵀ + b, W of shape (out, in) as the checkpoint stores it (BLAS reads the transpose in place).
+
+    With the backend's kernels K (the encoder's large layers pass them) the Numba path may split rows across threads."""
+    if K is not None:
+        return K.linear(x, p["weight"], p.get("bias"))
     y = x @ p["weight"].T
     if "bias" in p:
         y += p["bias"]
@@ -60,8 +63,14 @@ def _gelu_tanh(x):  # NewGELUActivation / GELUTanh / FastGELU: the tanh approxim
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def _expit(x):  # sigmoid; scipy.special is imported on first use only (~0.2 s, and most models never need it)
+    from scipy.special import expit
+
+    return expit(x)
+
+
 def _quick_gelu(x):  # QuickGELUActivation: x * sigmoid(1.702 x)
-    return x * special.expit(x.dtype.type(1.702) * x)
+    return x * _expit(x.dtype.type(1.702) * x)
 
 
 ACTIVATIONS = {
@@ -70,8 +79,8 @@ ACTIVATIONS = {
     "gelu_fast": _gelu_tanh,
     "quick_gelu": _quick_gelu,
     "relu": lambda x: np.maximum(x, 0),
-    "silu": lambda x: x * special.expit(x),
-    "swish": lambda x: x * special.expit(x),
+    "silu": lambda x: x * _expit(x),
+    "swish": lambda x: x * _expit(x),
     "tanh": np.tanh,
     "linear": lambda x: x,
 }
@@ -87,9 +96,9 @@ def activation(name: str, x: np.ndarray, K) -> np.ndarray:
 def linear_act(x: np.ndarray, p: dict, name: str, K) -> np.ndarray:
     """Linear then activation; for erf-GELU the bias add and GELU are one fused kernel pass."""
     if name == "gelu" and "bias" in p:
-        y = x @ p["weight"].T
+        y = K.linear(x, p["weight"])
         return K.bias_gelu(y, p["bias"], out=y)
-    return activation(name, linear(x, p), K)
+    return activation(name, linear(x, p, K), K)
 
 
 def layer_norm(x: np.ndarray, p: dict, eps: float, K) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from ..architecture import Architecture
 from ..config import _check_type, _labels
 from ..errors import ConfigError, InputError
-from ..kernels.conv import conv_output_size, pool_output_size
+from ..kernels.sizes import conv_output_size, pool_output_size
 from ..outputs import BaseModelOutputWithCLSToken, ImageClassifierOutputWithNoAttention
 from .common import layer_norm, linear, linear_act
 
@@ -370,9 +370,9 @@ def self_attention(p, x, hw, stage, cfg, K, rec, name, need_probs):
     q, k, v = (rec(f"{name}.convolution_projection_{n}", t) for n, t in zip(("query", "key", "value"), (q, k, v)))
     if with_cls:
         q, k, v = (np.concatenate([cls, t], axis=1) for t in (q, k, v))               # (B, 1 + N', C)
-    q = rec(f"{name}.projection_query", linear(q, p["projection_query"]))
-    k = rec(f"{name}.projection_key", linear(k, p["projection_key"]))
-    v = rec(f"{name}.projection_value", linear(v, p["projection_value"]))
+    q = rec(f"{name}.projection_query", linear(q, p["projection_query"], K))
+    k = rec(f"{name}.projection_key", linear(k, p["projection_key"], K))
+    v = rec(f"{name}.projection_value", linear(v, p["projection_value"], K))
     C = cfg.embed_dim[stage]
     context, probs = K.attention(q, k, v, cfg.num_heads[stage], C ** -0.5, need_probs=need_probs)
     if need_probs:
@@ -385,11 +385,11 @@ def layer(p, x, hw, stage, cfg, K, rec, name):
     h = rec(f"{name}.layernorm_before", layer_norm(x, p["layernorm_before"], LAYER_NORM_EPS, K))
     h = self_attention(p["attention"]["attention"], h, hw, stage, cfg, K, rec, f"{name}.attention.attention",
                        need_probs=rec.enabled)                                          # probs only when recorded
-    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"]))
+    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"], K))
     x = x + h
     h = rec(f"{name}.layernorm_after", layer_norm(x, p["layernorm_after"], LAYER_NORM_EPS, K))
     h = rec(f"{name}.intermediate", linear_act(h, p["intermediate"]["dense"], "gelu", K))  # (B, N, I), nn.GELU (erf)
-    x = rec(f"{name}.output", linear(h, p["output"]["dense"]) + x)                     # CvtOutput adds the residual
+    x = rec(f"{name}.output", linear(h, p["output"]["dense"], K) + x)                  # CvtOutput adds the residual
     return rec(name, x)
 
 

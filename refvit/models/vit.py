@@ -171,9 +171,9 @@ def deit_embeddings(p, pixel_values, cfg, bool_masked_pos, interpolate, K):
 
 def self_attention(p, x, cfg, K, rec, name, need_probs):
     """ViTSelfAttention: q, k, v projections, softmax(q kᵀ · D^-½) v per head (fused kernel) -> (B, N, C)."""
-    q = rec(f"{name}.query", linear(x, p["query"]))                                   # (B, N, C)
-    k = rec(f"{name}.key", linear(x, p["key"]))                                       # (B, N, C)
-    v = rec(f"{name}.value", linear(x, p["value"]))                                   # (B, N, C)
+    q = rec(f"{name}.query", linear(x, p["query"], K))                                # (B, N, C)
+    k = rec(f"{name}.key", linear(x, p["key"], K))                                    # (B, N, C)
+    v = rec(f"{name}.value", linear(x, p["value"], K))                                # (B, N, C)
     context, probs = K.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, need_probs=need_probs)
     return rec(name, context), probs                                                  # (B, N, C), (B, H, N, N)
 
@@ -182,11 +182,11 @@ def layer(p, x, cfg, K, rec, name, need_probs):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
     h = rec(f"{name}.layernorm_before", layer_norm(x, p["layernorm_before"], cfg.layer_norm_eps, K))
     h, probs = self_attention(p["attention"]["attention"], h, cfg, K, rec, f"{name}.attention.attention", need_probs)
-    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"]))
+    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"], K))
     x = x + h
     h = rec(f"{name}.layernorm_after", layer_norm(x, p["layernorm_after"], cfg.layer_norm_eps, K))
     h = rec(f"{name}.intermediate", linear_act(h, p["intermediate"]["dense"], cfg.hidden_act, K))  # (B, N, I)
-    x = rec(f"{name}.output", linear(h, p["output"]["dense"]) + x)                   # ViTOutput adds the residual
+    x = rec(f"{name}.output", linear(h, p["output"]["dense"], K) + x)                # ViTOutput adds the residual
     return rec(name, x), probs
 
 
