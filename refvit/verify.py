@@ -171,3 +171,100 @@ def run_processing_case(case_dir: Path) -> CaseResult:
             else:
                 result.errors[key] = (float(np.abs(ours.astype(np.float64) - ref).max(initial=0.0)), tol)
     return result
+
+
+# --- trained digits models (golden/models/, written by golden/train_digits.py) --------------------------------------
+
+
+def list_digit_models(golden_dir: Path) -> list[Path]:
+    """The trained model directories golden/models/digits-*/ (each with meta.json and logits.npz)."""
+    root = Path(golden_dir) / "models"
+    return sorted(p for p in root.glob("digits-*") if (p / "meta.json").is_file()) if root.is_dir() else []
+
+
+@dataclass
+class DigitsResult:
+    """refvit on the whole digits test split vs the framework's recorded predictions and logits."""
+    model: str
+    architecture: str
+    backend: str
+    dtype: str
+    seconds: float
+    parameters: int
+    framework_accuracy: float      # recorded by golden/train_digits.py from PyTorch's predictions
+    accuracy: float                # refvit's predictions vs the true labels
+    disagreements: list            # test-split positions where refvit's class differs from PyTorch's
+    images: int
+    errors: dict = field(default_factory=dict)     # logits key -> (max abs error, allowed)
+    problems: list = field(default_factory=list)
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 - len(self.disagreements) / self.images
+
+    @property
+    def ok(self) -> bool:
+        return (not self.problems and not self.disagreements and self.accuracy == self.framework_accuracy
+                and all(e <= tol for e, tol in self.errors.values()))
+
+
+def digits_pixel_values(model_dir: Path, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values, labels) of the first `count` test scans: `digit_image`, then refvit's processor."""
+    from .datasets import digit_image
+    from .processing import ImageProcessor
+
+    with np.load(Path(model_dir).parent / "digits_test.npz") as z:
+        scans, labels = z["images"][:count], z["labels"][:count]
+    processor = ImageProcessor.from_pretrained(model_dir)
+    return processor([digit_image(s) for s in scans], return_tensors="np")["pixel_values"], labels
+
+
+def run_digits(model_dir: Path, dtype: str = "float32", backend: str = "numba",
+               count: int | None = None) -> DigitsResult:
+    """Classify the digits test split (or its first `count` images) with refvit; compare with the framework's records.
+
+    The logits tolerance is DESIGN.md §5's float32 bound whatever `dtype` (the reference is PyTorch float32)."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    model = from_pretrained(model_dir, dtype=dtype, backend=backend)
+    pixel_values, labels = digits_pixel_values(model_dir, count)
+    model(pixel_values[:1])  # warm-up: JIT compilation is not forward time
+    t0 = time.perf_counter()
+    out = model(pixel_values)
+    seconds = time.perf_counter() - t0
+    framework = np.asarray(meta["test_predictions"])[:len(labels)]
+    ours = out.logits.argmax(-1)
+    result = DigitsResult(model_dir.name, meta["architecture"], backend, dtype, seconds, model.num_parameters,
+                          float((framework == labels).mean()), float((ours == labels).mean()),
+                          np.flatnonzero(ours != framework).tolist(), len(labels))
+    if count is None and result.framework_accuracy != meta["test_accuracy"]:
+        result.problems.append(f"recorded predictions give accuracy {result.framework_accuracy}, "
+                               f"meta.json says {meta['test_accuracy']}")
+    with np.load(model_dir / "logits.npz") as z:
+        for key in z.files:
+            ref = z[key][:len(labels)]
+            if key == "logits" and not np.array_equal(ref.argmax(-1), framework):
+                result.problems.append("logits.npz disagrees with meta.json's test_predictions")
+            err = float(np.abs(out[key].astype(np.float64) - ref).max(initial=0.0))
+            result.errors[key] = (err, TOLERANCE["float32"] * max(1.0, float(np.abs(ref).max(initial=0.0))))
+    return result
+
+
+def format_digits_table(results: list[DigitsResult]) -> str:
+    """One row per (model, backend, dtype): parameters, PyTorch and refvit test accuracy, agreement, logits error."""
+    head = ("model", "architecture", "backend", "dtype", "params", "PyTorch acc", "refvit acc", "agreement",
+            "logits max abs err", "")
+    rows = [(r.model, r.architecture, r.backend, r.dtype, f"{r.parameters:,}", f"{r.framework_accuracy:.2%}",
+             f"{r.accuracy:.2%}", f"{r.images - len(r.disagreements)}/{r.images}",
+             f"{max((e for e, _ in r.errors.values()), default=float('nan')):.1e}", "ok" if r.ok else "FAIL")
+            for r in results]
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head] + rows]
+    for r in results:
+        where = f"{r.model} [{r.backend}/{r.dtype}]"
+        lines += [f"{where}: {p}" for p in r.problems]
+        if r.disagreements:
+            lines.append(f"{where}: class differs from PyTorch's on test images {r.disagreements[:20]}")
+        lines += [f"{where}: {key} max abs error {e:.3g} > allowed {tol:.3g}"
+                  for key, (e, tol) in r.errors.items() if not e <= tol]
+    return "\n".join(lines)

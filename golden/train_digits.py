@@ -1,0 +1,310 @@
+"""Train tiny ViT, DeiT (distilled from a BiT teacher), BEiT, CvT and BiT classifiers on scikit-learn's digits.
+
+Random weights make meaningless pictures; these models really classify real handwriting (1,797 8x8 scans bundled
+with scikit-learn), so tutorials and tests have something to look at. Needs the `golden` extra (torch, transformers,
+scikit-learn):
+    pip install -e ".[golden]"
+    python golden/train_digits.py             # train all five (~5 min of CPU, one thread), write golden/models/
+    python golden/train_digits.py --check     # framework inference only: re-run the saved models, compare records
+
+Everything runs on CPU with one thread and fixed seeds. Each image is `refvit.datasets.digit_image(scan)` (the same
+function refvit's tests call) and goes through the model's own transformers image processor, upscaled to 32x32.
+
+Written under golden/models/:
+    digits-{bit,deit,vit,beit,cvt}/   config.json + model.safetensors (save_pretrained), preprocessor_config.json,
+                                      meta.json (versions, seeds, command, training time, epochs, test accuracy,
+                                      the framework's predicted class for every test image), logits.npz (float32
+                                      logits for the test split; DeiT also cls_logits and distillation_logits)
+    digits_test.npz                   the test split: images uint8 (N, 8, 8) as scanned (0..16), labels int64,
+                                      indices into load_digits()
+DeiT is trained the DeiT way (Touvron et al. 2021, hard-label distillation):
+    loss = 1/2 CE(cls_logits, y) + 1/2 CE(distillation_logits, argmax teacher(x)), the teacher being the BiT model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))  # run from a checkout: import refvit (digit_image)
+
+from refvit.datasets import digit_image  # noqa: E402
+
+MODELS_DIR = ROOT / "models"  # --out overrides it (trial runs)
+SEED = 0             # split, weight init, batch order and augmentation
+TEST_SIZE = 360      # 20% of 1,797, stratified by class
+IMAGE_SIZE = 32      # each processor upscales the 8x8 scan to 32x32: patch 4 -> 8x8 = 64 tokens
+BATCH = 64
+MAX_SHIFT = 2        # augmentation: random shifts of up to 2 pixels at 32x32 (half a scan pixel)
+CHECK_TOLERANCE = 1e-4  # framework re-run vs recorded logits: DESIGN.md §5 float32 bound, relative to max(1, max|ref|)
+
+LABELS = {str(i): str(i) for i in range(10)}  # id2label: class i is the digit i
+LABEL_IDS = {str(i): i for i in range(10)}    # label2id
+
+ORDER = ["bit", "deit", "vit", "beit", "cvt"]  # the BiT teacher first: DeiT learns from it
+
+
+def specs() -> dict:
+    """name -> (model class, config, processor, epochs, learning rate). Sizes chosen to train in ~2 min each."""
+    import transformers as tf
+
+    vit_like = dict(image_size=IMAGE_SIZE, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                    intermediate_size=128, id2label=LABELS, label2id=LABEL_IDS)
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    return {
+        "bit": (tf.BitForImageClassification,
+                tf.BitConfig(layer_type="preactivation", embedding_size=32, hidden_sizes=[64, 128], depths=[1, 1],
+                             num_groups=8, id2label=LABELS, label2id=LABEL_IDS),
+                tf.BitImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size=square), 30, 2e-3),
+        "deit": (tf.DeiTForImageClassificationWithTeacher, tf.DeiTConfig(**vit_like),
+                 tf.DeiTImageProcessorPil(size=square, crop_size=square), 30, 2e-3),
+        "vit": (tf.ViTForImageClassification, tf.ViTConfig(**vit_like),
+                tf.ViTImageProcessorPil(size=square), 30, 2e-3),
+        "beit": (tf.BeitForImageClassification,
+                 # absolute embeddings too: the relative bias table starts at zero, so with mean pooling alone the
+                 # model starts blind to position (here: 92% after 30 epochs without them, 96% after 20 with them)
+                 tf.BeitConfig(**vit_like, use_relative_position_bias=True, use_absolute_position_embeddings=True,
+                               use_mean_pooling=True, layer_scale_init_value=0.1),
+                 tf.BeitImageProcessorPil(size=square, do_center_crop=False), 25, 2e-3),
+        "cvt": (tf.CvtForImageClassification,
+                tf.CvtConfig(patch_sizes=[3, 3, 3], patch_stride=[2, 2, 2], patch_padding=[1, 1, 1],
+                             embed_dim=[32, 48, 64], num_heads=[1, 2, 4], depth=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0],
+                             drop_path_rate=[0.0, 0.0, 0.0], id2label=LABELS, label2id=LABEL_IDS),
+                 tf.ConvNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_pct=0.875), 20, 2e-3),
+    }
+
+
+def load_split():
+    """(train scans, train labels, test scans, test labels, test indices): a seeded stratified split of load_digits."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    train, test = train_test_split(np.arange(len(digits.target)), test_size=TEST_SIZE, stratify=digits.target,
+                                   random_state=SEED)
+    train, test = np.sort(train), np.sort(test)
+    images = digits.images.astype(np.uint8)  # float 0..16, integral: stored as uint8
+    assert np.array_equal(images, digits.images)
+    labels = digits.target.astype(np.int64)
+    return images[train], labels[train], images[test], labels[test], test
+
+
+def pixel_values(processor, scans):
+    """(N, 3, 32, 32) float32 torch tensor: each scan as `digit_image`, through the framework's processor."""
+    return processor([digit_image(s) for s in scans], return_tensors="pt")["pixel_values"]
+
+
+def shift(x, background, offsets):
+    """Translate each image by offsets[i] = (dy, dx) pixels, filling with the processed value of black."""
+    import torch
+    import torch.nn.functional as F
+
+    pad = MAX_SHIFT
+    padded = F.pad(x - background, (pad, pad, pad, pad)) + background  # B, 3, H + 2p, W + 2p
+    h, w = x.shape[-2:]
+    rows = [padded[i, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+    return torch.stack(rows)  # B, 3, H, W
+
+
+def predict(model, x, batch: int = 120):
+    """The model's output dict (eval mode, no grad), batched, as float32 NumPy arrays."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model(pixel_values=x[i:i + batch])
+            outs.append({k: v.numpy() for k, v in out.items() if k.endswith("logits")})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def distillation_loss(out, labels, teacher_labels):
+    """DeiT's hard-label distillation (Touvron et al. 2021, eq. 3): the class token learns the labels, the
+    distillation token the teacher's argmax. transformers' DeiTForImageClassificationWithTeacher computes no loss."""
+    import torch.nn.functional as F
+
+    return 0.5 * (F.cross_entropy(out.cls_logits, labels) + F.cross_entropy(out.distillation_logits, teacher_labels))
+
+
+def train(name, model, x, y, epochs, lr, teacher=None):
+    """AdamW + one-cycle schedule, random shifts; DeiT adds the hard-label distillation loss from `teacher`."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(SEED)
+    background = x.amin(dim=(0, 2, 3), keepdim=True)[0]  # 3, 1, 1: black is each channel's minimum
+    if teacher is not None:
+        teacher_model, teacher_x = teacher
+        teacher_background = teacher_x.amin(dim=(0, 2, 3), keepdim=True)[0]
+    steps = epochs * math.ceil(len(x) / BATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total, correct = 0.0, 0
+        for i in range(0, len(x), BATCH):
+            idx = order[i:i + BATCH]
+            offsets = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (len(idx), 2), generator=gen)
+            xb, yb = shift(x[idx], background, offsets), y[idx]
+            out = model(pixel_values=xb)
+            if teacher is None:
+                loss = F.cross_entropy(out.logits, yb)
+            else:  # the teacher sees the same shifted digits, through its own processor
+                with torch.no_grad():
+                    teacher_in = shift(teacher_x[idx], teacher_background, offsets)
+                    teacher_labels = teacher_model(pixel_values=teacher_in).logits.argmax(-1)
+                loss = distillation_loss(out, yb, teacher_labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            correct += int((out.logits.argmax(-1) == yb).sum())
+        print(f"  {name} epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}, train acc {correct / len(x):.4f}",
+              flush=True)
+    model.eval()
+
+
+def versions() -> dict:
+    import sklearn
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def setup_torch():
+    import torch
+
+    torch.set_num_threads(1)  # one core: the machine is shared, and results should not depend on thread count
+    torch.manual_seed(SEED)
+
+
+def train_all(names, out: Path, epochs_scale: float = 1.0) -> None:
+    import torch
+
+    setup_torch()
+    train_scans, train_labels, test_scans, test_labels, test_index = load_split()
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "digits_test.npz", images=test_scans, labels=test_labels, indices=test_index.astype(np.int64))
+    y = torch.from_numpy(train_labels)
+    table = specs()
+    for name in names:
+        cls, config, processor, epochs, lr = table[name]
+        epochs = max(1, round(epochs * epochs_scale))
+        torch.manual_seed(SEED)
+        model = cls(config)
+        x = pixel_values(processor, train_scans)
+        teacher = None
+        if name == "deit":
+            teacher_dir = out / "digits-bit"
+            teacher_cls, _, teacher_processor, _, _ = table["bit"]
+            teacher = (teacher_cls.from_pretrained(teacher_dir).eval(), pixel_values(teacher_processor, train_scans))
+        print(f"{name}: {sum(p.numel() for p in model.parameters()):,} parameters, {epochs} epochs", flush=True)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        train(name, model, x, y, epochs, lr, teacher)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+        save(out / f"digits-{name}", model, processor, test_scans, test_labels,
+             dict(epochs=epochs, lr=lr, seconds=seconds, cpu_seconds=cpu_seconds))
+
+
+def save(out_dir: Path, model, processor, test_scans, test_labels, training: dict) -> None:
+    name = out_dir.name.removeprefix("digits-")
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    outputs = predict(model, pixel_values(processor, test_scans))
+    np.savez(out_dir / "logits.npz", **outputs)
+    predictions = outputs["logits"].argmax(-1)
+    accuracy = float((predictions == test_labels).mean())
+    meta = {
+        "model": name,
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": versions(),
+        "seeds": {"split": SEED, "torch": SEED},
+        "split": {"dataset": "sklearn.datasets.load_digits", "test_size": TEST_SIZE, "stratify": "target",
+                  "random_state": SEED, "test_file": "digits_test.npz"},
+        "command": " ".join(["python", *sys.argv]),
+        "training": {"seconds": round(training["seconds"], 1), "cpu_seconds": round(training["cpu_seconds"], 1),
+                     "epochs": training["epochs"], "batch_size": BATCH,
+                     "optimizer": "AdamW(weight_decay=0.05) + OneCycleLR", "max_lr": training["lr"],
+                     "augmentation": f"random shifts of up to {MAX_SHIFT} pixels at {IMAGE_SIZE}x{IMAGE_SIZE}",
+                     "threads": 1, **({"teacher": "digits-bit", "loss": "0.5 CE(cls_logits, y) + 0.5 CE("
+                                       "distillation_logits, teacher argmax)"} if name == "deit" else {})},
+        "test_accuracy": accuracy,
+        "test_correct": int((predictions == test_labels).sum()),
+        "test_predictions": predictions.tolist(),
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"{name}: test accuracy {accuracy:.4f}, {training['seconds']:.0f} s ({training['cpu_seconds']:.0f} s CPU)"
+          f" -> {out_dir}", flush=True)
+
+
+def check(names, out: Path) -> int:
+    """Re-run framework inference on the saved models; compare with the recorded logits, predictions and accuracy."""
+    import transformers as tf
+
+    setup_torch()
+    problems = []
+    _, _, test_scans, test_labels, test_index = load_split()
+    with np.load(out / "digits_test.npz") as z:
+        for key, value in (("images", test_scans), ("labels", test_labels), ("indices", test_index)):
+            if not np.array_equal(z[key], value):
+                problems.append(f"digits_test.npz: {key} differ from load_digits' seeded split")
+    for name in names:
+        out_dir = out / f"digits-{name}"
+        meta = json.loads((out_dir / "meta.json").read_text())
+        for lib in ("torch", "transformers"):
+            if meta["versions"][lib] != versions()[lib]:
+                print(f"warning: digits-{name} was recorded with {lib} {meta['versions'][lib]}, "
+                      f"running {versions()[lib]}", file=sys.stderr)
+        config = json.loads((out_dir / "config.json").read_text())
+        model = getattr(tf, config["architectures"][0]).from_pretrained(out_dir)
+        processor_class = json.loads((out_dir / "preprocessor_config.json").read_text())["image_processor_type"]
+        processor = getattr(tf, processor_class + "Pil").from_pretrained(out_dir)  # the PIL backend refvit matches
+        outputs = predict(model, pixel_values(processor, test_scans))
+        predictions = outputs["logits"].argmax(-1)
+        accuracy = float((predictions == test_labels).mean())
+        with np.load(out_dir / "logits.npz") as z:
+            for key in z.files:
+                ref = z[key]
+                err = float(np.abs(outputs[key].astype(np.float64) - ref).max())
+                if not err <= CHECK_TOLERANCE * max(1.0, float(np.abs(ref).max())):
+                    problems.append(f"digits-{name}: {key} max abs error {err:.3g} vs logits.npz")
+        if predictions.tolist() != meta["test_predictions"]:
+            problems.append(f"digits-{name}: {int((predictions != meta['test_predictions']).sum())} predictions differ")
+        if accuracy != meta["test_accuracy"]:
+            problems.append(f"digits-{name}: accuracy {accuracy} vs recorded {meta['test_accuracy']}")
+        print(f"digits-{name}: test accuracy {accuracy:.4f} (recorded {meta['test_accuracy']:.4f})")
+    for p in problems:
+        print(p)
+    print(f"train_digits --check: {'OK' if not problems else f'{len(problems)} difference(s)'}")
+    return 1 if problems else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="re-run framework inference only and compare")
+    parser.add_argument("--models", nargs="+", choices=ORDER, default=ORDER, help="which models (default: all)")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch count (for trials)")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR, help=f"models directory (default {MODELS_DIR})")
+    args = parser.parse_args(argv)
+    if args.check:
+        return check(args.models, args.out)
+    train_all(args.models, args.out, args.epochs_scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
