@@ -1,0 +1,94 @@
+"""Build the tutorial notebooks from their readable sources and execute them in place (issue 7).
+
+    python tutorials/run.py                 # every notebook
+    python tutorials/run.py 03_beit         # only the ones named
+
+Each `tutorials/src/NN_name.py` is a plain Python script in the "percent" format (`# %%` starts a code cell,
+`# %% [markdown]` a markdown cell whose lines are `# `-commented), runnable on its own; this script turns it into
+`tutorials/NN_name.ipynb` with nbformat and executes it with nbclient (cwd = tutorials/), so the stored notebook
+carries its outputs and figures, and the digest of golden/models/ it was run with. tests/test_tutorials.py checks
+that every stored notebook matches its source and the current models and has been executed, and executes each one
+again (matplotlib on Agg).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+SOURCES = HERE / "src"
+MODELS = HERE.parent / "golden" / "models"
+TIMEOUT_S = 300  # per cell
+# One BLAS thread in the kernels: on a small shared machine OpenBLAS's thread pool made the notebooks' many small
+# batched matrix products 10-20x slower (and timings erratic); results do not depend on it.
+KERNEL_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+def parse_cells(text: str) -> list[tuple[str, str]]:
+    """(kind, source) for every cell of a percent-format script; kind is "code" or "markdown"."""
+    cells: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            cells.append(("markdown" if "[markdown]" in line else "code", []))
+        elif cells:
+            kind, lines = cells[-1]
+            lines.append(line[2:] if kind == "markdown" and line.startswith("# ") else
+                         "" if kind == "markdown" and line == "#" else line)
+    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
+
+
+def models_digest() -> str:
+    """sha256 over every file of golden/models/ (the trained digits models the notebooks show): stored in each
+    notebook, so outputs computed from models that have since been retrained count as stale."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in MODELS.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(MODELS).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def build(source: Path) -> nbformat.NotebookNode:
+    """The unexecuted notebook of one source file."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["refvit"] = {"source": f"src/{source.name}", "golden_models_sha256": models_digest()}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell}
+    nb.cells = [make[kind](src) for kind, src in parse_cells(source.read_text())]
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{source.stem.replace('_', '-')}-{i:02d}"  # stable ids: rebuilding changes no diff
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path = HERE, env: dict | None = None) -> nbformat.NotebookNode:
+    """Run every cell in a fresh python3 kernel started in `cwd` with os.environ + KERNEL_ENV + `env`
+    (raises nbclient's CellExecutionError on the first error)."""
+    client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    client.execute(env={**os.environ, **KERNEL_ENV, **(env or {})})
+    return nb
+
+
+def sources(names=()) -> list[Path]:
+    found = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
+    return [s for s in found if not names or s.stem in names]
+
+
+def main(argv: list[str]) -> int:
+    for source in sources(argv):
+        t0 = time.perf_counter()
+        nb = execute(build(source))
+        for cell in nb.cells:  # wall-clock timestamps would make every rebuild a diff
+            cell.get("metadata", {}).pop("execution", None)
+        nbformat.write(nb, HERE / f"{source.stem}.ipynb")
+        print(f"{source.stem}.ipynb  {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
