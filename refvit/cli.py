@@ -12,15 +12,19 @@ import numpy as np
 
 def cmd_verify(args) -> int:
     from .verify import find_golden_dir, format_table, list_cases, list_processing_cases, run_case, run_processing_case
+    from .verify import format_digits_table, list_digit_models, run_digits
 
     golden = find_golden_dir(args.golden)
     cases = list_cases(golden)
+    digits = list_digit_models(golden)  # trained models: refvit vs PyTorch on the real digits test split
     if args.cases:
-        unknown = sorted(set(args.cases) - {c.name for c in cases})
+        unknown = sorted(set(args.cases) - {c.name for c in cases + digits})
         if unknown:
-            print(f"refvit verify: unknown case(s) {unknown}; available: {[c.name for c in cases]}", file=sys.stderr)
+            print(f"refvit verify: unknown case(s) {unknown}; available: {[c.name for c in cases + digits]}",
+                  file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in args.cases]
+        digits = [d for d in digits if d.name in args.cases]
     results = []
     for case in cases:
         for backend in args.backend:
@@ -34,6 +38,12 @@ def cmd_verify(args) -> int:
             results.append(run_processing_case(case))
     print(f"golden cases from {golden}")
     print(format_table(results))
+    digit_results = [run_digits(d, dtype=dtype, backend=backend)
+                     for d in digits for backend in args.backend for dtype in args.dtype]
+    if digit_results:
+        print(f"\ntrained digits models, {digit_results[0].images} test images (accuracy: PyTorch's recorded, refvit's)")
+        print(format_digits_table(digit_results))
+    results += digit_results
     failed = sum(not r.ok for r in results)
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
@@ -140,33 +150,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import MODELS, bench, environment, format_rows
+    from .bench import run_cli
 
-    unknown = sorted(set(args.models) - set(MODELS))
-    if unknown:
-        print(f"refvit bench: unknown model(s) {unknown}; available: {sorted(MODELS)}", file=sys.stderr)
-        return 2
-    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
-        # numpy's BLAS reads its thread count at import: run the benchmark in a child process whose environment
-        # says it (this process, and anything else of the user's, keeps its own settings)
-        import subprocess
-
-        env = {**os.environ, **{k: str(args.threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                                 "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-        return subprocess.call([sys.executable, "-m", "refvit.cli", "bench", *_bench_argv(args)], env=env)
-    rows = bench(args.models, args.batch, repeat=args.repeat, threads=args.threads, backends=args.backend)
-    if args.json:
-        print(json.dumps({"environment": environment(args.threads), "rows": rows}, indent=1))
-    else:
-        print(json.dumps(environment(args.threads)))
-        print(format_rows(rows))
-    return 0
-
-
-def _bench_argv(args) -> list:
-    argv = ["--models", *args.models, "--batch", *map(str, args.batch), "--backend", *args.backend,
-            "--repeat", str(args.repeat), "--threads", str(args.threads)]
-    return argv + (["--json"] if args.json else [])
+    return run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,14 +187,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("bench", help="time refvit against PyTorch eager (if installed) on real-size seeded models")
-    p.add_argument("--models", nargs="+", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base beit-base cvt-13 cvt-21 bit-50 (default: deit-small)")
-    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
-    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba"])
-    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation (median reported)")
-    p.add_argument("--threads", type=int, help="threads for BLAS, Numba and torch: runs the benchmark in a child process "
-                   "with OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS set (default: the libraries' defaults)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("bench", help="time refvit (both backends) against PyTorch eager and ONNX Runtime (when "
+                       "installed) on real-size seeded models; %% of the compute floor; time to first prediction")
+    p.add_argument("--models", nargs="*", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base beit-base "
+                   "cvt-13 cvt-21 bit-50, or all (default: deit-small; none: no timing, e.g. with --startup)")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes, e.g. 1 8 (default 1)")
+    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"])
+    p.add_argument("--peers", nargs="*", choices=["torch-eager", "onnxruntime"], default=["torch-eager", "onnxruntime"],
+                   help="peers to time when installed (ONNX Runtime runs a model exported from the transformers one)")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation, interleaved (median reported)")
+    p.add_argument("--threads", type=int, help="threads for refvit, torch and ONNX Runtime: runs the benchmark in a "
+                   "child process with NUMBA/OMP/MKL_NUM_THREADS=N and OPENBLAS_NUM_THREADS=1 (refvit splits its GEMMs "
+                   "across its own N threads; the sgemm rate is measured with OpenBLAS at N threads) "
+                   "(default: the libraries' defaults)")
+    p.add_argument("--startup", action="store_true", help="also time a fresh process's import + load of DeiT-S + one "
+                   "forward and its peak RSS, refvit with the Numba cache warm and cold, and torch + transformers")
+    p.add_argument("--json", action="store_true", help="print the results (rows, start-up, environment) as JSON")
+    p.add_argument("--markdown", action="store_true", help="print the benchmarks page's tables (README's Speed section)")
+    p.add_argument("--from-json", metavar="FILE", help="print the table/markdown of a saved --json result (runs nothing)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("inspect", help="show architecture, parameter count and config of a checkpoint directory")
