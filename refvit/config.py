@@ -84,6 +84,11 @@ def _pair(value: Any, key: str, problems: list) -> tuple | None:
     return None
 
 
+# A written id2label is bounded by config.json's size; num_labels alone is not, and LABEL_i names are built for each.
+# ImageNet-21k heads have 21,843 labels: 2**18 is 12x that.
+MAX_NUM_LABELS = 2**18
+
+
 def _labels(raw: dict, problems: list) -> tuple[dict, dict]:
     """id2label/label2id as transformers reads them; without id2label, num_labels (default 2) makes LABEL_i names."""
     id2label = raw.get("id2label")
@@ -91,6 +96,9 @@ def _labels(raw: dict, problems: list) -> tuple[dict, dict]:
         n = raw.get("num_labels", 2)
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             problems.append(f"num_labels: expected a non-negative int, got {n!r}")
+            n = 0
+        elif n > MAX_NUM_LABELS:
+            problems.append(f"num_labels: {n} is more than refvit accepts ({MAX_NUM_LABELS})")
             n = 0
         id2label = {i: f"LABEL_{i}" for i in range(n)}
     elif not isinstance(id2label, dict):

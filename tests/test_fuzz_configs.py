@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -31,7 +31,7 @@ from refvit.checkpoint import read_safetensors
 from refvit.config import read_config_json
 from refvit.errors import InputError
 from test_fuzz_safetensors import byte_edits
-from test_fuzz_support import fuzz_settings, memory_cap, note_event, outcome
+from test_fuzz_support import fuzz_settings, memory_cap, note_event, outcome, warm_up
 
 CASES = ["deit_teacher", "vit_mim", "beit_segmentation", "data2vec_vision_model", "cvt_model", "bit_preact_model",
          "bit_backbone", "beit_backbone_fpn"]
@@ -58,7 +58,11 @@ class Cases(dict):
 
 @pytest.fixture(scope="module")
 def cases():
-    return Cases({case: loaded(case) for case in CASES})
+    cases = Cases({case: loaded(case) for case in CASES})
+    for case, (raw, tensors, x) in cases.items():
+        for backend in ("numba", "numpy"):
+            warm_up(refvit.from_state_dict(raw, tensors, backend=backend), x)
+    return cases
 
 
 def scalar_like(value, data):
@@ -127,22 +131,12 @@ def compare_backends(a, b, what: str) -> None:
             assert np.abs(x[finite].astype(np.float64) - y[finite]).max() <= 1e-4 * scale, (what, field)
 
 
-def known_lead_bug(cfg: dict) -> str | None:
-    """Configs that hit a bug reported to the lead (each has a strict xfail test in test_security_inputs.py): skipped
-    here so the fuzzing goes on looking for new ones. Remove an entry when its xfail test starts passing."""
-    scales = cfg.get("pool_scales")
-    if isinstance(scales, list) and any(isinstance(v, int) and v > 64 for v in scales):
-        return "BEiT/data2vec segmentation pools to any pool_scales size (models/beit.py)"
-    return None
-
-
 @fuzz_settings(60)
 @given(data=st.data())
 def test_fuzz_model_configs(cases, data):
     case = data.draw(st.sampled_from(CASES), label="case")
     raw, tensors, x = cases[case]
     cfg = mutate_config(raw, data, extra_keys=("num_labels", "use_mask_token", "interpolate_pos_encoding"))
-    assume(known_lead_bug(cfg) is None)
     with memory_cap():
         models, err = outcome(lambda: [refvit.from_state_dict(cfg, tensors, backend=b, source=f"{case}/config.json")
                                        for b in ("numba", "numpy")], f"{case}/config.json")

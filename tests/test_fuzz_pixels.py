@@ -17,7 +17,7 @@ import refvit
 from conftest import golden_case
 from refvit.errors import InputError
 from test_fuzz_configs import compare_backends
-from test_fuzz_support import fuzz_settings, memory_cap, note_event, outcome
+from test_fuzz_support import fuzz_settings, memory_cap, note_event, outcome, warm_up
 
 MODEL_CASES = ["deit_teacher", "vit_mim", "beit_classification", "beit_segmentation", "cvt_model", "bit_preact_model",
                "bit_backbone"]
@@ -32,8 +32,14 @@ class Models(dict):
 
 @pytest.fixture(scope="module")
 def models():
-    return Models({case: tuple(refvit.from_pretrained(golden_case(case), backend=b) for b in ("numba", "numpy"))
-                   for case in MODEL_CASES})
+    models = Models({case: tuple(refvit.from_pretrained(golden_case(case), backend=b) for b in ("numba", "numpy"))
+                     for case in MODEL_CASES})
+    for case, pair in models.items():
+        with np.load(golden_case(case) / "inputs.npz") as z:
+            x = z["pixel_values"][:1]
+        for model in pair:
+            warm_up(model, x)
+    return models
 
 
 @st.composite

@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -86,6 +87,19 @@ def memory_cap(extra_bytes: int = 4 * 2**30):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def warm_up(model, x, **options) -> None:
+    """Call `model` on `x` and on a larger copy, with every output option off and on, so that Numba compiles (or loads
+    from its cache) the kernels of those paths before the timed examples: on a loaded machine, compiling took longer
+    than the time guard (a false "hang" in the first long campaign)."""
+    bigger = np.pad(x, [(0, 0), (0, 0), (0, 8), (0, 8)])
+    for flag in (False, True):
+        for pixels in (x, bigger):
+            try:
+                model(pixels, output_hidden_states=flag, output_attentions=flag, interpolate_pos_encoding=flag, **options)
+            except RefvitError:  # a model that takes only its configured size
+                pass
 
 
 def note_event(text: str) -> None:

@@ -7,7 +7,7 @@
 - preprocessor_config.json: sizes whose resize or padding would exceed Pillow's pixel limit, empty outputs, oversized
   files, a non-object auto_map;
 - images: Pillow's bomb limit also for PIL images opened lazily by the caller; extreme aspect ratios bounded;
-- strict xfails for bugs in refvit/models/* reported to the lead (unbounded allocations / hangs from config values).
+- config values that no weight bounds (BEiT pool_scales, CvT strides/padding) bounded when the config is parsed.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def test_fifo_instead_of_a_file_never_blocks(tmp_path, name):
 
 LAYER_FIELDS = [("deit_teacher", "num_hidden_layers", 10**12), ("vit_mim", "num_hidden_layers", 2**62),
                 ("data2vec_vision_model", "num_hidden_layers", 10**12), ("cvt_model", "depth", [1, 2, 10**12]),
+                ("data2vec_vision_segmentation", "num_hidden_layers", 10**12),  # its head check looped over layers
                 ("bit_preact_model", "depths", [1, 10**12, 1]), ("beit_segmentation", "auxiliary_num_convs", 10**12)]
 
 
@@ -127,7 +128,7 @@ def test_absurd_layer_counts_refused_before_building_anything(tmp_path, case, ke
                 "layers, but the checkpoint holds only")
 
 
-# ------------------------------------------------- config values that would allocate without bound (fixed; one strict xfail left)
+# ------------------------------------------------------------------ config values that would allocate without bound
 
 
 def from_state_dict_with(case, **changes):
@@ -147,13 +148,30 @@ def test_beit_huge_num_hidden_layers_refused_quickly():
             from_state_dict_with("beit_classification", num_hidden_layers=10**12)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: models/beit.py accepts any pool_scales value; the UperNet PSP module "
-                   "then pools to (scale, scale) and upsamples: pool_scales [1, 2, 3, 10**6] allocates terabytes")
-def test_beit_huge_pool_scale_refused():
-    model = from_state_dict_with("beit_segmentation", pool_scales=[1, 2, 3, 10**6])
+@pytest.mark.parametrize("case", ["beit_segmentation", "data2vec_vision_segmentation"])
+def test_beit_huge_pool_scale_refused(case):
+    # the UperNet PSP module pools to (scale, scale) whatever the map's size: [1, 2, 3, 10**6] would allocate terabytes
     with time_guard(10), memory_cap(2**30):
-        with pytest.raises(RefvitError):
-            model(golden_input("beit_segmentation"))
+        refused(ConfigError, lambda: from_state_dict_with(case, pool_scales=[1, 2, 3, 10**6]),
+                "pool_scales: 1000000 is more than refvit accepts (128)")
+
+
+def test_beit_pool_scale_at_the_limit_runs():
+    model = from_state_dict_with("beit_segmentation", pool_scales=[1, 2, 3, 128])
+    with memory_cap(2**30):  # no time guard: the first call may compile kernels
+        assert model(golden_input("beit_segmentation")).logits.shape[0] == 1
+
+
+@pytest.mark.parametrize("case", ["vit_model", "beit_classification", "cvt_model", "bit_preact_model"])
+def test_huge_num_labels_without_id2label_refused(case):
+    # found by fuzzing: LABEL_i names are made for each of num_labels (10**12 never finished)
+    raw = json.loads((golden_case(case) / "config.json").read_text())
+    raw.pop("label2id", None)
+    raw["id2label"], raw["num_labels"] = None, 10**12
+    tensors = read_safetensors(golden_case(case) / "model.safetensors")
+    with time_guard(10), memory_cap(2**30):
+        refused(ConfigError, lambda: refvit.from_state_dict(raw, tensors),
+                "num_labels: 1000000000000 is more than refvit accepts (262144)")
 
 
 @pytest.mark.parametrize("key", ["patch_padding", "padding_kv"])
