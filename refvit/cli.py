@@ -36,8 +36,9 @@ def cmd_verify(args) -> int:
     if not args.cases:
         for case in list_processing_cases(golden):
             results.append(run_processing_case(case))
-    print(f"golden cases from {golden}")
-    print(format_table(results))
+    if results:  # --cases may name only trained digits models
+        print(f"golden cases from {golden}")
+        print(format_table(results))
     digit_results = [run_digits(d, dtype=dtype, backend=backend)
                      for d in digits for backend in args.backend for dtype in args.dtype]
     if digit_results:
