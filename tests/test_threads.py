@@ -1,5 +1,7 @@
-"""refvit's own thread split (refvit/kernels/threads.py): row blocks, image blocks, head blocks and GEMM column
-blocks give the same bits as one block, for every thread count; the `linear` kernel against its NumPy twin."""
+"""refvit's thread split (refvit/kernels/threads.py): GEMM row and column blocks, (image, head, query-chunk) blocks
+of attention, row blocks of layer norm and GELU, pixel blocks of conv GEMMs give the same bits for every Numba
+thread count and serially; `gemm` (refvit/kernels/blas.py) on strided and transposed views; `linear` against its
+NumPy twin."""
 
 import numpy as np
 import pytest
@@ -8,9 +10,11 @@ from hypothesis import strategies as st
 
 from refvit import kernels
 from refvit.errors import InputError
+from refvit.kernels import attention as attention_module
 from refvit.kernels import conv as conv_module
 from refvit.kernels import linear as linear_module
 from refvit.kernels import threads
+from refvit.kernels.blas import gemm
 
 NP = kernels.get("numpy")
 NB = kernels.get("numba")
@@ -19,15 +23,21 @@ FAST = settings(max_examples=20, deadline=None)
 
 @pytest.fixture
 def split(monkeypatch):
-    """split(n): run the Numba kernels as if refvit had n threads and numpy's BLAS one, with every block split."""
+    """split(n): run the Numba kernels on min(n, NUMBA_NUM_THREADS) Numba threads (1: the serial build) with BLAS
+    single-threaded, every block split (more blocks than threads, whatever this machine has)."""
+    import numba
+
+    before = numba.get_num_threads()
+
     def set_threads(n):
-        monkeypatch.setattr(threads, "num_threads", lambda: n)
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
         monkeypatch.setattr(threads, "MIN_WORK_PER_BLOCK", 1)
         monkeypatch.setattr(threads, "MIN_GEMM_BLOCK", 1)
-        monkeypatch.setattr(threads, "MAX_BLOCKS", 8)  # more blocks than threads, whatever this machine has
-        for module in (linear_module, conv_module):
+        monkeypatch.setattr(threads, "MAX_BLOCKS", 8)
+        for module in (linear_module, conv_module, attention_module):
             monkeypatch.setattr(module, "blas_threads", lambda: 1)
-    return set_threads
+    yield set_threads
+    numba.set_num_threads(before)
 
 
 def run_all(rng, dtype):
@@ -39,7 +49,8 @@ def run_all(rng, dtype):
     bias = rng.standard_normal((3, 7, 7)).astype(dtype)
     img = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
     cw, cb = rng.standard_normal((4, 3, 3, 3)).astype(dtype), rng.standard_normal(4).astype(dtype)
-    return [NB.linear(x, w, b), NB.linear(x, w), NB.layer_norm(x, x[0, 0], x[1, 1], 1e-6),
+    tall = rng.standard_normal((linear_module.COLUMN_SPLIT_ROWS + 3, 12)).astype(dtype)  # row blocks, not columns
+    return [NB.linear(x, w, b), NB.linear(x, w), NB.linear(tall, w, b), NB.layer_norm(x, x[0, 0], x[1, 1], 1e-6),
             NB.bias_gelu(x, x[0, 0]), *NB.attention(q, k, v, 3, 0.5, bias=bias, need_probs=True),
             *NB.attention(q1, k[:1], v[:1], 3, 0.5, need_probs=True), NB.conv2d(img, cw, cb, padding=1),
             NB.conv2d(img, cw[:, :, :1, :1], None, stride=2)]
@@ -51,7 +62,7 @@ def test_split_gives_the_same_bits_for_every_thread_count(split, monkeypatch, dt
     for n in (1, 2, 3, 5):
         split(n)
         outs[n] = run_all(np.random.default_rng(0), dtype)
-    for module in (linear_module, conv_module):  # BLAS threaded: the same blocks, one after the other
+    for module in (linear_module, conv_module, attention_module):  # BLAS threaded: the same blocks, serially
         monkeypatch.setattr(module, "blas_threads", lambda: 2)
     outs[0] = run_all(np.random.default_rng(0), dtype)
     for n in (0, 2, 3, 5):
@@ -93,3 +104,43 @@ def test_blas_threads_reads_the_variables_openblas_reads(monkeypatch):
     assert threads.blas_threads() == 3
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     assert threads.blas_threads() == 1
+
+
+@FAST
+@given(st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]), st.integers(0, 9), st.integers(0, 9),
+       st.integers(0, 9), st.booleans(), st.booleans(), st.booleans(), st.sampled_from([0.0, 1.0]))
+def test_gemm_on_strided_and_transposed_views(seed, dtype, m, k, n, a_t, b_t, c_wide, beta):
+    """gemm(a, b, c, beta) = a @ b + beta·c for row- or column-major operands with padding between rows (leading
+    dimensions larger than the shape) and for a c that is a column slice of a wider array, nothing outside touched."""
+    rng = np.random.default_rng(seed)
+
+    def operand(rows, cols, transposed):  # a view (rows, cols) with a unit stride along one axis and a padded other
+        if transposed:
+            return rng.standard_normal((cols, rows + 3)).astype(dtype)[:, 1:rows + 1].T
+        return rng.standard_normal((rows, cols + 3)).astype(dtype)[:, 2:cols + 2]
+
+    a, b = operand(m, k, a_t), operand(k, n, b_t)
+    wide = rng.standard_normal((m, n + (5 if c_wide else 0))).astype(dtype)
+    before = wide.copy()
+    c = wide[:, 2:n + 2] if c_wide else wide
+    expected = a.astype(np.float64) @ b.astype(np.float64) + beta * c.astype(np.float64)
+    gemm(a, b, c, beta)
+    tol = (1e-5 if dtype == np.float32 else 1e-12) * max(1, k) * max(1.0, np.abs(expected).max(initial=0))
+    assert np.abs(c - expected).max(initial=0) <= tol
+    if c_wide:  # the columns around the slice are untouched
+        assert np.array_equal(wide[:, :2], before[:, :2]) and np.array_equal(wide[:, n + 2:], before[:, n + 2:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_take_non_contiguous_inputs(dtype):
+    """Transposed weights and strided activations reach the Numba kernels (which want unit strides) as copies or
+    views they can use; results equal the NumPy twins'."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 16, 24)).astype(dtype)[:, :, ::2]           # (5, 16, 12), stride 2 along channels
+    w = np.asfortranarray(rng.standard_normal((7, 12)).astype(dtype))        # column-major weight
+    w_strided = rng.standard_normal((7, 24)).astype(dtype)[:, ::2]          # neither C nor F contiguous
+    for weight in (w, w_strided):
+        np.testing.assert_allclose(NB.linear(x, weight, None), NP.linear(x, weight, None), rtol=1e-5, atol=1e-5)
+    q = rng.standard_normal((2, 6, 16)).astype(dtype)[:, :, ::2]
+    np.testing.assert_allclose(NB.attention(q, q, q, 2, 0.3)[0], NP.attention(q, q, q, 2, 0.3)[0], rtol=1e-5,
+                               atol=1e-6)

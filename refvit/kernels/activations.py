@@ -12,13 +12,14 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.jit import njit
-from refvit.kernels.threads import for_blocks
+from refvit.kernels.reduce import row_max, row_sum
+from refvit.kernels.threads import blocked, blocks
 
 SQRT1_2 = 1.0 / math.sqrt(2.0)  # M_SQRT1_2 in GeluKernel.cpp
 
@@ -159,19 +160,13 @@ def softmax_inplace(row):
     """row[:] = softmax(row) for one 1-D row: exp in the row's dtype, the sum in float64.
 
     float32 uses `exp_float32`, float64 libm's exp. Each pass reads and writes the same element (or only reads),
-    so LLVM vectorises the exp pass; the float64 running sum is a separate cheap pass.
+    so LLVM vectorises the exp pass; the max and the float64 sum run in four lanes (refvit.kernels.reduce).
     """
     n = row.shape[0]
-    peak = row[0]
-    for j in range(1, n):
-        if row[j] > peak:
-            peak = row[j]
+    peak = row_max(row)
     for j in range(n):
         row[j] = exp_any(row[j] - peak)
-    total = 0.0
-    for j in range(n):
-        total += row[j]
-    t = row.dtype.type(total)
+    t = row.dtype.type(row_sum(row))
     for j in range(n):
         row[j] = row[j] / t
 
@@ -196,6 +191,18 @@ def _rows(x):
     return np.require(x, x.dtype, ["C", "A", "W"]).reshape(-1, x.shape[-1])
 
 
+@blocked(fastmath=False, error_model="numpy")
+def _bias_gelu_blocks_f32(x, bias, out, bounds):
+    for i in prange(len(bounds) - 1):  # block i: rows bounds[i]:bounds[i + 1]
+        _bias_gelu_kernel_f32(x[bounds[i]:bounds[i + 1]], bias, out[bounds[i]:bounds[i + 1]])
+
+
+@blocked(fastmath=False, error_model="numpy")
+def _bias_gelu_blocks_f64(x, bias, out, bounds):
+    for i in prange(len(bounds) - 1):
+        _bias_gelu_kernel_f64(x[bounds[i]:bounds[i + 1]], bias, out[bounds[i]:bounds[i + 1]])
+
+
 def bias_gelu_numba(x, bias, out=None):
     """Numba twin of `bias_gelu_numpy`; with out=x it works in place (no temporary)."""
     _check_bias_out(x, bias, out)
@@ -203,8 +210,8 @@ def bias_gelu_numba(x, bias, out=None):
     out2 = np.empty_like(x2) if out is None else out.reshape(x2.shape)
     if x2.size:
         bias = np.require(bias, x.dtype, ["C", "A", "W"])
-        kernel = _bias_gelu_kernel_f32 if x.dtype == np.float32 else _bias_gelu_kernel_f64
-        for_blocks(lambda lo, hi: kernel(x2[lo:hi], bias, out2[lo:hi]), len(x2), x2.shape[1])  # rows across threads
+        kernel = _bias_gelu_blocks_f32 if x.dtype == np.float32 else _bias_gelu_blocks_f64
+        kernel(x2, bias, out2, blocks(len(x2), x2.shape[1]))  # row blocks across threads
     return out2.reshape(x.shape) if out is None else out
 
 

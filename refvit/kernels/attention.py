@@ -17,12 +17,14 @@ float32 exp/sum and NumPy's differ by a few float32 ulps.)
 """
 
 import numpy as np
+from numba import prange
 
 from refvit.errors import InputError
-from refvit.kernels import check_float
+from refvit.kernels import check_float, threads
+from refvit.kernels.blas import gemm
 from refvit.kernels.activations import softmax_inplace, softmax_numpy
 from refvit.kernels.jit import njit
-from refvit.kernels.threads import for_blocks
+from refvit.kernels.threads import blas_threads, blocked
 
 
 def _check_args(q, k, v, num_heads, bias):
@@ -62,65 +64,68 @@ def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
     return context, (probs if need_probs else None)
 
 
-# Why the GEMMs are NumPy's here: `np.dot` inside a Numba kernel calls scipy's bundled OpenBLAS, a second
-# OpenBLAS with its own thread pool. Its threads spin after each call and fought numpy's (which runs every
-# linear layer) for the 2 cores: whole models ran 3-5x slower. One BLAS, one pool: q·kᵀ and p·v go through
-# numpy's matmul; the element-wise part in between (scale, bias, softmax) is the fused Numba kernel.
-
-
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _scale_bias_softmax(scores, scale, bias, has_bias):
-    # scores: (B, H, Nq, Nk), in place: softmax(scores * scale + bias[h]) over the last axis.
-    B, H, Nq, Nk = scores.shape
-    for b in range(B):
-        for h in range(H):
-            for i in range(Nq):
-                row = scores[b, h, i]
-                if has_bias:
-                    bh = bias[h, i]
-                    for j in range(Nk):
-                        row[j] = row[j] * scale + bh[j]  # scale after the matmul, then the bias, as HF
-                else:
-                    for j in range(Nk):
-                        row[j] = row[j] * scale
-                softmax_inplace(row)
+    # scores: (Nq, Nk) of one image and head, in place: softmax(scores * scale + bias) over the last axis;
+    # bias: that head's (Nq, Nk) slice.
+    Nq, Nk = scores.shape
+    for i in range(Nq):
+        row = scores[i]
+        if has_bias:
+            bh = bias[i]
+            for j in range(Nk):
+                row[j] = row[j] * scale + bh[j]  # scale after the matmul, then the bias, as HF
+        else:
+            for j in range(Nk):
+                row[j] = row[j] * scale
+        softmax_inplace(row)
+
+
+@blocked(fastmath=False, error_model="numpy")
+def _attention_blocks(q, k, v, num_heads, chunks, scale, bias, has_bias, scores, out, bounds):
+    # q (B, Nq, C), k and v (B, Nk, C), out (B, Nq, C); scores (B, H, Nq, Nk) becomes the probs; bias (H, Nq, Nk).
+    # Item t = (b·H + h)·chunks + r is one image b, head h and chunk r of its query rows: its q, k, v and out are
+    # the channel slice h·D:(h+1)·D (strided views, no copies); block i owns items bounds[i]:bounds[i + 1].
+    Nq = q.shape[1]
+    D = q.shape[2] // num_heads
+    for i in prange(len(bounds) - 1):
+        for t in range(bounds[i], bounds[i + 1]):
+            bh, r = t // chunks, t % chunks
+            b, h = bh // num_heads, bh % num_heads
+            c0, c1 = h * D, (h + 1) * D
+            r0, r1 = r * Nq // chunks, (r + 1) * Nq // chunks
+            s = scores[b, h, r0:r1]
+            gemm(q[b, r0:r1, c0:c1], k[b, :, c0:c1].T, s, 0.0)       # (rows, D) @ (D, Nk)
+            _scale_bias_softmax(s, scale, bias[h, r0:r1] if has_bias else bias[0], has_bias)
+            gemm(s, v[b, :, c0:c1], out[b, r0:r1, c0:c1], 0.0)       # (rows, Nk) @ (Nk, D), into head h's channels
+
+
+def query_chunks(pairs, Nq):
+    """Query-row chunks per (image, head): enough items to share evenly across the threads when there are few
+    pairs (DeiT-T's 3 heads at batch 1 in 2 blocks would be 1 + 2), none thinner than 32 rows. Sizes (and the CPU
+    count) only, like every block."""
+    want = -(-2 * threads.MAX_BLOCKS // pairs)          # ceil(2·MAX_BLOCKS / pairs)
+    return max(1, min(want, Nq // 32))
 
 
 def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
-    """Numba twin of `attention_numpy`: q·kᵀ and p·v as BLAS GEMMs (numpy's matmul over heads), the scale, bias and
-    softmax fused in one Numba pass over the scores (vectorised exp); probs are the scores buffer, returned if asked.
-    Images (or, for one image, heads) are split across threads: each block runs its GEMMs and softmax on its own."""
+    """Numba twin of `attention_numpy`: per (image, head), q·kᵀ and p·v as BLAS GEMMs on strided views of q, k, v
+    (refvit.kernels.blas), the scale, bias and softmax fused in one pass over that head's scores in between; the
+    (image, head, query chunk) items are split into blocks across Numba's threads (BLAS single-threaded) — each block runs its
+    GEMMs and softmax on its own, without returning to Python. probs are the scores buffer, returned if asked."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape
     Nk = k.shape[1]
-    H, D = num_heads, C // num_heads
-    qh = q.reshape(B, Nq, H, D).transpose(0, 2, 1, 3)  # (B, H, Nq, D)
-    kh = k.reshape(B, Nk, H, D).transpose(0, 2, 3, 1)  # (B, H, D, Nk)
-    vh = v.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)  # (B, H, Nk, D)
+    H = num_heads
+    q, k, v = (np.require(a, dt, ["C", "A"]) for a in (q, k, v))
     has_bias = bias is not None
-    bias = np.require(bias if has_bias else np.empty((0, 0, 0), dt), dt, ["C", "A"])
+    bias = np.require(bias if has_bias else np.zeros((1, 1, 1), dt), dt, ["C", "A"])
     scores = np.empty((B, H, Nq, Nk), dt)               # (B, H, Nq, Nk), becomes the probs
-    out = np.empty((B, Nq, H, D), dt)                   # (B, Nq, H, D) = (B, Nq, C) in memory
-    out_h = out.transpose(0, 2, 1, 3)                   # (B, H, Nq, D): heads written straight into their channels
-
-    def images(lo, hi):
-        _attend(qh[lo:hi], kh[lo:hi], vh[lo:hi], scores[lo:hi], out_h[lo:hi], scale, bias, has_bias)
-
-    def heads(lo, hi):  # one image: blocks of heads, each with its slice of the bias
-        _attend(qh[:, lo:hi], kh[:, lo:hi], vh[:, lo:hi], scores[:, lo:hi], out_h[:, lo:hi], scale,
-                bias[lo:hi] if has_bias else bias, has_bias)
-
+    out = np.empty((B, Nq, C), dt)                      # (B, Nq, C): heads written straight into their channels
     if scores.size:
-        if B > 1:
-            for_blocks(images, B, H * Nq * Nk)             # work counted in scores elements
-        else:
-            for_blocks(heads, H, Nq * Nk)
-    return out.reshape(B, Nq, C), (scores if need_probs else None)
-
-
-def _attend(qh, kh, vh, scores, out_h, scale, bias, has_bias):
-    """One block of images or heads: scores = q·kᵀ, softmax(scores·scale + bias) in place, out = probs·v."""
-    np.matmul(qh, kh, out=scores)
-    _scale_bias_softmax(scores, scores.dtype.type(scale), bias, has_bias)
-    np.matmul(scores, vh, out=out_h)
+        chunks = query_chunks(B * H, Nq)
+        bounds = threads.blocks(B * H * chunks, Nq * Nk // chunks)  # work counted in scores elements
+        _attention_blocks(q, k, v, H, chunks, dt.type(scale), bias, has_bias, scores, out, bounds,
+                          threaded=blas_threads() == 1)
+    return out, (scores if need_probs else None)

@@ -24,12 +24,14 @@ NaN propagates, as in torch's CPU kernel (`val > max || isnan(val)`).
 """
 
 import numpy as np
+from numba import prange
 
 from refvit.errors import InputError
 from refvit.kernels import check_float, threads
 from refvit.kernels.jit import njit
 from refvit.kernels.sizes import conv_output_size, pool_output_size  # noqa: F401 (also imported from here)
-from refvit.kernels.threads import blas_threads, for_blocks
+from refvit.kernels.blas import gemm
+from refvit.kernels.threads import blas_threads, blocked
 
 
 def _pair(value, name):
@@ -96,22 +98,36 @@ def _gemm(cols, weight, bias, groups, Ho, Wo):
     return out
 
 
+@blocked()
+def _conv_gemm_blocks(cols, weight, bias, has_bias, out, bounds):
+    # cols (B, G, K, P), weight (G, Cout/G, K), out (B, G, Cout/G, P); block i owns the output pixels
+    # bounds[i]:bounds[i + 1] of every (image, group): one GEMM each onto those columns, pre-filled with the bias.
+    B, G = cols.shape[0], cols.shape[1]
+    for i in prange(len(bounds) - 1):
+        lo, hi = bounds[i], bounds[i + 1]
+        for b in range(B):
+            for g in range(G):
+                o = out[b, g, :, lo:hi]
+                if has_bias:
+                    for c in range(o.shape[0]):
+                        o[c, :] = bias[g, c]
+                gemm(weight[g], cols[b, g, :, lo:hi], o, 1.0 if has_bias else 0.0)
+
+
 def _gemm_blocks(cols, weight, bias, groups, Ho, Wo):
     """`_gemm` with one GEMM per block of output pixels (BiT's and CvT's GEMMs have few output channels and many
-    pixels), the blocks chosen by the sizes alone, run across refvit's threads when numpy's BLAS is single-threaded
-    (see refvit.kernels.linear)."""
+    pixels), the blocks chosen by the sizes alone, run across Numba's threads when BLAS is single-threaded
+    (see refvit.kernels.linear); the bias is BLAS's beta = 1 onto pre-filled output."""
     B, G, K, P = cols.shape
     Cout = weight.shape[0]
-    Wg = weight.reshape(G, Cout // G, K)                               # (G, Cout/G, K)
-    out = np.empty((B, G, Cout // G, P), np.result_type(Wg, cols))     # (B, G, Cout/G, P)
-    b = None if bias is None else bias.astype(out.dtype, copy=False).reshape(G, Cout // G, 1)
-
-    def pixels(lo, hi):
-        np.matmul(Wg, cols[..., lo:hi], out=out[..., lo:hi])
-        if b is not None:
-            out[..., lo:hi] += b
-
-    for_blocks(pixels, P, B * Cout * K // 8, threads.MIN_GEMM_BLOCK, blas_threads() == 1)  # ~2·B·Cout·K flops/pixel
+    dt = np.result_type(weight, cols)
+    Wg = np.require(weight.reshape(G, Cout // G, K), dt, ["C", "A"])  # (G, Cout/G, K)
+    cols = np.require(cols, dt, ["C", "A"])
+    out = np.empty((B, G, Cout // G, P), dt)                          # (B, G, Cout/G, P)
+    has_bias = bias is not None
+    b = np.require(bias.reshape(G, Cout // G) if has_bias else np.zeros((1, 1)), dt, ["C", "A"])
+    bounds = threads.blocks(P, B * Cout * K // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·Cout·K flops per pixel
+    _conv_gemm_blocks(cols, Wg, b, has_bias, out, bounds, threaded=blas_threads() == 1)
     return out.reshape(B, Cout, Ho, Wo)
 
 

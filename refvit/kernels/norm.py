@@ -9,11 +9,13 @@ Ba et al. 2016, "Layer Normalization", eq. 4; torch: aten/src/ATen/native/cpu/la
 import math
 
 import numpy as np
+from numba import prange
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.jit import njit
-from refvit.kernels.threads import for_blocks
+from refvit.kernels.reduce import row_sq_dev, row_sum
+from refvit.kernels.threads import blocked, blocks
 
 
 def _check_args(x, weight, bias):
@@ -41,24 +43,23 @@ def _layer_norm_kernel(x, weight, bias, eps, out):
     # Statistics and the affine map run in float64 and are rounded once when stored into out.
     M, C = x.shape
     for i in range(M):
-        mean = 0.0
-        for j in range(C):
-            mean += x[i, j]
-        mean /= C
-        var = 0.0
-        for j in range(C):
-            d = x[i, j] - mean
-            var += d * d
-        var /= C  # biased variance, as torch
+        mean = row_sum(x[i]) / C
+        var = row_sq_dev(x[i], mean) / C  # biased variance, as torch
         rstd = 1.0 / math.sqrt(var + eps)
         for j in range(C):
             out[i, j] = (x[i, j] - mean) * rstd * weight[j] + bias[j]
 
 
+@blocked(fastmath=False)
+def _layer_norm_blocks(x, weight, bias, eps, out, bounds):
+    for i in prange(len(bounds) - 1):  # block i: rows bounds[i]:bounds[i + 1]
+        _layer_norm_kernel(x[bounds[i]:bounds[i + 1]], weight, bias, eps, out[bounds[i]:bounds[i + 1]])
+
+
 def layer_norm_numba(x, weight, bias, eps):
     """Numba twin of `layer_norm_numpy`: row by row; float64 accumulators even for float32
     input (torch accumulates float32 in float32), rounded once on store: as close to torch as the twin.
-    Large inputs are split into row blocks across threads (refvit.kernels.threads)."""
+    Large inputs are split into row blocks across Numba's threads (refvit.kernels.threads)."""
     _check_args(x, weight, bias)
     C = x.shape[-1]
     x2 = np.require(x, x.dtype, ["C", "A", "W"]).reshape(-1, C)  # (M, C)
@@ -67,5 +68,5 @@ def layer_norm_numba(x, weight, bias, eps):
         weight = np.require(weight, x.dtype, ["C", "A", "W"])
         bias = np.require(bias, x.dtype, ["C", "A", "W"])
         eps = float(eps)
-        for_blocks(lambda lo, hi: _layer_norm_kernel(x2[lo:hi], weight, bias, eps, out[lo:hi]), len(x2), C)
+        _layer_norm_blocks(x2, weight, bias, eps, out, blocks(len(x2), C))
     return out.reshape(x.shape)

@@ -1,21 +1,29 @@
-"""Split a kernel's independent rows (GEMM rows, attention images or heads) into blocks run across threads.
+"""Split a kernel's independent rows (GEMM rows, attention heads, output pixels) into blocks run across threads.
 
-Why not Numba's `parallel=True`: its thread pool (OpenMP/workqueue) next to OpenBLAS's made whole models 3-5x
-slower on 2 cores (two pools spinning for the same cores). Here the Numba kernels release the GIL (`nogil=True`) and
-the blocks run on plain Python threads, between BLAS calls. The blocks depend on the sizes (and the machine's CPU
-count) only, never on the thread settings (one thread runs them one after the other), so neither do the bits: a GEMM
-split into other row blocks can round differently (OpenBLAS picks kernels by shape).
+The blocks are Numba `prange` iterations: each blocked kernel is compiled twice from one body, with
+`parallel=True` (the blocks shared out over Numba's threads, `numba.set_num_threads` / NUMBA_NUM_THREADS) and
+without (one block after the other on the calling thread). The GEMMs inside call BLAS from Numba
+(refvit.kernels.blas) with the GIL released, so nothing returns to Python between blocks: a parallel region costs
+~2 µs to start, where handing a block to a Python thread cost ~40 µs plus the GIL (batch-1 GEMMs ran at 120 GFLOP/s
+that way, 175 this way, on 2 cores).
+
+The blocks depend on the sizes (and the machine's CPU count) only, never on the thread settings, so neither do the
+bits: a GEMM split into other row blocks can round differently (OpenBLAS picks kernels by shape).
+
+Kernels that call BLAS run their blocks serially when BLAS was started with several threads (OPENBLAS_NUM_THREADS
+unset or > 1): two layers of threads would oversubscribe the cores. Set OPENBLAS_NUM_THREADS=1 to let refvit
+thread them (README, Speed).
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
-MIN_WORK_PER_BLOCK = 1 << 15  # elements (roughly): a smaller block is cheaper to run than to hand to a thread
+import numpy as np
+
+MIN_WORK_PER_BLOCK = 1 << 13  # elements (roughly): a smaller block is cheaper to run than to hand to a thread
 MAX_BLOCKS = min(8, 1 << ((os.cpu_count() or 1).bit_length() - 1))  # the power of two <= the CPU count, at most 8:
                                                                      # even shares; fewer, larger GEMMs when unthreaded
 MIN_GEMM_BLOCK = 64           # GEMM blocks keep at least this many rows (or columns): thinner GEMMs run below peak
-
-_pool = []  # one ThreadPoolExecutor, made on first use; it starts a thread only when a block needs one
 
 
 def num_threads() -> int:
@@ -30,7 +38,8 @@ def num_threads() -> int:
 
 
 def blas_threads() -> int:
-    """The thread count numpy's OpenBLAS started with: it reads these variables once, at import, in this order."""
+    """The thread count numpy's and scipy's OpenBLAS started with: they read these variables once, at load, in this
+    order."""
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
@@ -38,41 +47,54 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _executor() -> ThreadPoolExecutor:
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="refvit"))
-    return _pool[0]
-
-
-def blocks(n: int, work_per_item: int, min_items: int = 1) -> list[int]:
-    """Bounds of the blocks [0, n) is cut into: 1, 2, 4 … MAX_BLOCKS near-equal blocks of at least
-    MIN_WORK_PER_BLOCK work and `min_items` items, from the sizes alone."""
+def blocks(n: int, work_per_item: int, min_items: int = 1) -> np.ndarray:
+    """Bounds (int64, length count + 1) of the blocks [0, n) is cut into: 1, 2, 4 … MAX_BLOCKS near-equal blocks of
+    at least MIN_WORK_PER_BLOCK work and `min_items` items, from the sizes alone."""
     count = 1
     while (count * 2 <= min(n, MAX_BLOCKS) and n * work_per_item // (count * 2) >= MIN_WORK_PER_BLOCK
            and n // (count * 2) >= min_items):
         count *= 2
-    return [n * i // count for i in range(count + 1)]
+    return np.array([n * i // count for i in range(count + 1)], np.int64)
 
 
-def for_blocks(body, n: int, work_per_item: int, min_items: int = 1, threaded: bool = True) -> None:
-    """body(lo, hi) for each block of [0, n) (see `blocks`), the blocks shared out across num_threads() threads
-    (all on this thread when not `threaded`); this thread runs the first share. `work_per_item`: elements of work
-    per item, which decides the blocks."""
-    bounds = blocks(n, work_per_item, min_items)
-    count = len(bounds) - 1
-    workers = min(num_threads(), count) if threaded else 1
+class Blocked:
+    """A kernel whose first loop is `for i in prange(len(bounds) - 1)` over blocks, compiled both ways (see the
+    module docstring); call it as `kernel(*args, threaded=…)`, the bounds among args."""
 
-    def share(t):  # thread t runs blocks t·count/workers … (t+1)·count/workers - 1, in order
-        for i in range(t * count // workers, (t + 1) * count // workers):
-            body(bounds[i], bounds[i + 1])
+    def __init__(self, fn, **options):
+        from refvit.kernels.jit import njit
 
-    if workers <= 1:
-        if count:
-            share(0)
-        return
-    futures = [_executor().submit(share, t) for t in range(1, workers)]
-    try:
-        share(0)
-    finally:
-        for f in futures:
-            f.result()
+        self.serial = njit(cache=True, nogil=True, **options)(fn)
+        self.parallel = njit(cache=True, nogil=True, parallel=True, **options)(fn)
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+
+    def __call__(self, *args, threaded=True):
+        if not threaded or num_threads() == 1:
+            return self.serial(*args)
+        if _serialise_launches():
+            with _launch_lock:
+                return self.parallel(*args)
+        return self.parallel(*args)
+
+
+def blocked(**options):
+    """Decorator: `Blocked(fn, **options)` (Numba options such as fastmath or error_model)."""
+    return lambda fn: Blocked(fn, **options)
+
+
+_launch_lock = threading.Lock()
+_layer = []  # Numba's threading layer, read once its pool is up
+
+
+def _serialise_launches() -> bool:
+    """Numba's "workqueue" threading layer (used when neither OpenMP nor TBB is found) is not safe for parallel
+    kernels launched from several Python threads at once; refvit then takes turns. "omp" and "tbb" are."""
+    if not _layer:
+        import numba
+        from numba.np.ufunc import parallel
+        try:
+            parallel._launch_threads()
+            _layer.append(numba.threading_layer())
+        except Exception:  # an internal API changed: take turns, always safe
+            _layer.append("unknown")
+    return _layer[0] not in ("omp", "tbb")
