@@ -144,3 +144,19 @@ def test_kernels_take_non_contiguous_inputs(dtype):
     q = rng.standard_normal((2, 6, 16)).astype(dtype)[:, :, ::2]
     np.testing.assert_allclose(NB.attention(q, q, q, 2, 0.3)[0], NP.attention(q, q, q, 2, 0.3)[0], rtol=1e-5,
                                atol=1e-6)
+
+
+def test_parallel_and_serial_builds_have_their_own_cache_files():
+    """Numba names its on-disk cache after the function, not its options: the two builds of a blocked kernel must
+    not share a name, or the parallel one loads the serial machine code (it did: BiT's convs ran on one core)."""
+    import importlib
+
+    found = []
+    for module in set(kernels.KERNELS.values()):
+        for value in vars(importlib.import_module(f"refvit.kernels.{module}")).values():
+            if isinstance(value, threads.Blocked):
+                found.append(value)
+                names = [getattr(d._cache, "_index_name", d.py_func.__qualname__) for d in (value.serial, value.parallel)]
+                assert names[0] != names[1], value.__name__
+                assert value.parallel.targetoptions.get("parallel") and not value.serial.targetoptions.get("parallel")
+    assert len(found) >= 8  # linear ×2, attention, layer norm, GELU ×2, conv GEMM ×2, im2col, max pool, group norm

@@ -14,10 +14,12 @@ ACT2FN[hidden_act] (ReLU for every BiT checkpoint), fused here into one pass whe
 import math
 
 import numpy as np
+from numba import prange
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.jit import njit
+from refvit.kernels.threads import blocked, blocks
 
 
 def _check_args(x, num_groups, weight, bias):
@@ -47,7 +49,7 @@ def group_norm_act_numpy(x, num_groups, weight, bias, eps, relu=False):
     return np.maximum(y, dt(0)) if relu else y                           # np.maximum keeps NaN, as torch.relu
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, nogil=True)
 def _moments(v):
     # v: 1-D contiguous values of one (sample, group). Float64 mean and biased variance, two passes; "reassoc" only
     # lets LLVM vectorise the two sums (a different float64 summation order, far below float32 rounding).
@@ -63,28 +65,35 @@ def _moments(v):
     return mean, ss / n
 
 
-@njit(cache=True, fastmath=False)
-def _group_norm_kernel(x, num_groups, weight, bias, eps, relu, out):
-    # x, out: (B·G, C/G, P) with P = h·w, one (sample, group) per row; weight, bias: (C,).
-    R, Cg, P = x.shape
-    for r in range(R):  # one (sample, group) per iteration
-        mean, var = _moments(x[r].reshape(Cg * P))
-        rstd = 1.0 / math.sqrt(var + eps)
-        c0 = (r % num_groups) * Cg
-        for c in range(Cg):
-            scale = rstd * weight[c0 + c]  # y = x · scale + shift, rounded once when stored
-            shift = bias[c0 + c] - mean * scale
-            src = x[r, c]
-            dst = out[r, c]
-            for p in range(P):
-                v = src[p] * scale + shift
-                if relu and v < 0.0:  # NaN stays NaN, as torch.relu
-                    v = 0.0
-                dst[p] = v
+@njit(cache=True, fastmath=False, nogil=True)
+def _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out):
+    # Row r of x, out (B·G, C/G, P) with P = h·w: one (sample, group); weight, bias: (C,).
+    Cg, P = x.shape[1], x.shape[2]
+    mean, var = _moments(x[r].reshape(Cg * P))
+    rstd = 1.0 / math.sqrt(var + eps)
+    c0 = (r % num_groups) * Cg
+    for c in range(Cg):
+        scale = rstd * weight[c0 + c]  # y = x · scale + shift, rounded once when stored
+        shift = bias[c0 + c] - mean * scale
+        src = x[r, c]
+        dst = out[r, c]
+        for p in range(P):
+            v = src[p] * scale + shift
+            if relu and v < 0.0:  # NaN stays NaN, as torch.relu
+                v = 0.0
+            dst[p] = v
+
+
+@blocked(fastmath=False)
+def _group_norm_blocks(x, num_groups, weight, bias, eps, relu, out, bounds):
+    # block i owns the (sample, group) rows bounds[i]:bounds[i + 1] of x, out (B·G, C/G, P)
+    for i in prange(len(bounds) - 1):
+        for r in range(bounds[i], bounds[i + 1]):
+            _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out)
 
 
 def group_norm_act_numba(x, num_groups, weight, bias, eps, relu=False):
-    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in turn, normalisation + affine + ReLU in one
+    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in blocks across Numba's threads, normalisation + affine + ReLU in one
     pass over the output; float64 moments even for float32 input (torch accumulates float32 in float32)."""
     _check_args(x, num_groups, weight, bias)
     B, C = x.shape[:2]
@@ -93,5 +102,6 @@ def group_norm_act_numba(x, num_groups, weight, bias, eps, relu=False):
     if x3.size:
         weight = np.require(weight, x.dtype, ["C", "A"])
         bias = np.require(bias, x.dtype, ["C", "A"])
-        _group_norm_kernel(x3, int(num_groups), weight, bias, float(eps), bool(relu), out)
+        _group_norm_blocks(x3, int(num_groups), weight, bias, float(eps), bool(relu), out,
+                           blocks(len(x3), x3[0].size))
     return out.reshape(x.shape)

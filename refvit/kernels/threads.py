@@ -17,6 +17,7 @@ thread them (README, Speed).
 
 import os
 import threading
+import types
 
 import numpy as np
 
@@ -65,7 +66,12 @@ class Blocked:
         from refvit.kernels.jit import njit
 
         self.serial = njit(cache=True, nogil=True, **options)(fn)
-        self.parallel = njit(cache=True, nogil=True, parallel=True, **options)(fn)
+        # A second function object with its own name: Numba's on-disk cache files are named after the function
+        # (module, qualified name, line), not its options, so two builds of one function would load each other's.
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__,
+                                  fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_parallel"
+        self.parallel = njit(cache=True, nogil=True, parallel=True, **options)(twin)
         self.__doc__, self.__name__ = fn.__doc__, fn.__name__
 
     def __call__(self, *args, threaded=True):
