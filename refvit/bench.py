@@ -157,9 +157,10 @@ def count_flops(config: dict, architecture: str, side: int) -> int:
 
 
 def child_env(threads: int) -> dict:
-    """The environment `--threads N` runs the benchmark in. refvit splits its GEMMs and other kernels across N
-    threads of its own (refvit/kernels/threads.py), so numpy's OpenBLAS runs single-threaded (two thread pools
-    would compete for the same cores); torch (MKL + OpenMP) and ONNX Runtime get N threads; numpy's sgemm rate,
+    """The environment `--threads N` runs the benchmark in. refvit's Numba kernels split their blocks (GEMMs
+    included, BLAS called from Numba) across N Numba threads (refvit/kernels/threads.py), so OpenBLAS runs
+    single-threaded (two layers of threads would compete for the same cores); torch (MKL + OpenMP) and ONNX
+    Runtime get N threads, the NumPy backend numpy's BLAS at N threads (`numpy_blas_threads`); numpy's sgemm rate,
     the floor's reference, is measured in a separate process with OpenBLAS at N threads (`sgemm_gflops_at`)."""
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(threads), CHILD_VAR: str(threads)}
@@ -258,22 +259,54 @@ def _calls(impls: dict, tm, session, x: np.ndarray) -> dict:
     return calls
 
 
-PAUSE_S = 0.3  # before each timed run: idle worker threads of the previous library stop busy-waiting by then
+LEAD_IN_RUNS = 1  # untimed runs of the same implementation right before each timed one (see _time_interleaved)
 
 
-def _time_interleaved(calls: dict, repeat: int) -> dict:
+def numpy_blas_threads(threads: int | None):
+    """(to_n, restore): functions setting numpy's own OpenBLAS (not scipy's, which refvit's Numba kernels call) to
+    `threads` threads and back, or None (no thread count asked, or no threadpoolctl). `--threads N` starts numpy's BLAS single-threaded for the
+    Numba backend (its parallelism is Numba's); the NumPy backend's only parallelism is BLAS's own, so it is timed
+    with numpy's BLAS at N threads, as a user of that backend would run it (README, Speed)."""
+    if not threads:
+        return None
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    numpy_dir = os.path.dirname(np.__file__)
+    libs = [lib for lib in ThreadpoolController().lib_controllers   # wheels: numpy/ or numpy.libs/
+            if lib.user_api == "blas" and os.path.dirname(lib.filepath) in (numpy_dir, numpy_dir + ".libs")]
+    if not libs:
+        return None
+    original = [lib.num_threads for lib in libs]
+    return (lambda: [lib.set_num_threads(threads) for lib in libs],
+            lambda: [lib.set_num_threads(n) for lib, n in zip(libs, original)])
+
+
+def _time_interleaved(calls: dict, repeat: int, around: dict | None = None) -> dict:
     """{impl: [seconds]}: run r times every implementation, in an order rotated each round (no fixed neighbour).
+    `around`: {impl: (before, after)} called untimed around that implementation's runs (thread settings).
 
-    OpenBLAS's, OpenMP's and onnxruntime's worker threads spin for a while after their last task; timed right after
-    another library's run, a multi-threaded implementation found its cores taken (10–20× slower at 2 threads here).
+    Each timed run follows LEAD_IN_RUNS untimed runs of the same implementation. OpenBLAS's, OpenMP's and
+    onnxruntime's worker threads spin for a while after their last task: timed right after another library's run, a
+    multi-threaded implementation found its cores taken (10–20× slower at 2 threads here); the lead-in run absorbs
+    that. (An idle pause instead — 0.3 s, the first design — made every implementation slower, and unevenly: on this
+    VM a core that idled runs the next ~100 ms slower; CvT-13 batch 1 took 66 ms back to back, 71 after 0.3 s idle,
+    89 after 1 s, ONNX Runtime likewise.)
     """
     names, times = list(calls), {k: [] for k in calls}
     for r in range(repeat):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            time.sleep(PAUSE_S)
+            before, after = (around or {}).get(k, (None, None))
+            if before:
+                before()
+            for _ in range(LEAD_IN_RUNS):
+                calls[k]()
             t0 = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - t0)
+            if after:
+                after()
     return times
 
 
@@ -299,6 +332,8 @@ def bench(models, batches, repeat: int = 7, threads: int | None = None, backends
     from .model import from_state_dict
 
     _set_threads(threads)
+    numpy_blas = numpy_blas_threads(threads)
+    around = {} if numpy_blas is None else {"refvit-numpy": numpy_blas}
     rows = []
     for name in models:
         arch, config, side = model_config(name)
@@ -316,11 +351,12 @@ def bench(models, batches, repeat: int = 7, threads: int | None = None, backends
             calls = _calls(impls, timed_tm, session, x)
             reference = _torch_logits(tm, x)
             outputs = {k: np.asarray(fn()) for k, fn in calls.items()}   # warm-up: JIT compile, allocators, caches
-            times = _time_interleaved(calls, repeat)
+            times = _time_interleaved(calls, repeat, around)
             for k in calls:
                 diff = None if reference is None else float(np.abs(outputs[k] - reference).max())
                 tolerance = None if reference is None else 1e-4 * max(1.0, float(np.abs(reference).max()))
                 rows.append({"model": name, "batch": batch, "impl": k, "flops": flops,
+                             "numpy_blas_threads": threads if k in around else None,
                              "ms_per_image": float(np.median(times[k])) * 1e3 / batch,
                              "times_ms": [round(t * 1e3, 3) for t in times[k]], "max_abs_diff": diff,
                              "logits_match": None if diff is None else diff <= tolerance})
@@ -554,6 +590,11 @@ def markdown(result: dict) -> str:
         f"transformers {env['transformers']}, onnxruntime {env['onnxruntime']}.", WIDTH))
     if env.get("command"):
         out.append(f"\n```\n{env['command']}\n```")
+    numpy_blas = {r.get("numpy_blas_threads") for r in rows if r["impl"] == "refvit-numpy"} - {None}
+    if numpy_blas:
+        out.append("\n" + textwrap.fill(
+            f"refvit numba: Numba's {env['threads']} threads, BLAS single-threaded; refvit numpy: numpy's BLAS on "
+            f"{max(numpy_blas)} threads (the NumPy backend's only parallelism), timed in the same process.", WIDTH))
     if rows:
         out.append("\n| model | batch | GFLOPs | floor ms | refvit numba ms | refvit numpy ms | torch eager ms "
                    "| ORT ms | numba ÷ faster peer | numpy ÷ numba | floor % (numba) |\n" + "|---" * 11 + "|")

@@ -173,10 +173,40 @@ def test_startup_reports_fresh_process_time_and_memory(tiny_model):
 
 
 def test_threads_child_environment():
-    """`--threads N`: refvit's own N threads split the GEMMs, so numpy's OpenBLAS runs single-threaded; the peers
-    and the sgemm reference get N threads."""
+    """`--threads N`: Numba's N threads split refvit's kernels (BLAS calls included), so OpenBLAS runs
+    single-threaded; the peers and the sgemm reference get N threads."""
     env = bench.child_env(2)
     assert env["OPENBLAS_NUM_THREADS"] == "1"
     assert env["NUMBA_NUM_THREADS"] == env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
     assert env[bench.CHILD_VAR] == "2"
     assert bench.sgemm_gflops_at(1, sizes=(64,), repeat=1) > 0
+
+
+def test_numpy_backend_gets_numpy_blas_threads_and_only_around_its_runs():
+    """The NumPy backend is timed with numpy's own BLAS at N threads (its only parallelism); scipy's BLAS, which the
+    Numba kernels call, is left alone, and numpy's is restored after each run."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg  # noqa: F401 - load scipy's BLAS so that there is one to leave alone
+
+    assert bench.numpy_blas_threads(None) is None
+    controls = bench.numpy_blas_threads(3)
+    if controls is None:
+        pytest.skip("numpy's BLAS is not a library threadpoolctl can set here")
+
+    def counts():
+        return {lib.filepath: lib.num_threads for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                if lib.user_api == "blas"}
+
+    before = counts()
+    to_n, restore = controls
+    to_n()
+    during = counts()
+    restore()
+    assert counts() == before
+    changed = {path for path in before if during[path] != before[path] or during[path] == 3}
+    assert changed and all("numpy" in Path(path).parent.name for path in changed)
+    calls, seen = {"refvit-numpy": lambda: seen.append("numpy"), "refvit-numba": lambda: seen.append("numba")}, []
+    marks = []
+    bench._time_interleaved(calls, 1, {"refvit-numpy": (lambda: marks.append("on"), lambda: marks.append("off"))})
+    runs = 1 + bench.LEAD_IN_RUNS  # each timed run follows untimed lead-in runs of the same implementation
+    assert sorted(seen) == ["numba"] * runs + ["numpy"] * runs and marks == ["on", "off"]
