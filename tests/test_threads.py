@@ -53,7 +53,11 @@ def run_all(rng, dtype):
     return [NB.linear(x, w, b), NB.linear(x, w), NB.linear(tall, w, b), NB.layer_norm(x, x[0, 0], x[1, 1], 1e-6),
             NB.bias_gelu(x, x[0, 0]), *NB.attention(q, k, v, 3, 0.5, bias=bias, need_probs=True),
             *NB.attention(q1, k[:1], v[:1], 3, 0.5, need_probs=True), NB.conv2d(img, cw, cb, padding=1),
-            NB.conv2d(img, cw[:, :, :1, :1], None, stride=2)]
+            NB.conv2d(img, cw[:, :, :1, :1], None, stride=2), NB.conv2d(img, cw.repeat(80, axis=0), cb.repeat(80)),
+            NB.group_norm_act(img, 3, img[0, :, 0, 0], img[1, :, 0, 0], 1e-5, relu=True),
+            NB.max_pool2d(img, 3, 2, (1, 1, 1, 1)),
+            NB.depthwise_conv_tokens(x[:, :6], 2, 3, cw[:1, :1].repeat(12, axis=0).reshape(12, 1, 3, 3), x[0, 0],
+                                     (1, 1), (1, 1))[0]]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -19,10 +19,12 @@ projection, and the grid may be any h×w (CvT has no position embeddings). Signa
 """
 
 import numpy as np
+from numba import prange
 
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.jit import njit
+from refvit.kernels.threads import blocked, blocks
 
 
 def _check_args(x, height, width, weight, bias, stride, padding):
@@ -65,34 +67,41 @@ def depthwise_conv_tokens_numpy(x, height, width, weight, bias, stride, padding)
     return out.reshape(B, ho * wo, C), (ho, wo)
 
 
-@njit(cache=True, fastmath=False)
-def _depthwise_kernel(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out):
+@blocked(fastmath=False)
+def _depthwise_blocks(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out, bounds):
     # x: (B, height·width, C); taps: (kh, kw, C) = weight[c, 0, i, j] channels-last; bias: (C,); out: (B, ho·wo, C).
-    # One output row (b, oy) per outer iteration; the channel loop is innermost and contiguous.
-    B, _, C = x.shape
+    # One output row (b, oy) per iteration, block i owning rows bounds[i]:bounds[i + 1]; channels innermost.
+    for blk in prange(len(bounds) - 1):
+        for r in range(bounds[blk], bounds[blk + 1]):
+            _depthwise_row(x, r, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _depthwise_row(x, r, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out):
+    C = x.shape[2]
     kh, kw = taps.shape[0], taps.shape[1]
-    for r in range(B * ho):
-        b, oy = r // ho, r % ho
-        for ox in range(wo):
-            o = out[b, oy * wo + ox]
-            for c in range(C):
-                o[c] = bias[c]
-            for i in range(kh):
-                iy = oy * sh - ph + i
-                if iy < 0 or iy >= height:
-                    continue  # zero padding
-                for j in range(kw):
-                    ix = ox * sw - pw + j
-                    if ix < 0 or ix >= width:
-                        continue
-                    src = x[b, iy * width + ix]
-                    t = taps[i, j]
-                    for c in range(C):
-                        o[c] += src[c] * t[c]
+    b, oy = r // ho, r % ho
+    for ox in range(wo):
+        o = out[b, oy * wo + ox]
+        for c in range(C):
+            o[c] = bias[c]
+        for i in range(kh):
+            iy = oy * sh - ph + i
+            if iy < 0 or iy >= height:
+                continue  # zero padding
+            for j in range(kw):
+                ix = ox * sw - pw + j
+                if ix < 0 or ix >= width:
+                    continue
+                src = x[b, iy * width + ix]
+                t = taps[i, j]
+                for c in range(C):
+                    o[c] += src[c] * t[c]
 
 
 def depthwise_conv_tokens_numba(x, height, width, weight, bias, stride, padding):
-    """Numba twin of `depthwise_conv_tokens_numpy`: output rows in turn, channels vectorised."""
+    """Numba twin of `depthwise_conv_tokens_numpy`: output rows in blocks across Numba's threads, channels
+    vectorised."""
     ho, wo = _check_args(x, height, width, weight, bias, stride, padding)
     B, _, C = x.shape
     dt = x.dtype
@@ -101,5 +110,6 @@ def depthwise_conv_tokens_numba(x, height, width, weight, bias, stride, padding)
     bias = np.zeros(C, dt) if bias is None else np.require(bias, dt, ["C", "A", "W"])
     out = np.empty((B, ho * wo, C), dt)
     if out.size:
-        _depthwise_kernel(x, height, width, taps, bias, stride[0], stride[1], padding[0], padding[1], ho, wo, out)
+        _depthwise_blocks(x, height, width, taps, bias, stride[0], stride[1], padding[0], padding[1], ho, wo, out,
+                          blocks(B * ho, wo * C * taps.shape[0] * taps.shape[1]))
     return out, (ho, wo)
