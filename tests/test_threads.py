@@ -164,3 +164,19 @@ def test_parallel_and_serial_builds_have_their_own_cache_files():
                 assert names[0] != names[1], value.__name__
                 assert value.parallel.targetoptions.get("parallel") and not value.serial.targetoptions.get("parallel")
     assert len(found) >= 8  # linear ×2, attention, layer norm, GELU ×2, conv GEMM ×2, im2col, max pool, group norm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_image_by_image_path_matches_the_twin(monkeypatch, dtype):
+    """A batch whose im2col columns pass COLS_BATCH_BYTES goes one image at a time (BiT at 448²); forced here."""
+    rng = np.random.default_rng(5)
+    img = rng.standard_normal((3, 4, 9, 11)).astype(dtype)
+    w, b = rng.standard_normal((6, 2, 3, 3)).astype(dtype), rng.standard_normal(6).astype(dtype)
+    whole = NB.conv2d(img, w, b, stride=(2, 1), padding=(1, 0, 2, 1), groups=2)
+    monkeypatch.setattr(conv_module, "COLS_BATCH_BYTES", 0)
+    one_by_one = NB.conv2d(img, w, b, stride=(2, 1), padding=(1, 0, 2, 1), groups=2)
+    expected = NP.conv2d(img, w, b, stride=(2, 1), padding=(1, 0, 2, 1), groups=2)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for got in (whole, one_by_one):
+        assert got.dtype == dtype and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)

@@ -283,15 +283,23 @@ def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo, cols=None):
     return cols
 
 
+COLS_BATCH_BYTES = 16 << 20  # half of this machine's L3: a batch's im2col columns beyond it go image by image
+
+
 def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """Numba twin of `conv2d_numpy`: the im2col gather in Numba, the GEMM in BLAS (same as the twin). One image
-    at a time through one reused cols buffer: a batch's cols at once (BiT-50's first 3×3 convs: 231 MB for 8
-    images at 448²) leave the caches and cost page faults; per image they stay in L3 (BiT-50 batch 8: im2col
-    46 → ~20 ms per image on this machine)."""
+    """Numba twin of `conv2d_numpy`: the im2col gather in Numba, the GEMM in BLAS (same as the twin). A batch whose
+    cols would pass COLS_BATCH_BYTES goes one image at a time through one reused cols buffer: BiT-50's first 3×3
+    convs at 448² need 231 MB of cols for 8 images, which leave the caches and cost page faults; per image they stay
+    in L3 (BiT-50 batch 8: im2col 46 → ~21 ms per image here). Smaller batches go whole (CvT-13 batch 8's 3×3
+    embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches)."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
         return _gemm_blocks(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
     B, Cin = x.shape[:2]
+    image_cols = Cin * weight.shape[2] * weight.shape[3] * Ho * Wo * x.itemsize
+    if B == 1 or B * image_cols <= COLS_BATCH_BYTES:
+        cols = im2col_numba(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
+        return _gemm_blocks(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
     dt = np.result_type(weight, x)
     cols = np.empty((1, Cin) + weight.shape[2:] + (Ho, Wo), x.dtype)     # (1, Cin, kh, kw, Ho, Wo), reused
     out = np.empty((B, weight.shape[0], Ho, Wo), dt)                    # (B, Cout, Ho, Wo)
