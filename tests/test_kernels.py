@@ -246,3 +246,24 @@ def test_interpolate_vit_position_grid_matches_torch(dtype):
     for size in [(24, 24), (10, 7), (14, 14)]:
         ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=size, mode="bicubic", align_corners=False)
         assert_close(NP.interpolate_bicubic(x, *size), ref[0].numpy(), dtype, tol=INTERP_TOL[np.dtype(dtype)])
+
+
+def test_float32_erf_twins_agree_and_are_float32_accurate():
+    """The float32 erf of both backends is one rational approximation (Numba: `erf_float32`; NumPy: `erf_numpy`,
+    chunked array passes): the same values, within 5e-7 of float64 erf over every range, exact ±1 / NaN / ±0."""
+    from scipy.special import erf
+
+    from refvit.kernels.activations import ERF_CHUNK, erf_float32, erf_numpy
+
+    rng = np.random.default_rng(11)
+    specials = np.array([0.0, -0.0, 1e-30, -1e-30, 3.9, 4.0, 4.1, -4.1, 1e30, -1e30, np.inf, -np.inf], np.float32)
+    x = np.concatenate([rng.standard_normal(2 * ERF_CHUNK + 77).astype(np.float32) * 3, specials])  # > 2 chunks
+    got = erf_numpy(x.reshape(-1, 1))[:, 0]
+    assert got.dtype == np.float32
+    assert np.abs(got - erf(x.astype(np.float64))).max() <= 5e-7
+    assert np.array_equal(got[-6:], np.array([1, -1, 1, -1, 1, -1], np.float32))
+    assert np.signbit(got[-11]) and got[-11] == 0 and np.isnan(erf_numpy(np.array([np.nan], np.float32)))[0]
+    sample = x[::97]
+    assert np.array_equal(np.array([erf_float32(v) for v in sample], np.float32), erf_numpy(sample))
+    assert erf_numpy(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    assert erf_numpy(x.astype(np.float64)).dtype == np.float64  # float64: scipy's erf

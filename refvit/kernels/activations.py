@@ -38,13 +38,47 @@ def _check_bias_out(x, bias, out):
 # ---------------------------------------------------------------------------------------- NumPy twins
 
 
+# erf_float32's rational approximation (below): numerator and denominator coefficients in v², highest first
+ERF32_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+           -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+ERF32_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+           -1.42647390514189e-02)
+
+
+ERF_CHUNK = 1 << 14  # elements per chunk of erf_numpy (64 KiB of float32)
+
+
+def erf_numpy(x):
+    """erf in x's dtype. float64: scipy's erf (Cephes, exact to float64 rounding). float32: the rational
+    approximation the Numba kernel uses (`erf_float32`: v·P(v²)/Q(v²) on v = x clipped to [-4, 4]) in array form,
+    which agrees with torch's float32 erf to float32 rounding and runs ~10× faster than scipy's (15 ns/element:
+    its float32 loop calls the scalar float64 routine)."""
+    if x.dtype != np.float32:
+        from scipy.special import erf  # imported when first used: the Numba path never needs scipy.special (~0.2 s)
+        return erf(x)
+    out = np.empty(x.shape, np.float32)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    for lo in range(0, flat_x.size, ERF_CHUNK):  # chunks that stay in cache through the ~14 passes below
+        v = np.clip(flat_x[lo:lo + ERF_CHUNK], np.float32(-4.0), np.float32(4.0))
+        v2 = v * v
+        p = np.full_like(v, ERF32_P[0])
+        for c in ERF32_P[1:]:                                      # Horner, in place: p = p·v² + c
+            p *= v2
+            p += np.float32(c)
+        q = np.full_like(v, ERF32_Q[0])
+        for c in ERF32_Q[1:]:
+            q *= v2
+            q += np.float32(c)
+        p *= v
+        np.divide(p, q, out=flat_out[lo:lo + ERF_CHUNK])           # q < 0 everywhere: no division by zero
+    return out
+
+
 def gelu_numpy(x):
     """Exact GELU, 0.5 * x * (1 + erf(x / sqrt(2))), in x's dtype (torch.nn.functional.gelu)."""
-    from scipy.special import erf  # imported when first used: the Numba path never needs scipy.special (~0.2 s)
-
     check_float(x, "x")
     dt = x.dtype.type
-    return x * dt(0.5) * (dt(1) + erf(x * dt(SQRT1_2)))
+    return x * dt(0.5) * (dt(1) + erf_numpy(x * dt(SQRT1_2)))
 
 
 def bias_gelu_numpy(x, bias, out=None):
