@@ -105,9 +105,16 @@ def test_blas_threads_reads_the_variables_openblas_reads(monkeypatch):
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads.blas_threads() == 3
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert threads.blas_threads() == 1
+    threads.blas_threads.cache_clear()  # read once per process, as OpenBLAS does; again here
+    try:
+        assert threads.blas_threads() == 3
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        assert threads.blas_threads() == 3  # cached
+        threads.blas_threads.cache_clear()
+        assert threads.blas_threads() == 1
+    finally:
+        monkeypatch.undo()
+        threads.blas_threads.cache_clear()
 
 
 @FAST

@@ -15,6 +15,7 @@ unset or > 1): two layers of threads would oversubscribe the cores. Set OPENBLAS
 thread them (README, Speed).
 """
 
+import functools
 import os
 import threading
 import types
@@ -30,17 +31,23 @@ MIN_GEMM_BLOCK = 64           # GEMM blocks keep at least this many rows (or col
 def num_threads() -> int:
     """Numba's thread count (numba.set_num_threads, else NUMBA_NUM_THREADS / the CPU count), read without starting
     Numba's own thread pool (which `numba.get_num_threads()` would launch)."""
-    import numba
-    from numba.np.ufunc import parallel
-
+    if not _numba:
+        import numba
+        from numba.np.ufunc import parallel
+        _numba.extend((numba, parallel))
+    numba, parallel = _numba
     if getattr(parallel, "_is_initialized", False):
         return numba.get_num_threads()
     return numba.config.NUMBA_NUM_THREADS
 
 
+_numba = []  # (numba, numba.np.ufunc.parallel), imported on the first num_threads() call (kernels are called often)
+
+
+@functools.lru_cache(maxsize=1)
 def blas_threads() -> int:
     """The thread count numpy's and scipy's OpenBLAS started with: they read these variables once, at load, in this
-    order."""
+    order (so this reads them once too; `blas_threads.cache_clear()` to read them again)."""
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
@@ -50,12 +57,19 @@ def blas_threads() -> int:
 
 def blocks(n: int, work_per_item: int, min_items: int = 1) -> np.ndarray:
     """Bounds (int64, length count + 1) of the blocks [0, n) is cut into: 1, 2, 4 … MAX_BLOCKS near-equal blocks of
-    at least MIN_WORK_PER_BLOCK work and `min_items` items, from the sizes alone."""
+    at least MIN_WORK_PER_BLOCK work and `min_items` items, from the sizes alone. Read-only (shared between calls)."""
+    return _blocks(n, work_per_item, min_items, MIN_WORK_PER_BLOCK, MAX_BLOCKS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocks(n, work_per_item, min_items, min_work, max_blocks):
     count = 1
-    while (count * 2 <= min(n, MAX_BLOCKS) and n * work_per_item // (count * 2) >= MIN_WORK_PER_BLOCK
+    while (count * 2 <= min(n, max_blocks) and n * work_per_item // (count * 2) >= min_work
            and n // (count * 2) >= min_items):
         count *= 2
-    return np.array([n * i // count for i in range(count + 1)], np.int64)
+    bounds = np.array([n * i // count for i in range(count + 1)], np.int64)
+    bounds.flags.writeable = False
+    return bounds
 
 
 class Blocked:
