@@ -89,7 +89,7 @@ class Blocked:
         self.__doc__, self.__name__ = fn.__doc__, fn.__name__
 
     def __call__(self, *args, threaded=True):
-        if not threaded or num_threads() == 1:
+        if not threaded or blas_threads() > 1 or num_threads() == 1:
             return self.serial(*args)
         if _serialise_launches():
             with _launch_lock:
