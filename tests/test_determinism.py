@@ -85,7 +85,10 @@ def test_same_input_same_bits(models, case, backend):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_numba_thread_count_does_not_change_bits(models, case):
+def test_numba_thread_count_does_not_change_bits(models, case, monkeypatch):
+    from refvit.kernels import threads
+
+    monkeypatch.setattr(threads, "blas_threads", lambda: 1)  # as with OPENBLAS_NUM_THREADS=1: parallel kernels
     model, x = models[case, "numba"], inputs(case)
     previous = numba.get_num_threads()
     try:
@@ -161,12 +164,14 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def child_run(tmp_path, threads: int) -> dict[str, np.ndarray]:
-    """Sequential and 4-thread concurrent numba calls in a child process with `threads` BLAS and Numba threads."""
+def child_run(tmp_path, threads: int, blas: int = 1) -> dict[str, np.ndarray]:
+    """Sequential and 4-thread concurrent numba calls in a child process with `threads` Numba threads and `blas`
+    BLAS threads (1: refvit threads its kernels, BLAS calls included; more: BLAS threads the GEMMs)."""
     env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
-    path = tmp_path / f"threads{threads}.npz"
+    env["OPENBLAS_NUM_THREADS"] = str(blas)
+    path = tmp_path / f"threads{threads}-blas{blas}.npz"
     result = subprocess.run([sys.executable, "-c", CHILD, str(path), json.dumps(CASES + [REAL_SIZE]),
                              str(Path(__file__).parent)], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
@@ -176,8 +181,10 @@ def child_run(tmp_path, threads: int) -> dict[str, np.ndarray]:
 
 
 def test_numba_concurrency_and_thread_counts_in_child_processes(tmp_path):
-    """1 vs 2 BLAS + Numba threads give the same bits; in each, concurrent calls equal sequential ones."""
-    one, two = child_run(tmp_path, 1), child_run(tmp_path, 2)
+    """1 vs 2 Numba threads (BLAS single-threaded), and 2 with BLAS on 2 threads, give the same bits; in each,
+    concurrent calls equal sequential ones."""
+    one, two, blas_two = child_run(tmp_path, 1), child_run(tmp_path, 2), child_run(tmp_path, 2, blas=2)
     assert_identical(one, two, "1 vs 2 threads")
+    assert_identical(one, blas_two, "1 thread vs 2 threads with BLAS on 2")
     here = run(refvit.from_pretrained(golden_case("deit_teacher")), inputs("deit_teacher"))
     assert_identical({k: one[f"deit_teacher/0/{k}"] for k in here}, here, "child vs this process")

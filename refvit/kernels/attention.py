@@ -24,7 +24,7 @@ from refvit.kernels import check_float, threads
 from refvit.kernels.blas import gemm
 from refvit.kernels.activations import softmax_inplace, softmax_numpy
 from refvit.kernels.jit import njit
-from refvit.kernels.threads import blas_threads, blocked
+from refvit.kernels.threads import blocked
 
 
 def _check_args(q, k, v, num_heads, bias):
@@ -126,6 +126,5 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     if scores.size:
         chunks = query_chunks(B * H, Nq)
         bounds = threads.blocks(B * H * chunks, Nq * Nk // chunks)  # work counted in scores elements
-        _attention_blocks(q, k, v, H, chunks, dt.type(scale), bias, has_bias, scores, out, bounds,
-                          threaded=blas_threads() == 1)
+        _attention_blocks(q, k, v, H, chunks, dt.type(scale), bias, has_bias, scores, out, bounds)
     return out, (scores if need_probs else None)

@@ -31,7 +31,7 @@ from refvit.kernels import check_float, threads
 from refvit.kernels.jit import njit
 from refvit.kernels.sizes import conv_output_size, pool_output_size  # noqa: F401 (also imported from here)
 from refvit.kernels.blas import gemm
-from refvit.kernels.threads import blas_threads, blocked
+from refvit.kernels.threads import blocked
 
 
 def _pair(value, name):
@@ -150,10 +150,10 @@ def _gemm_blocks(cols, weight, bias, groups, Ho, Wo, out=None):
     b = np.require(bias.reshape(G, Cout // G) if has_bias else np.zeros((1, 1)), dt, ["C", "A"])
     if Cout // G >= CHANNEL_SPLIT:
         bounds = threads.blocks(Cout // G, B * G * P * K // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·G·P·K flops/channel
-        _conv_gemm_channel_blocks(cols, Wg, b, has_bias, out, bounds, threaded=blas_threads() == 1)
+        _conv_gemm_channel_blocks(cols, Wg, b, has_bias, out, bounds)
     else:
         bounds = threads.blocks(P, B * Cout * K // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·Cout·K flops per pixel
-        _conv_gemm_blocks(cols, Wg, b, has_bias, out, bounds, threaded=blas_threads() == 1)
+        _conv_gemm_blocks(cols, Wg, b, has_bias, out, bounds)
     return out.reshape(B, Cout, Ho, Wo)
 
 

@@ -11,7 +11,7 @@ from numba import prange
 from refvit.errors import InputError
 from refvit.kernels import check_float, threads
 from refvit.kernels.blas import gemm
-from refvit.kernels.threads import blas_threads, blocked
+from refvit.kernels.threads import blocked
 
 
 def _check_args(x, weight, bias):
@@ -72,8 +72,8 @@ def linear_numba(x, weight, bias=None):
     M, (N, K) = len(x2), weight.shape
     if M <= COLUMN_SPLIT_ROWS:  # measured on 2 cores, M = 197: 184-195 GFLOP/s by columns, 171-178 by rows
         bounds = threads.blocks(N, M * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·M·in flops per column
-        _linear_column_blocks(x2, weight.T, bias, has_bias, y, bounds, threaded=blas_threads() == 1)
+        _linear_column_blocks(x2, weight.T, bias, has_bias, y, bounds)
     else:                       # M = 1576: 213 by rows, 207 by columns
         bounds = threads.blocks(M, N * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·in·out flops per row
-        _linear_blocks(x2, weight.T, bias, has_bias, y, bounds, threaded=blas_threads() == 1)
+        _linear_blocks(x2, weight.T, bias, has_bias, y, bounds)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -10,9 +10,9 @@ that way, 175 this way, on 2 cores).
 The blocks depend on the sizes (and the machine's CPU count) only, never on the thread settings, so neither do the
 bits: a GEMM split into other row blocks can round differently (OpenBLAS picks kernels by shape).
 
-Kernels that call BLAS run their blocks serially when BLAS was started with several threads (OPENBLAS_NUM_THREADS
-unset or > 1): two layers of threads would oversubscribe the cores. Set OPENBLAS_NUM_THREADS=1 to let refvit
-thread them (README, Speed).
+When BLAS was started with several threads (OPENBLAS_NUM_THREADS unset or > 1) every blocked kernel runs its
+blocks serially and BLAS threads the GEMMs: two pools of spinning threads on the same cores (OpenBLAS's and Numba's
+OpenMP) made DeiT-S batch 1 4.7× slower. Set OPENBLAS_NUM_THREADS=1 to let refvit thread them (README, Speed).
 """
 
 import functools
@@ -74,7 +74,7 @@ def _blocks(n, work_per_item, min_items, min_work, max_blocks):
 
 class Blocked:
     """A kernel whose first loop is `for i in prange(len(bounds) - 1)` over blocks, compiled both ways (see the
-    module docstring); call it as `kernel(*args, threaded=…)`, the bounds among args."""
+    module docstring); call it as `kernel(*args)`, the bounds among args."""
 
     def __init__(self, fn, **options):
         from refvit.kernels.jit import njit
@@ -88,8 +88,8 @@ class Blocked:
         self.parallel = njit(cache=True, nogil=True, parallel=True, **options)(twin)
         self.__doc__, self.__name__ = fn.__doc__, fn.__name__
 
-    def __call__(self, *args, threaded=True):
-        if not threaded or blas_threads() > 1 or num_threads() == 1:
+    def __call__(self, *args):
+        if blas_threads() > 1 or num_threads() == 1:
             return self.serial(*args)
         if _serialise_launches():
             with _launch_lock:
