@@ -196,10 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"])
     p.add_argument("--peers", nargs="*", choices=["torch-eager", "onnxruntime"], default=["torch-eager", "onnxruntime"],
                    help="peers to time when installed (ONNX Runtime runs a model exported from the transformers one)")
-    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation, interleaved (median reported)")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per implementation, interleaved, each right after "
+                   "an untimed run of the same implementation (median reported)")
     p.add_argument("--threads", type=int, help="threads for refvit, torch and ONNX Runtime: runs the benchmark in a "
-                   "child process with NUMBA/OMP/MKL_NUM_THREADS=N and OPENBLAS_NUM_THREADS=1 (refvit splits its GEMMs "
-                   "across its own N threads; the sgemm rate is measured with OpenBLAS at N threads) "
+                   "child process with NUMBA/OMP/MKL_NUM_THREADS=N and OPENBLAS_NUM_THREADS=1 (refvit's kernels, BLAS "
+                   "calls included, run on N Numba threads; the NumPy backend gets numpy's BLAS at N threads when "
+                   "threadpoolctl is installed; the sgemm rate is measured with OpenBLAS at N threads) "
                    "(default: the libraries' defaults)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's import + load of DeiT-S + one "
                    "forward and its peak RSS, refvit with the Numba cache warm and cold, and torch + transformers")
