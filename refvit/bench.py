@@ -625,6 +625,81 @@ def markdown(result: dict) -> str:
 # The command
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Where the time goes: per-kernel wall time inside refvit's forward
+
+
+def profile(models, batches, repeat: int = 7, backends=("numba",)) -> list[dict]:
+    """Rows of {model, batch, impl, total_ms, kernels: [{name, ms, share, calls, gflops}], python_ms}: the fastest
+    of `repeat` forwards after a warm-up, each kernel of the backend's namespace wrapped with a timer for the run
+    (and restored after). "python" is the rest: model code between the kernels. `gflops` (linear only) counts
+    2·rows·in·out per call. The numbers behind README → Speed → "Where the gaps are"."""
+    from . import kernels
+    from .model import from_state_dict
+
+    rows = []
+    for name in models:
+        arch, config, side = model_config(name)
+        tensors = synthetic.random_state_dict(synthetic.shapes_for(config, arch), seed=0)
+        for backend in backends:
+            model = from_state_dict(config, tensors, arch, "float32", backend)
+            for batch in batches:
+                x = synthetic.random_pixel_values(batch, 3, side, side, seed=1)
+                model(x)                                    # warm-up: JIT compile, allocators, caches
+                rows.append({"model": name, "batch": batch, "impl": f"refvit-{backend}",
+                             **_profile_runs(kernels.get(backend), lambda: model(x), repeat)})
+                log(f"{name} batch {batch} refvit-{backend}: {rows[-1]['total_ms']:.1f} ms profiled")
+    return rows
+
+
+def _profile_runs(namespace, forward, repeat: int) -> dict:
+    originals = {k: v for k, v in vars(namespace).items() if callable(v)}
+    seconds, calls, flops = {}, {}, {}
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            calls[name] = calls.get(name, 0) + 1
+            if name == "linear":                            # x (..., in) @ weight (out, in)ᵀ
+                flops[name] = flops.get(name, 0) + 2 * args[0].size * args[1].shape[0]
+            return out
+        return run
+
+    best = None
+    try:
+        for name, fn in originals.items():
+            setattr(namespace, name, timed(name, fn))
+        for _ in range(max(1, repeat)):
+            seconds.clear(), calls.clear(), flops.clear()
+            t0 = time.perf_counter()
+            forward()
+            total = time.perf_counter() - t0
+            if best is None or total < best[0]:
+                best = (total, dict(seconds), dict(calls), dict(flops))
+    finally:
+        for name, fn in originals.items():
+            setattr(namespace, name, fn)
+    total, seconds, calls, flops = best
+    kernels = [{"name": k, "ms": v * 1e3, "share": v / total, "calls": calls[k],
+                "gflops": flops[k] / v / 1e9 if k in flops and v > 0 else None}
+               for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])]
+    return {"total_ms": total * 1e3, "kernels": kernels, "python_ms": (total - sum(seconds.values())) * 1e3}
+
+
+def format_profile(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        out.append(f"{r['model']} batch {r['batch']} {r['impl']}: {r['total_ms']:.1f} ms (fastest profiled forward)")
+        for k in r["kernels"]:
+            rate = f"  {k['gflops']:.0f} GFLOP/s" if k["gflops"] else ""
+            out.append(f"  {k['name']:24s} {k['ms']:8.1f} ms {100 * k['share']:5.1f}%  {k['calls']:4d} calls{rate}")
+        out.append(f"  {'python (between kernels)':24s} {r['python_ms']:8.1f} ms "
+                   f"{100 * r['python_ms'] / r['total_ms']:5.1f}%")
+    return "\n".join(out)
+
+
 def run_cli(args) -> int:
     """`refvit bench`: run (or, with --from-json, reload) a benchmark and print its table, JSON or markdown."""
     if args.from_json:
@@ -639,6 +714,12 @@ def run_cli(args) -> int:
             # numpy's BLAS reads its thread count at import: rerun in a child process whose environment says it (this
             # process, and anything else of the user's, keeps its own settings)
             return subprocess.call([sys.executable, "-m", "refvit.cli", *_argv(args)], env=child_env(args.threads))
+        if getattr(args, "profile", False):
+            _set_threads(args.threads)
+            result = {"environment": environment(args.threads, None, "refvit " + " ".join(_argv(args))),
+                      "profile": profile(models, args.batch, args.repeat, args.backend)}
+            print(json.dumps(result, indent=1) if args.json else format_profile(result["profile"]))
+            return 0
         result = measure(models, args)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -682,4 +763,4 @@ def _argv(args) -> list:
     argv = ["bench", "--models", *args.models, "--batch", *map(str, args.batch), "--backend", *args.backend,
             "--peers", *args.peers, "--repeat", str(args.repeat)]
     argv += ["--threads", str(args.threads)] if args.threads else []
-    return argv + [f for f in ("--json", "--markdown", "--startup") if getattr(args, f[2:])]
+    return argv + [f for f in ("--json", "--markdown", "--startup", "--profile") if getattr(args, f[2:], False)]

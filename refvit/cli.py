@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the libraries' defaults)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's import + load of DeiT-S + one "
                    "forward and its peak RSS, refvit with the Numba cache warm and cold, and torch + transformers")
+    p.add_argument("--profile", action="store_true", help="instead of timing against the peers: per-kernel wall time "
+                   "inside refvit's forward (fastest of --repeat), for each model, batch and --backend")
     p.add_argument("--json", action="store_true", help="print the results (rows, start-up, environment) as JSON")
     p.add_argument("--markdown", action="store_true", help="print the benchmarks page's tables (README's Speed section)")
     p.add_argument("--from-json", metavar="FILE", help="print the table/markdown of a saved --json result (runs nothing)")

@@ -210,3 +210,23 @@ def test_numpy_backend_gets_numpy_blas_threads_and_only_around_its_runs():
     bench._time_interleaved(calls, 1, {"refvit-numpy": (lambda: marks.append("on"), lambda: marks.append("off"))})
     runs = 1 + bench.LEAD_IN_RUNS  # each timed run follows untimed lead-in runs of the same implementation
     assert sorted(seen) == ["numba"] * runs + ["numpy"] * runs and marks == ["on", "off"]
+
+
+def test_profile_breaks_a_forward_into_kernels_and_restores_them(tiny_model, capsys):
+    """`--profile`: per-kernel wall time of the fastest forward; the kernels' timers are removed afterwards."""
+    from refvit import kernels
+
+    before = dict(vars(kernels.get("numba")))
+    assert bench.run_cli(_args(profile=True, json=True, backend=["numba"], batch=[2])) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert vars(kernels.get("numba")) == before                  # the same functions again, no timers left
+    (row,) = result["profile"]
+    assert (row["model"], row["batch"], row["impl"]) == ("tiny-vit", 2, "refvit-numba")
+    names = {k["name"]: k for k in row["kernels"]}
+    assert {"linear", "attention", "layer_norm"} <= set(names)
+    assert names["linear"]["gflops"] > 0 and names["attention"]["gflops"] is None
+    assert all(k["calls"] >= 1 and k["ms"] >= 0 for k in row["kernels"])
+    assert sum(k["ms"] for k in row["kernels"]) + row["python_ms"] == pytest.approx(row["total_ms"])
+    assert result["environment"]["command"].endswith("--profile")
+    assert bench.run_cli(_args(profile=True, backend=["numba"], batch=[1], repeat=1)) == 0
+    assert "python (between kernels)" in capsys.readouterr().out
