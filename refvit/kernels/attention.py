@@ -111,8 +111,8 @@ def query_chunks(pairs, Nq):
 def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     """Numba twin of `attention_numpy`: per (image, head), q·kᵀ and p·v as BLAS GEMMs on strided views of q, k, v
     (refvit.kernels.blas), the scale, bias and softmax fused in one pass over that head's scores in between; the
-    (image, head, query chunk) items are split into blocks across Numba's threads (BLAS single-threaded) — each block runs its
-    GEMMs and softmax on its own, without returning to Python. probs are the scores buffer, returned if asked."""
+    (image, head, query chunk) items are split into blocks across Numba's threads (BLAS single-threaded), each
+    block running its GEMMs and softmax without returning to Python. probs are the scores buffer, if asked."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape

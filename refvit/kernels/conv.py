@@ -99,34 +99,23 @@ def _gemm(cols, weight, bias, groups, Ho, Wo):
 
 
 @blocked()
-def _conv_gemm_blocks(cols, weight, bias, has_bias, out, bounds):
-    # cols (B, G, K, P), weight (G, Cout/G, K), out (B, G, Cout/G, P); block i owns the output pixels
-    # bounds[i]:bounds[i + 1] of every (image, group): one GEMM each onto those columns, pre-filled with the bias.
+def _conv_gemm_blocks(cols, weight, bias, has_bias, by_channel, out, bounds):
+    # cols (B, G, K, P), weight (G, Cout/G, K), out (B, G, Cout/G, P). Block i owns the output pixels
+    # bounds[i]:bounds[i + 1] of every (image, group) or, by_channel, its output channels: one GEMM each onto that
+    # part of out, pre-filled with the bias.
     B, G = cols.shape[0], cols.shape[1]
     for i in prange(len(bounds) - 1):
         lo, hi = bounds[i], bounds[i + 1]
         for b in range(B):
             for g in range(G):
-                o = out[b, g, :, lo:hi]
+                if by_channel:
+                    w, c, o, c0 = weight[g, lo:hi], cols[b, g, :, :], out[b, g, lo:hi, :], lo
+                else:
+                    w, c, o, c0 = weight[g, :, :], cols[b, g, :, lo:hi], out[b, g, :, lo:hi], 0
                 if has_bias:
-                    for c in range(o.shape[0]):
-                        o[c, :] = bias[g, c]
-                gemm(weight[g], cols[b, g, :, lo:hi], o, 1.0 if has_bias else 0.0)
-
-
-@blocked()
-def _conv_gemm_channel_blocks(cols, weight, bias, has_bias, out, bounds):
-    # As `_conv_gemm_blocks`, block i owning the output channels bounds[i]:bounds[i + 1] (of each group), all pixels.
-    B, G = cols.shape[0], cols.shape[1]
-    for i in prange(len(bounds) - 1):
-        lo, hi = bounds[i], bounds[i + 1]
-        for b in range(B):
-            for g in range(G):
-                o = out[b, g, lo:hi]
-                if has_bias:
-                    for c in range(lo, hi):
-                        o[c - lo, :] = bias[g, c]
-                gemm(weight[g, lo:hi], cols[b, g], o, 1.0 if has_bias else 0.0)
+                    for ch in range(o.shape[0]):
+                        o[ch, :] = bias[g, c0 + ch]
+                gemm(w, c, o, 1.0 if has_bias else 0.0)
 
 
 CHANNEL_SPLIT = 256  # at least this many output channels per group: blocks of channels, else of pixels. BiT-50's
@@ -148,12 +137,12 @@ def _gemm_blocks(cols, weight, bias, groups, Ho, Wo, out=None):
            else out.reshape(B, G, Cout // G, P))                       # (B, G, Cout/G, P)
     has_bias = bias is not None
     b = np.require(bias.reshape(G, Cout // G) if has_bias else np.zeros((1, 1)), dt, ["C", "A"])
-    if Cout // G >= CHANNEL_SPLIT:
+    by_channel = Cout // G >= CHANNEL_SPLIT
+    if by_channel:
         bounds = threads.blocks(Cout // G, B * G * P * K // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·G·P·K flops/channel
-        _conv_gemm_channel_blocks(cols, Wg, b, has_bias, out, bounds)
     else:
         bounds = threads.blocks(P, B * Cout * K // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·Cout·K flops per pixel
-        _conv_gemm_blocks(cols, Wg, b, has_bias, out, bounds)
+    _conv_gemm_blocks(cols, Wg, b, has_bias, by_channel, out, bounds)
     return out.reshape(B, Cout, Ho, Wo)
 
 

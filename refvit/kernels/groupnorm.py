@@ -19,6 +19,7 @@ from numba import prange
 from refvit.errors import InputError
 from refvit.kernels import check_float
 from refvit.kernels.jit import njit
+from refvit.kernels.reduce import row_sq_dev, row_sum
 from refvit.kernels.threads import blocked, blocks
 
 
@@ -49,27 +50,13 @@ def group_norm_act_numpy(x, num_groups, weight, bias, eps, relu=False):
     return np.maximum(y, dt(0)) if relu else y                           # np.maximum keeps NaN, as torch.relu
 
 
-@njit(cache=True, fastmath={"reassoc"}, nogil=True)
-def _moments(v):
-    # v: 1-D contiguous values of one (sample, group). Float64 mean and biased variance, two passes; "reassoc" only
-    # lets LLVM vectorise the two sums (a different float64 summation order, far below float32 rounding).
-    n = v.shape[0]
-    total = 0.0
-    for i in range(n):
-        total += v[i]
-    mean = total / n
-    ss = 0.0
-    for i in range(n):
-        d = v[i] - mean
-        ss += d * d
-    return mean, ss / n
-
-
 @njit(cache=True, fastmath=False, nogil=True)
 def _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out):
     # Row r of x, out (B·G, C/G, P) with P = h·w: one (sample, group); weight, bias: (C,).
     Cg, P = x.shape[1], x.shape[2]
-    mean, var = _moments(x[r].reshape(Cg * P))
+    v = x[r].reshape(Cg * P)  # float64 mean and biased variance, two passes in SIMD lanes (refvit.kernels.reduce)
+    mean = row_sum(v) / v.shape[0]
+    var = row_sq_dev(v, mean) / v.shape[0]
     rstd = 1.0 / math.sqrt(var + eps)
     c0 = (r % num_groups) * Cg
     for c in range(Cg):

@@ -32,35 +32,30 @@ def linear_numpy(x, weight, bias=None):
 
 
 @blocked()
-def _linear_blocks(x, weight_t, bias, has_bias, y, bounds):
-    # x (M, in), weight_t (in, out) a transposed view, y (M, out); block i owns rows bounds[i]:bounds[i + 1].
+def _linear_blocks(x, weight_t, bias, has_bias, by_column, y, bounds):
+    # x (M, in), weight_t (in, out) a transposed view, y (M, out). Block i owns the rows bounds[i]:bounds[i + 1] or,
+    # by_column, those output columns (all rows): each thread then packs only its share of the weight, which pays
+    # at batch-1 sizes (M ≈ 200 rows). One GEMM per block onto y pre-filled with the bias.
     for i in prange(len(bounds) - 1):
         lo, hi = bounds[i], bounds[i + 1]
+        if by_column:
+            a, w, o, c0 = x[:, :], weight_t[:, lo:hi], y[:, lo:hi], lo
+        else:
+            a, w, o, c0 = x[lo:hi, :], weight_t[:, :], y[lo:hi, :], 0
         if has_bias:
-            for r in range(lo, hi):
-                y[r, :] = bias
-        gemm(x[lo:hi], weight_t, y[lo:hi], 1.0 if has_bias else 0.0)
-
-
-@blocked()
-def _linear_column_blocks(x, weight_t, bias, has_bias, y, bounds):
-    # As `_linear_blocks`, block i owning the output columns bounds[i]:bounds[i + 1] (all rows): each thread then
-    # packs only its share of the weight, which pays at batch-1 sizes (M ≈ 200 rows).
-    for i in prange(len(bounds) - 1):
-        lo, hi = bounds[i], bounds[i + 1]
-        if has_bias:
-            for r in range(y.shape[0]):
-                y[r, lo:hi] = bias[lo:hi]
-        gemm(x, weight_t[:, lo:hi], y[:, lo:hi], 1.0 if has_bias else 0.0)
+            for r in range(o.shape[0]):
+                o[r, :] = bias[c0:c0 + o.shape[1]]
+        gemm(a, w, o, 1.0 if has_bias else 0.0)
 
 
 COLUMN_SPLIT_ROWS = 512  # at most this many rows: split the output columns, not the rows (see linear_numba)
 
 
 def linear_numba(x, weight, bias=None):
-    """Twin of `linear_numpy`: one GEMM per block of rows (or, for few rows, of output columns), the blocks chosen by the sizes alone (so the bits do not
-    depend on any thread count), run across Numba's threads when BLAS is single-threaded; when BLAS runs threads
-    itself, one block after the other (two layers of threads would oversubscribe the cores)."""
+    """Twin of `linear_numpy`: one GEMM per block of rows (or, for few rows, of output columns), the blocks chosen
+    by the sizes alone (so the bits do not depend on any thread count), run across Numba's threads when BLAS is
+    single-threaded; when BLAS runs threads itself, one block after the other (two layers of threads would
+    oversubscribe the cores)."""
     _check_args(x, weight, bias)
     dtype = np.result_type(x, weight)
     x2 = np.require(x.reshape(-1, x.shape[-1]), dtype, ["C", "A"])     # (M, in)
@@ -70,10 +65,10 @@ def linear_numba(x, weight, bias=None):
     bias = np.require(bias if has_bias else np.empty(0, dtype), dtype, ["C", "A"])
     y = np.empty((x2.shape[0], weight.shape[0]), dtype)                 # (M, out)
     M, (N, K) = len(x2), weight.shape
-    if M <= COLUMN_SPLIT_ROWS:  # measured on 2 cores, M = 197: 184-195 GFLOP/s by columns, 171-178 by rows
+    by_column = M <= COLUMN_SPLIT_ROWS  # 2 cores, M = 197, N >= 576: 178-195 GFLOP/s by columns, 152-183 by rows;
+    if by_column:                       # M = 1576: 213 by rows, 207 by columns
         bounds = threads.blocks(N, M * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·M·in flops per column
-        _linear_column_blocks(x2, weight.T, bias, has_bias, y, bounds)
-    else:                       # M = 1576: 213 by rows, 207 by columns
+    else:
         bounds = threads.blocks(M, N * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·in·out flops per row
-        _linear_blocks(x2, weight.T, bias, has_bias, y, bounds)
+    _linear_blocks(x2, weight.T, bias, has_bias, by_column, y, bounds)
     return y.reshape(*x.shape[:-1], weight.shape[0])
