@@ -264,9 +264,10 @@ LEAD_IN_RUNS = 1  # untimed runs of the same implementation right before each ti
 
 def numpy_blas_threads(threads: int | None):
     """(to_n, restore): functions setting numpy's own OpenBLAS (not scipy's, which refvit's Numba kernels call) to
-    `threads` threads and back, or None (no thread count asked, or no threadpoolctl). `--threads N` starts numpy's BLAS single-threaded for the
-    Numba backend (its parallelism is Numba's); the NumPy backend's only parallelism is BLAS's own, so it is timed
-    with numpy's BLAS at N threads, as a user of that backend would run it (README, Speed)."""
+    `threads` threads and back, or None (no thread count asked, or no threadpoolctl). `--threads N` starts numpy's
+    BLAS single-threaded for the Numba backend (its parallelism is Numba's); the NumPy backend's only parallelism is
+    BLAS's own, so it is timed with numpy's BLAS at N threads, as a user of that backend would run it (README,
+    Speed)."""
     if not threads:
         return None
     try:
@@ -300,13 +301,15 @@ def _time_interleaved(calls: dict, repeat: int, around: dict | None = None) -> d
             before, after = (around or {}).get(k, (None, None))
             if before:
                 before()
-            for _ in range(LEAD_IN_RUNS):
+            try:
+                for _ in range(LEAD_IN_RUNS):
+                    calls[k]()
+                t0 = time.perf_counter()
                 calls[k]()
-            t0 = time.perf_counter()
-            calls[k]()
-            times[k].append(time.perf_counter() - t0)
-            if after:
-                after()
+                times[k].append(time.perf_counter() - t0)
+            finally:
+                if after:
+                    after()
     return times
 
 

@@ -188,3 +188,23 @@ def test_conv_image_by_image_path_matches_the_twin(monkeypatch, dtype):
     for got in (whole, one_by_one):
         assert got.dtype == dtype and got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_gemm_split_matches_the_twin(split, dtype):
+    """Both ways of cutting each GEMM — linear by output columns (≤ COLUMN_SPLIT_ROWS rows) or by rows, conv by
+    output pixels or (≥ CHANNEL_SPLIT per group) by output channels — give the NumPy twin's result, bias included."""
+    split(2)
+    rng = np.random.default_rng(9)
+    w, b = rng.standard_normal((7, 12)).astype(dtype), rng.standard_normal(7).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for rows in (5, linear_module.COLUMN_SPLIT_ROWS + 3):
+        x = rng.standard_normal((rows, 12)).astype(dtype)
+        for bias in (b, None):
+            np.testing.assert_allclose(NB.linear(x, w, bias), NP.linear(x, w, bias), rtol=tol, atol=tol)
+    img = rng.standard_normal((2, 4, 6, 5)).astype(dtype)
+    for cout in (6, 2 * conv_module.CHANNEL_SPLIT):
+        cw, cb = rng.standard_normal((cout, 2, 3, 3)).astype(dtype), rng.standard_normal(cout).astype(dtype)
+        for bias in (cb, None):
+            np.testing.assert_allclose(NB.conv2d(img, cw, bias, padding=1, groups=2),
+                                       NP.conv2d(img, cw, bias, padding=1, groups=2), rtol=tol, atol=tol)
