@@ -10,14 +10,18 @@ transformers defines them, checked against golden tensors from the framework.
 from .errors import CheckpointError, ConfigError, ImageError, InputError, RefvitError, UnsafeCheckpointError
 from .model import (ARCHITECTURES, CLASSES, AutoModel, AutoModelForImageClassification, Model, from_pretrained,
                     from_state_dict)
+from .model import (  # transformers-named classes, one per architecture (refvit/model.py)
+    BeitBackbone, BeitForImageClassification, BeitForMaskedImageModeling, BeitForSemanticSegmentation, BeitModel,
+    BitBackbone, BitForImageClassification, BitModel, CvtForImageClassification, CvtModel,
+    Data2VecVisionForImageClassification, Data2VecVisionForSemanticSegmentation, Data2VecVisionModel,
+    DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling, DeiTModel,
+    ViTForImageClassification, ViTForMaskedImageModeling, ViTModel)
 from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, BeitFeatureExtractor,
                          BeitImageProcessor, BitImageProcessor, ConvNextFeatureExtractor,
                          ConvNextImageProcessor, DeiTFeatureExtractor,
                          DeiTImageProcessor, ImageProcessor, ViTFeatureExtractor, ViTImageProcessor, load_image)
 
 __version__ = "0.1.0"
-
-globals().update(CLASSES)  # refvit.ViTModel, refvit.DeiTForImageClassificationWithTeacher, … (one per architecture)
 
 __all__ = [
     "RefvitError", "CheckpointError", "UnsafeCheckpointError", "ConfigError", "ImageError", "InputError",

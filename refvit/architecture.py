@@ -1,7 +1,9 @@
-"""What refvit needs to know about one transformers class, and the pieces of loading every family shares.
+"""What refvit needs to know about one transformers class, the runner every class shares, and the pieces of loading
+every family shares (docs/DESIGN.md §2).
 
-Each family module (refvit/models/vit.py, …) lists its classes as `Architecture` objects in `ARCHITECTURES`;
-refvit/model.py joins the lists. Nothing is registered implicitly: to see what runs, read the family's list.
+Each family module (refvit/models/vit.py, …) declares its classes as data: `Architecture(name, family, base, head,
+output)` rows in `ARCHITECTURES`; refvit/model.py joins the lists and derives its lookup tables from them. Nothing is
+registered implicitly: to see what runs, read the family's list.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import CheckpointError, InputError
+from .models.common import Forward, check_pixel_values
 
 
 @dataclass(frozen=True)
@@ -24,38 +27,132 @@ class CallOptions:
     output_attentions: bool = False
 
 
-def _identity(tensors: dict) -> dict:
+@dataclass(frozen=True)
+class Inputs:
+    """What a family's input checks hand to its base model and head: the checked pixel values and options."""
+
+    pixel_values: np.ndarray              # (B, C, H, W) in the run dtype
+    architecture: str                     # the class name, for error messages
+    mask: np.ndarray | None = None        # (B, num_patches) bool: bool_masked_pos, checked
+    interpolate: bool = False             # interpolate_pos_encoding
+    output_attentions: bool = False       # attention maps wanted (they cost a buffer per layer)
+    grid: tuple | None = None             # (h, w) patch grid of this input (patch families)
+    with_pooler: bool = True              # the base model runs its pooler (BEiT: depends on the class)
+
+
+def _identity(tensors: dict, arch) -> dict:
     return tensors
 
 
-def _no_groups(cfg) -> list:
+def _no_groups(cfg, arch) -> list:
     return []
+
+
+def _no_tensors(cfg) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class Head:
+    """A task head: the same signature for every one, `forward(ctx, base, inputs) -> {output field: value}` with ctx
+    at the top of the checkpoint and `base` the base model's outputs; `shapes(cfg)` lists its own tensors."""
+
+    kind: str                        # "classification", "teacher", "mim", "segmentation", "backbone", …
+    forward: Callable                # (ctx, base outputs, Inputs) -> {output field: value}
+    shapes: Callable = _no_tensors   # cfg -> {checkpoint name: shape} (names as the head class stores them)
+    base_at_top: bool = False        # the class holds its base model at the top level (BeitBackbone), not under prefix
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every class of one model family shares: its config, its base model (ViTModel, BeitModel, …) and the
+    checks of a call. Functions that depend on the class take the `Architecture` (e.g. its head's kind)."""
+
+    prefix: str                      # the base model inside head checkpoints, e.g. "deit."
+    parse_config: Callable           # (config.json dict, source, arch) -> frozen config; raises ConfigError
+    shapes: Callable                 # (cfg, arch) -> {checkpoint name: shape} of the base model, no prefix
+    check: Callable                  # (arch, cfg, base params, pixel values, CallOptions) -> Inputs; InputError
+    forward: Callable                # (ctx, Inputs) -> {"last_hidden_state": …, "hidden_states": (…), …}
+    optional_groups: Callable = _no_groups  # (cfg, arch) -> [{name: shape}]: groups a checkpoint may hold, all or none
+    prepare: Callable = _identity    # ({name: tensor}, arch) -> {name: tensor}, once at load, before the strict check:
+                                     # name fixes (transformers-5 state dicts), weight standardisation, BatchNorm folds
+    prepare_cast: Callable = _identity  # ({name: tensor}, arch) -> {name: tensor}, once at load in the run dtype
+    anchor: str = "embeddings.cls_token"  # a tensor every checkpoint of the family has (finds the prefix)
+    default_groups: Callable = lambda arch: ()  # indices of optional_groups that transformers' class builds by default
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One transformers class (e.g. `DeiTForImageClassificationWithTeacher`) as refvit runs it.
-
-    Checkpoints of head classes hold the base model under `base_prefix` (`deit.`); base classes hold it at the top.
-    """
+    """One transformers class (e.g. `DeiTForImageClassificationWithTeacher`) as refvit runs it, declared as data:
+    its name, its family (model_type), the family's base model, its head (None: the base model itself) and
+    transformers' output class. Checkpoints of head classes hold the base model under `base_prefix` (`deit.`)."""
 
     name: str                        # transformers class name
     family: str                      # model_type of the code that runs it ("vit", "deit", …)
-    is_base: bool                    # a base model (no head): its checkpoint names have no prefix
-    base_prefix: str                 # prefix of the base model inside head checkpoints, e.g. "deit."
-    parse_config: Callable           # (config.json dict, source) -> frozen config dataclass; raises ConfigError
-    shapes: Callable                 # cfg -> {checkpoint name: shape} of every required tensor (prefix included)
-    forward: Callable                # (params, pixel_values, cfg, K, rec, CallOptions) -> {output field: value}
+    base: Family                     # the family's base model and checks
+    head: Head | None                # None: a base model (no head)
     output: type                     # transformers' output class
-    optional_groups: Callable = _no_groups  # cfg -> [{name: shape}]: groups a checkpoint may hold, all or nothing
-    prepare: Callable = _identity    # {name: tensor} -> {name: tensor}, once at load, before the strict check: name
-                                     # fixes (transformers-5 state dicts), weight standardisation, BatchNorm folding
-    anchor: str = "embeddings.cls_token"  # a tensor every checkpoint of the family has (finds the prefix)
-    default_groups: tuple = ()       # indices of optional_groups that transformers' class builds by default
+
+    @property
+    def is_base(self) -> bool:
+        """Its checkpoint names have no prefix (a base model, or a head class keeping its base at the top level)."""
+        return self.head is None or self.head.base_at_top
+
+    @property
+    def base_prefix(self) -> str:
+        return self.base.prefix
 
     @property
     def prefix(self) -> str:
         return "" if self.is_base else self.base_prefix
+
+    @property
+    def anchor(self) -> str:
+        return self.base.anchor
+
+    @property
+    def default_groups(self) -> tuple:
+        return self.base.default_groups(self)
+
+    def parse_config(self, raw: dict, source: str = "config.json"):
+        return self.base.parse_config(raw, source, self)
+
+    def shapes(self, cfg) -> dict:
+        """Every tensor the class needs: the base model's (under its prefix), then the head's own."""
+        head = self.head.shapes(cfg) if self.head is not None else {}
+        return {**{self.prefix + k: v for k, v in self.base.shapes(cfg, self).items()}, **head}
+
+    def optional_groups(self, cfg) -> list:
+        return self.base.optional_groups(cfg, self)
+
+    def prepare(self, tensors: dict) -> dict:
+        return self.base.prepare(tensors, self)
+
+    def prepare_cast(self, tensors: dict) -> dict:
+        return self.base.prepare_cast(tensors, self)
+
+
+def run(arch: Architecture, params: dict, cfg, kernels, dtype, pixel_values, opts: CallOptions,
+        values: dict | None) -> dict:
+    """The forward of every class (docs/DESIGN.md §2): input checks, the base model, then the head.
+
+    One context is built for the call (the kernels, the recorder `values` or None, the module path); the base model
+    runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field: value}.
+    """
+    x = check_pixel_values(pixel_values, cfg.num_channels, dtype)
+    ctx = Forward(kernels, cfg, params, values)
+    if arch.head is None:
+        base_ctx = ctx
+    else:
+        prefix = arch.base_prefix[:-1]
+        base_ctx = ctx.at(prefix, params=params if arch.head.base_at_top else params[prefix])
+    inputs = arch.base.check(arch, cfg, base_ctx.p, x, opts)
+    base = arch.base.forward(base_ctx, inputs)
+    out = dict(base) if arch.head is None else arch.head.forward(ctx, base, inputs)
+    out["hidden_states"] = base["hidden_states"] if opts.output_hidden_states else None
+    if "attentions" in arch.output.FIELDS:
+        out["attentions"] = base.get("attentions") if opts.output_attentions else None
+    return out
 
 
 def strip_or_add_prefix(tensors: dict, arch: Architecture) -> tuple[dict, list, bool]:

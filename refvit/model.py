@@ -8,22 +8,24 @@ read the tensors (refvit.checkpoint) -> map names strictly (missing/unexpected/w
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
 from . import kernels
-from .architecture import Architecture, CallOptions, map_tensors
+from .architecture import Architecture, CallOptions, map_tensors, run
 from .checkpoint import load_state_dict
 from .config import read_config_json
 from .errors import CheckpointError, ConfigError, InputError
 from .models import beit, bit, cvt, vit
-from .models.common import Recorder, check_pixel_values, nest
+from .models.common import nest
 
-# Every supported transformers class, family by family (each family file lists its own).
+# Every supported transformers class, family by family (each family file declares its own), and the lookup tables
+# derived from that list.
 ARCHITECTURES = {a.name: a for a in vit.ARCHITECTURES + cvt.ARCHITECTURES + bit.ARCHITECTURES + beit.ARCHITECTURES}
-BASE_MODELS = {**vit.BASE_MODELS, **cvt.BASE_MODELS, **bit.BASE_MODELS, **beit.BASE_MODELS}      # model_type -> base class, for configs without `architectures`
-CLASSIFIERS = {**vit.CLASSIFIERS, **cvt.CLASSIFIERS, **bit.CLASSIFIERS, **beit.CLASSIFIERS}      # model_type -> image-classification class (AutoModelForImageClassification)
+BASE_MODELS = {a.family: a.name for a in ARCHITECTURES.values() if a.head is None}  # model_type -> base class, for
+                                                                                    # configs without `architectures`
+CLASSIFIERS = {a.family: a.name for a in ARCHITECTURES.values()                     # model_type -> image-classification
+               if a.head is not None and a.head.kind == "classification"}          # class (AutoModelFor…)
 
 
 def choose_architecture(raw: dict, architecture: str | None, source: str) -> Architecture:
@@ -48,21 +50,15 @@ def parse_config(raw: dict, arch: Architecture, source: str = "config.json"):
     return arch.parse_config(raw, source)
 
 
-def expected_shapes(cfg, arch: Architecture, optional: bool = False) -> dict[str, tuple]:
-    """Every tensor `arch` needs (optional=False), or the ones it may also accept (optional=True), by checkpoint name."""
-    if optional:
-        return {k: v for group in arch.optional_groups(cfg) for k, v in group.items()}
-    return arch.shapes(cfg)
-
-
-def prepare_params(tensors: dict, dtype: np.dtype, source: str) -> dict:
-    """Load-time preparation, in one place: cast every tensor to the run dtype (no copy when it already is) and nest."""
+def prepare_params(tensors: dict, dtype: np.dtype, source: str, arch: Architecture) -> dict:
+    """Load-time preparation, in one place: cast every tensor to the run dtype (no copy when it already is), the
+    family's preparation in the run dtype (CvT's BatchNorm folding), and nest."""
     out = {}
     for name, t in tensors.items():
         if t.dtype.kind not in "fiub":
             raise CheckpointError(f"{source}: tensor {name} has non-numeric dtype {t.dtype}")
         out[name] = np.asarray(t, dtype=dtype)
-    return nest(out)
+    return nest(arch.prepare_cast(out))
 
 
 class Model:
@@ -76,7 +72,8 @@ class Model:
         self.backend = backend
         self.source = source
         self.ignored_tensors: list = []
-        self._K = kernels.get(backend)
+        self.kernels = kernels.get(backend)  # this instance's kernel namespace: every forward reads it (a tool may
+                                             # replace it on one instance, e.g. with timed kernels)
 
     def __repr__(self):
         return f"<refvit {self.architecture.name} dtype={self.dtype} backend={self.backend} from {self.source or 'memory'}>"
@@ -103,26 +100,17 @@ class Model:
                              "(refvit runs inference only: no labels/loss, no head_mask)")
         if pixel_values is None:
             raise InputError("pixel_values is required")
-        x = check_pixel_values(pixel_values, self.config.num_channels, self.dtype)
         opts = CallOptions(bool_masked_pos, bool(interpolate_pos_encoding), bool(output_hidden_states),
                            bool(output_attentions))
-        rec = Recorder(bool(output_intermediates))
-        values = self.architecture.forward(self.params, x, self.config, self._K, rec, opts)
-        if output_intermediates:
-            values["intermediates"] = rec.values
+        intermediates = {} if output_intermediates else None
+        values = run(self.architecture, self.params, self.config, self.kernels, self.dtype, pixel_values, opts,
+                     intermediates)
+        if intermediates is not None:
+            values["intermediates"] = intermediates
         out = self.architecture.output(**values)
         return out if return_dict else out.to_tuple()
 
     forward = __call__
-
-    def time_forward(self, pixel_values, repeat: int = 1, **kwargs) -> tuple:
-        """(output, best seconds over `repeat` runs)."""
-        best = float("inf")
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            out = self(pixel_values, **kwargs)
-            best = min(best, time.perf_counter() - t0)
-        return out, best
 
 
 def _check_options(dtype, backend):
@@ -140,7 +128,7 @@ def from_state_dict(config: dict, tensors: dict, architecture: str | None = None
     arch = choose_architecture(config, architecture, source)
     cfg = parse_config(config, arch, source)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
-    model = CLASSES.get(arch.name, Model)(cfg, prepare_params(mapped, dt, source), arch, dt, backend, source)
+    model = CLASSES[arch.name](cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, source)
     model.ignored_tensors = ignored
     return model
 
@@ -158,7 +146,7 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
     tensors, what = load_state_dict(path)
     source = os.path.join(path, what)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
-    model = CLASSES.get(arch.name, Model)(cfg, prepare_params(mapped, dt, source), arch, dt, backend, path)
+    model = CLASSES[arch.name](cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, path)
     model.ignored_tensors = ignored
     return model
 
@@ -168,7 +156,9 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
 # `refvit.DeiTForImageClassificationWithTeacher.from_pretrained(dir)`.
 
 
-class _PretrainedClass(Model):
+class PretrainedModel(Model):
+    """A Model whose `from_pretrained` picks its class's architecture whatever config.json's `architectures` says."""
+
     architecture_name = ""
 
     @classmethod
@@ -176,12 +166,108 @@ class _PretrainedClass(Model):
         return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name)
 
 
-# One class per supported architecture, named as in transformers (refvit.DeiTModel, …): a Model whose
-# from_pretrained picks that architecture whatever config.json's `architectures` says.
-CLASSES = {name: type(name, (_PretrainedClass,), {"architecture_name": name, "__module__": __name__,
-                                                  "__doc__": f"transformers' {name}, run by refvit."})
-           for name in ARCHITECTURES}
-globals().update(CLASSES)
+class ViTModel(PretrainedModel):
+    """transformers' ViTModel, run by refvit."""
+    architecture_name = "ViTModel"
+
+
+class ViTForImageClassification(PretrainedModel):
+    """transformers' ViTForImageClassification, run by refvit."""
+    architecture_name = "ViTForImageClassification"
+
+
+class ViTForMaskedImageModeling(PretrainedModel):
+    """transformers' ViTForMaskedImageModeling, run by refvit."""
+    architecture_name = "ViTForMaskedImageModeling"
+
+
+class DeiTModel(PretrainedModel):
+    """transformers' DeiTModel, run by refvit."""
+    architecture_name = "DeiTModel"
+
+
+class DeiTForImageClassification(PretrainedModel):
+    """transformers' DeiTForImageClassification, run by refvit."""
+    architecture_name = "DeiTForImageClassification"
+
+
+class DeiTForImageClassificationWithTeacher(PretrainedModel):
+    """transformers' DeiTForImageClassificationWithTeacher, run by refvit."""
+    architecture_name = "DeiTForImageClassificationWithTeacher"
+
+
+class DeiTForMaskedImageModeling(PretrainedModel):
+    """transformers' DeiTForMaskedImageModeling, run by refvit."""
+    architecture_name = "DeiTForMaskedImageModeling"
+
+
+class CvtModel(PretrainedModel):
+    """transformers' CvtModel, run by refvit."""
+    architecture_name = "CvtModel"
+
+
+class CvtForImageClassification(PretrainedModel):
+    """transformers' CvtForImageClassification, run by refvit."""
+    architecture_name = "CvtForImageClassification"
+
+
+class BitModel(PretrainedModel):
+    """transformers' BitModel, run by refvit."""
+    architecture_name = "BitModel"
+
+
+class BitForImageClassification(PretrainedModel):
+    """transformers' BitForImageClassification, run by refvit."""
+    architecture_name = "BitForImageClassification"
+
+
+class BitBackbone(PretrainedModel):
+    """transformers' BitBackbone, run by refvit."""
+    architecture_name = "BitBackbone"
+
+
+class BeitModel(PretrainedModel):
+    """transformers' BeitModel, run by refvit."""
+    architecture_name = "BeitModel"
+
+
+class BeitForImageClassification(PretrainedModel):
+    """transformers' BeitForImageClassification, run by refvit."""
+    architecture_name = "BeitForImageClassification"
+
+
+class BeitForMaskedImageModeling(PretrainedModel):
+    """transformers' BeitForMaskedImageModeling, run by refvit."""
+    architecture_name = "BeitForMaskedImageModeling"
+
+
+class BeitForSemanticSegmentation(PretrainedModel):
+    """transformers' BeitForSemanticSegmentation, run by refvit."""
+    architecture_name = "BeitForSemanticSegmentation"
+
+
+class BeitBackbone(PretrainedModel):
+    """transformers' BeitBackbone, run by refvit."""
+    architecture_name = "BeitBackbone"
+
+
+class Data2VecVisionModel(PretrainedModel):
+    """transformers' Data2VecVisionModel, run by refvit."""
+    architecture_name = "Data2VecVisionModel"
+
+
+class Data2VecVisionForImageClassification(PretrainedModel):
+    """transformers' Data2VecVisionForImageClassification, run by refvit."""
+    architecture_name = "Data2VecVisionForImageClassification"
+
+
+class Data2VecVisionForSemanticSegmentation(PretrainedModel):
+    """transformers' Data2VecVisionForSemanticSegmentation, run by refvit."""
+    architecture_name = "Data2VecVisionForSemanticSegmentation"
+
+
+CLASSES = {c.architecture_name: c for c in PretrainedModel.__subclasses__()}
+assert set(CLASSES) == set(ARCHITECTURES), "one class per architecture"
 
 
 class AutoModel:

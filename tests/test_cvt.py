@@ -14,7 +14,7 @@ import refvit
 from refvit import kernels, synthetic
 from refvit.errors import CheckpointError, ConfigError, InputError
 from refvit.models import cvt
-from refvit.models.common import Recorder
+from refvit.models.common import Forward, fold_batch_norm
 
 from conftest import golden_case
 
@@ -152,7 +152,7 @@ def test_fold_batch_norm_equals_conv_then_batch_norm():
           "running_mean": rng.standard_normal(C), "running_var": 0.5 + rng.random(C)}
     conv = depthwise_loops(x.reshape(2, 4, 5, C), weight, None, (2, 2), (1, 1))
     batch_norm = (conv - bn["running_mean"]) / np.sqrt(bn["running_var"] + 1e-5) * bn["weight"] + bn["bias"]
-    folded_weight, folded_bias = cvt.fold_batch_norm(weight, bn)
+    folded_weight, folded_bias = fold_batch_norm(weight, None, bn, axis=0)
     for K in K_BOTH:
         out, _ = K.depthwise_conv_tokens(x, 4, 5, folded_weight, folded_bias, (2, 2), (1, 1))
         assert np.allclose(out, batch_norm.reshape(2, -1, C), rtol=0, atol=1e-12)
@@ -169,7 +169,7 @@ def test_avg_projection_matches_torch_avg_pool_formula(h, w, k, s, p, seed):
     assume(p <= k // 2 and h + 2 * p >= k and w + 2 * p >= k)
     x = np.random.default_rng(seed).standard_normal((2, h * w, 3))
     ref = avg_pool_loops(x.reshape(2, h, w, 3), k, s, p)
-    out = cvt.avg_projection(None, x, (h, w), k, s, p, kernels.NUMPY)
+    out = cvt.avg_projection(None, x, (h, w), k, s, p)
     assert out.shape == (2, ref.shape[1] * ref.shape[2], 3)
     assert np.allclose(out, ref.reshape(out.shape), rtol=0, atol=1e-13)
 
@@ -177,7 +177,7 @@ def test_avg_projection_matches_torch_avg_pool_formula(h, w, k, s, p, seed):
 def test_avg_projection_ceil_mode_window_divisor():
     """h=6, k=3, s=2, p=1: ceil_mode adds a 4th window starting at row 5, clipped to rows 5..6 (one of padding)."""
     x = np.arange(6.0).reshape(1, 6, 1)                                    # a 6×1 grid with values 0..5
-    out = cvt.avg_projection(None, x, (6, 1), 3, 2, 1, kernels.NUMPY)      # (1, 4·1, 1)
+    out = cvt.avg_projection(None, x, (6, 1), 3, 2, 1)                     # (1, 4·1, 1)
     assert out.shape == (1, 4, 1)
     assert np.allclose(out[0, :, 0], [(0 + 1) / 9, (1 + 2 + 3) / 9, (3 + 4 + 5) / 9, 5 / 6])
 
@@ -195,7 +195,7 @@ def test_avg_and_linear_attention_match_original_cvt_formula(method, with_cls, d
     assert "convolution_projection_key" not in p                       # avg/linear hold no projection tensors
     hw = (5, 7)
     x = np.random.default_rng(3).standard_normal((2, with_cls + 35, cfg.embed_dim[stage])).astype(dtype)
-    ours = cvt.self_attention(p, x, hw, stage, cfg, K, Recorder(False), "attn", need_probs=False)
+    ours = cvt.self_attention(Forward(K, cfg, p), x, hw, stage)
     ref = attention_formula(x.astype(np.float64), hw, p, method, 4, 3, 2, cfg.num_heads[stage], with_cls)
     assert ours.dtype == np.dtype(dtype) and close(ours, ref, dtype)
 

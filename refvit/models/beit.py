@@ -8,7 +8,7 @@ shared table), whose residual branches are scaled per channel (layer scale, lamb
 averages the patch tokens. Heads: image classification, masked image modeling over a visual-token vocabulary,
 semantic segmentation (UperNet: FPN + pyramid pooling, Xiao et al. 2018, and an FCN auxiliary head) and a backbone.
 
-Params trees and intermediates use the checkpoint's names (DESIGN.md §3.2): `beit.encoder.layer.3.attention.attention
+Params trees and intermediates use the checkpoint's names (docs/DESIGN.md §4): `beit.encoder.layer.3.attention.attention
 .relative_position_bias` is the (1, H, N, N) bias of layer 3, `decode_head.bottleneck` the pyramid-pooling
 bottleneck. transformers 5 renamed BEiT's modules (`layers.3.attention.q_proj`, `shared_position_bias`,
 `fpn.fpn1.conv_transpose1`, `psp_modules.blocks.0.conv.convolution` …) but `save_pretrained` writes the classic names;
@@ -21,215 +21,18 @@ Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w pa
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from ..architecture import Architecture, check_mask
-from ..config import SUPPORTED_ACTIVATIONS, PatchGridMixin, _check_type, _labels, _pair
-from ..errors import ConfigError, InputError
+from ..architecture import Architecture, Family, Head, Inputs, check_mask
+from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig: the family's config)
+from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import layer_norm, linear, linear_act, rename_modules
+from .common import BN_EPS, fold_batch_norm, fold_batch_norms, rename_modules  # noqa: F401 (fold_batch_norm: API)
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
-
-BN_EPS = 1e-5  # nn.BatchNorm2d's default eps: every BatchNorm of the segmentation head and the FPN uses it
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Configuration (transformers/models/beit/configuration_beit.py, .../data2vec/configuration_data2vec_vision.py)
-
-
-MAX_LAYERS = 4096  # far beyond any real checkpoint; bounds the work done before the tensors are checked
-# UperNet pools the last feature map to scale x scale bins whatever its size (torch's adaptive bins overlap and
-# repeat pixels past the map's size), allocating (B, hidden_size, scale, scale) per scale: no weight bounds it.
-# Real heads use (1, 2, 3, 6); the pooled map (token grid halved) is 128 wide only for 4096-pixel inputs at
-# patch 16. 128 caps each pooled map at 64 KiB per channel and image.
-MAX_POOL_SCALE = 128
-
-
-@dataclass(frozen=True)
-class BeitConfig(PatchGridMixin):
-    """`BeitConfig` / `Data2VecVisionConfig` (the same fields); defaults are transformers' (BEiT-B at 224²)."""
-
-    model_type: str = "beit"                     # "beit" or "data2vec-vision"
-    architectures: tuple = ()                    # HF class names this checkpoint was saved from
-    vocab_size: int = 8192                       # visual tokens predicted by BeitForMaskedImageModeling
-    hidden_size: int = 768                       # C
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12                # H, D = C // H
-    intermediate_size: int = 3072                # MLP width
-    hidden_act: str = "gelu"                     # MLP activation (ACT2FN name; "gelu" is erf-GELU)
-    layer_norm_eps: float = 1e-12                # every LayerNorm
-    image_size: tuple = (224, 224)               # (height, width) the tables were made for
-    patch_size: tuple = (16, 16)                 # (height, width) of a patch (see the patch_size quirk in parse)
-    num_channels: int = 3
-    use_mask_token: bool = False                 # builds embeddings.mask_token (bool_masked_pos)
-    use_absolute_position_embeddings: bool = False   # ViT-style learned position embeddings
-    use_relative_position_bias: bool = False     # a relative position bias table in every layer
-    use_shared_relative_position_bias: bool = False  # one table in the encoder, added in every layer
-    layer_scale_init_value: float = 0.1          # > 0 builds lambda_1 / lambda_2 (layer scale); 0 disables
-    use_mean_pooling: bool = True                # pooler: LayerNorm(mean of patch tokens), else the [CLS] token
-    pool_scales: tuple = (1, 2, 3, 6)            # UperNet pyramid pooling output sizes
-    use_auxiliary_head: bool = True              # segmentation: FCN auxiliary head
-    auxiliary_channels: int = 256
-    auxiliary_num_convs: int = 1
-    auxiliary_concat_input: bool = False
-    out_indices: tuple = (12,)                   # BEiT: stage indices (stage i = hidden_states[i]); data2vec: 1-based
-    out_features: tuple = ("stage12",)           # BEiT backbone: stage names, aligned with out_indices
-    add_fpn: bool = False                        # BeitBackbone: FPN (x4, x2, x1, x0.5) on its 4 feature maps
-    reshape_hidden_states: bool = True           # BeitBackbone: feature maps as (B, C, h, w), else (B, 1 + N, C)
-    id2label: dict = field(default_factory=dict)
-    label2id: dict = field(default_factory=dict)
-    # num_labels, head_dim, grid_size (the window the relative position tables were made for), num_patches:
-    # PatchGridMixin
-
-    @property
-    def stage_names(self) -> tuple:
-        return ("stem",) + tuple(f"stage{i}" for i in range(1, self.num_hidden_layers + 1))
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _int_tuple(raw, key, default, problems, minimum=1):
-    value = raw.get(key, list(default))
-    if (not isinstance(value, (list, tuple)) or not value
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)):
-        problems.append(f"{key}: expected a non-empty list of ints >= {minimum}, got {value!r}")
-        return tuple(default)
-    return tuple(value)
-
-
-def _backbone_outputs(raw, stage_names, problems):
-    """out_features / out_indices as BackboneConfigMixin.set_output_features_output_indices checks and aligns them
-    (negative indices count from the end); `segmentation_indices` is the legacy name of out_indices."""
-    feats, idx = raw.get("out_features"), raw.get("out_indices")
-    if idx is None:
-        idx = raw.get("segmentation_indices")
-    n, last = len(stage_names), ((stage_names[-1],), (len(stage_names) - 1,))
-    if feats is not None:
-        if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
-            problems.append(f"out_features: expected a list of stage names, got {feats!r}")
-            return last
-        if any(f not in stage_names for f in feats) or len(set(feats)) != len(feats) \
-                or feats != [s for s in stage_names if s in feats]:
-            problems.append(f"out_features: must be distinct names from {list(stage_names)}, in that order; got {feats}")
-            return last
-    if idx is not None:
-        if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-            problems.append(f"out_indices: expected a list of ints, got {idx!r}")
-            return last
-        positive = [i % n if -n <= i < 0 else i for i in idx]
-        if any(not 0 <= i < n for i in positive) or len(set(positive)) != len(positive) or positive != sorted(positive):
-            problems.append(f"out_indices: must be distinct, increasing indices into {list(stage_names)}; got {list(idx)}")
-            return last
-        if feats is not None and feats != [stage_names[i] for i in positive]:
-            problems.append(f"out_features {feats} and out_indices {list(idx)} name different stages")
-        return tuple(stage_names[i] for i in positive), tuple(positive)
-    if feats is not None:
-        return tuple(feats), tuple(stage_names.index(f) for f in feats)
-    return last  # neither given: the last stage
-
-
-def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = "beit", head: str = "") -> BeitConfig:
-    """Parse and validate a BEiT / data2vec-vision config dict; every problem is listed in one ConfigError.
-
-    head: "segmentation" / "backbone" add the checks transformers makes when it builds those classes.
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
-    problems: list[str] = []
-    d = BeitConfig()
-    ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "num_channels", "auxiliary_channels")
-    values = {k: _check_type(raw, k, getattr(d, k), int, problems) for k in ints}
-    for k in ints:
-        if values[k] <= 0:
-            problems.append(f"{k}: must be positive, got {values[k]}")
-    values["auxiliary_num_convs"] = _check_type(raw, "auxiliary_num_convs", 1, int, problems)
-    if values["auxiliary_num_convs"] < 0:
-        problems.append(f"auxiliary_num_convs: must be >= 0, got {values['auxiliary_num_convs']}")
-    bools = ("use_mask_token", "use_absolute_position_embeddings", "use_relative_position_bias",
-             "use_shared_relative_position_bias", "use_mean_pooling", "use_auxiliary_head", "auxiliary_concat_input",
-             "add_fpn", "reshape_hidden_states")
-    values.update({k: _check_type(raw, k, getattr(d, k), bool, problems) for k in bools})
-    for k in ("layer_norm_eps", "layer_scale_init_value"):
-        values[k] = float(_check_type(raw, k, getattr(d, k), (int, float), problems))
-        if not (values[k] >= 0 and math.isfinite(values[k])):
-            problems.append(f"{k}: must be a finite non-negative number, got {values[k]}")
-    values["hidden_act"] = _check_type(raw, "hidden_act", d.hidden_act, str, problems)
-    if values["hidden_act"] not in SUPPORTED_ACTIVATIONS:
-        problems.append(f"hidden_act: activation {values['hidden_act']!r} is not supported "
-                        f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
-    values["pool_scales"] = _int_tuple(raw, "pool_scales", d.pool_scales, problems)
-    if max(values["pool_scales"]) > MAX_POOL_SCALE:
-        problems.append(f"pool_scales: {max(values['pool_scales'])} is more than refvit accepts ({MAX_POOL_SCALE})")
-    # quirk: transformers keeps patch_size as written and divides pixel sizes by it (`height // config.patch_size`)
-    # in the relative position bias, the position-embedding resize, segmentation and the backbone, which fails for a
-    # [h, w] list; refvit takes a list as (h, w) everywhere (where transformers runs at all, the result is the same)
-    image_size = _pair(raw.get("image_size", 224), "image_size", problems) or d.image_size
-    patch_size = _pair(raw.get("patch_size", 16), "patch_size", problems) or d.patch_size
-    if min(patch_size) <= 0 or min(image_size) <= 0:
-        problems.append(f"image_size {list(image_size)} and patch_size {list(patch_size)} must be positive")
-    elif image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
-        problems.append(f"image_size {list(image_size)} is smaller than one patch {list(patch_size)}")
-    C, H = values["hidden_size"], values["num_attention_heads"]
-    if C > 0 and H > 0 and C % H:
-        problems.append(f"num_attention_heads: {H} does not divide hidden_size {C}")
-    _check_type(raw, "drop_path_rate", 0.1, (int, float), problems)  # training only: checked, then unused
-    model_type = raw.get("model_type", family)
-    if model_type != family:
-        problems.append(f"model_type: expected {family!r} for this architecture, got {model_type!r}")
-    archs = raw.get("architectures") or ()
-    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        problems.append(f"architectures: expected a list of class names, got {archs!r}")
-        archs = ()
-    id2label, label2id = _labels(raw, problems)
-    L = values["num_hidden_layers"]
-    if family == "beit" and L > MAX_LAYERS:  # before the per-layer stage names are built: 10**12 would never finish
-        problems.append(f"num_hidden_layers: {L} is more than refvit builds ({MAX_LAYERS})")
-        L = values["num_hidden_layers"] = 0
-    if family == "beit":
-        stage_names = ("stem",) + tuple(f"stage{i}" for i in range(1, max(L, 0) + 1))
-        values["out_features"], values["out_indices"] = _backbone_outputs(raw, stage_names, problems)
-        if values["add_fpn"] and len(values["out_indices"]) != 4:  # BeitConfig.__post_init__ raises this
-            problems.append(f"add_fpn: needs exactly 4 out_indices, got {list(values['out_indices'])}")
-    else:  # Data2VecVisionConfig: a plain list, no backbone alignment, no FPN option
-        values["out_indices"] = _int_tuple(raw, "out_indices", (3, 5, 7, 11), problems, minimum=-10 ** 9)
-        values["out_features"], values["add_fpn"], values["reshape_hidden_states"] = (), False, True
-    cfg = BeitConfig(model_type=family, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
-                     id2label=id2label, label2id=label2id, **values)
-    if not problems:
-        problems += _head_problems(cfg, head)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return cfg
-
-
-def _head_problems(cfg: BeitConfig, head: str) -> list[str]:
-    """What makes transformers fail to build or run the segmentation head / backbone with this config."""
-    problems = []
-    if head == "segmentation":
-        if len(cfg.out_indices) != 4:  # BeitForSemanticSegmentation.__init__ raises this
-            problems.append(f"out_indices: semantic segmentation needs exactly 4, got {list(cfg.out_indices)}")
-        elif cfg.model_type == "data2vec-vision":
-            used = {i for i in cfg.out_indices if 1 <= i <= cfg.num_hidden_layers + 1}  # no loop over the layers
-            if len(used) != 4:  # it keeps hidden_states[idx] with idx + 1 in out_indices: 4 must match
-                problems.append(f"out_indices: {list(cfg.out_indices)} must be 4 distinct values in "
-                                f"1..{cfg.num_hidden_layers + 1} (data2vec-vision selects hidden_states[i - 1])")
-            if cfg.image_size[0] != cfg.image_size[1] or cfg.patch_size[0] != cfg.patch_size[1]:
-                problems.append("image_size/patch_size: data2vec-vision segmentation reshapes features to "
-                                "image_size // patch_size squared and needs square ints")
-        if cfg.num_labels < 1:
-            problems.append("id2label/num_labels: semantic segmentation needs at least one label")
-        if cfg.use_auxiliary_head and cfg.auxiliary_num_convs == 0 and cfg.auxiliary_channels != cfg.hidden_size:
-            problems.append(f"auxiliary_num_convs: 0 feeds the {cfg.hidden_size}-channel features straight into a "
-                            f"classifier built for auxiliary_channels={cfg.auxiliary_channels}; transformers fails")
-    if head == "backbone" and cfg.add_fpn and not cfg.reshape_hidden_states:
-        problems.append("add_fpn: the FPN needs reshape_hidden_states=true (transformers fails on (B, N, C) maps)")
-    return problems
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -249,7 +52,6 @@ class HeadNames:
 HEAD_NAMES = {"beit": HeadNames("conv", "bn", "bottleneck", "psp_modules.{i}.1"),
               "data2vec-vision": HeadNames("convolution", "normalization", "psp_bottleneck",
                                            "psp_modules.blocks.{i}.conv")}
-PREFIX = {"beit": "beit.", "data2vec-vision": "data2vec_vision."}  # base model inside head checkpoints
 
 
 def table_shape(cfg) -> tuple:
@@ -385,98 +187,53 @@ def classic_names(tensors: dict) -> dict:
     return rename_modules(tensors, RENAMED_IN_TRANSFORMERS_5)
 
 
-def fold_batch_norm(weight, bias, bn: dict, axis: int, eps: float = BN_EPS):
-    """BatchNorm2d in eval mode after a convolution, folded into it (in float64):
-
-        BN(conv(x)) = (conv(x) − μ) · s + β,   s = γ / √(σ² + ε)      =  conv_{W·s}(x) + (b − μ) · s + β
-
-    `axis` is the weight's output-channel axis (0 for Conv2d, 1 for ConvTranspose2d); bias may be None.
-    Returns (W·s, (b − μ)·s + β).
-    """
-    f64 = {k: np.asarray(bn[k], dtype=np.float64) for k in ("weight", "bias", "running_mean", "running_var")}
-    s = f64["weight"] / np.sqrt(f64["running_var"] + eps)                          # (Cout,)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    b = np.zeros_like(s) if bias is None else np.asarray(bias, dtype=np.float64)
-    return np.asarray(weight, dtype=np.float64) * s.reshape(shape), (b - f64["running_mean"]) * s + f64["bias"]
-
-
-def _identity_batch_norm(channels: int) -> dict:
-    """A BatchNorm (eval) that changes nothing: γ = 1, β = 0, μ = 0, σ² = 1 − ε."""
-    return {"weight": np.ones(channels), "bias": np.zeros(channels), "running_mean": np.zeros(channels),
-            "running_var": np.full(channels, 1 - BN_EPS)}
-
-
-def fold_batch_norms(tensors: dict, names: HeadNames) -> dict:
-    """Fold every BatchNorm of the segmentation head / FPN into its convolution, keeping the checkpoint's names.
-
-    Conv modules (`….{conv}.weight` + `….{bn}.*`, conv without bias): the conv weight becomes W·s and the folded
-    shift is kept as the BatchNorm's bias, its other statistics set to the identity — so the params still describe
-    the same module, and the forward runs `conv2d(x, W·s, bias=bn.bias)`. fpn1: ConvTranspose2d (`fpn1.0`) + BN
-    (`fpn1.1`): both folded into fpn1.0, fpn1.1 becomes an identity BatchNorm the forward skips.
-    A tensor whose shape does not fit is left alone (the strict mapping reports it afterwards).
-    """
-    out = dict(tensors)
-    stats = ("weight", "bias", "running_mean", "running_var")
+def batch_norm_pairs(tensors: dict, names: HeadNames) -> list:
+    """(BatchNorm, conv, axis) of every BatchNorm in the segmentation head / FPN: conv modules (`….{bn}` after
+    `….{conv}`, a Conv2d without bias) and fpn1 (ConvTranspose2d `fpn1.0` with a bias, then BatchNorm `fpn1.1`)."""
+    pairs = []
     for name in tensors:
-        if not name.endswith(".running_var"):
-            continue
-        bn_name = name[: -len(".running_var")]
-        bn = {k: tensors.get(f"{bn_name}.{k}") for k in stats}
-        if bn_name == "fpn1.1":
-            conv_name, axis, bias = "fpn1.0", 1, tensors.get("fpn1.0.bias")
-        elif bn_name.endswith("." + names.bn):
-            conv_name, axis, bias = bn_name[: -len(names.bn)] + names.conv, 0, None
-        else:
-            continue
-        weight = tensors.get(f"{conv_name}.weight")
-        cout = None if weight is None or weight.ndim != 4 else weight.shape[axis]
-        if cout is None or any(v is None or v.shape != (cout,) for v in bn.values()) or \
-                (bias is not None and bias.shape != (cout,)):
-            continue
-        w, b = fold_batch_norm(weight, bias, bn, axis)
-        out[f"{conv_name}.weight"] = w
-        new_bn = _identity_batch_norm(cout)
-        if bn_name == "fpn1.1":
-            out["fpn1.0.bias"] = b
-        else:
-            new_bn["bias"] = b  # the folded shift, applied as the conv's bias
-        out.update({f"{bn_name}.{k}": v for k, v in new_bn.items()})
-    return out
+        bn = name[: -len(".running_var")] if name.endswith(".running_var") else None
+        if bn == "fpn1.1":
+            pairs.append((bn, "fpn1.0", 1))
+        elif bn is not None and bn.endswith("." + names.bn):
+            pairs.append((bn, bn[: -len(names.bn)] + names.conv, 0))
+    return pairs
 
 
-def prepare_tensors(family: str, backbone: bool = False):
-    """Architecture.prepare for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
-    def prepare(tensors: dict) -> dict:
-        t = classic_names(tensors) if family == "beit" else dict(tensors)
-        if backbone and any(k.startswith(("embeddings.", "fpn1.", "fpn2.")) for k in t):
-            # quirk: BeitBackbone.save_pretrained writes its base at the top level (`embeddings.*`,
-            # `encoder.layer.*`) but the shared table as `beit.encoder.relative_position_bias.…`; the classic
-            # (transformers 4) name has no prefix. Both load, as in transformers.
-            t = {k[len("beit."):] if k.startswith("beit.") else k: v for k, v in t.items()}
-        return fold_batch_norms(t, HEAD_NAMES[family])
-    return prepare
+def prepare_tensors(tensors: dict, arch) -> dict:
+    """Family.prepare for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
+    t = classic_names(tensors) if arch.family == "beit" else dict(tensors)
+    if arch.head is not None and arch.head.base_at_top and any(k.startswith(("embeddings.", "fpn1.", "fpn2."))
+                                                                for k in t):
+        # quirk: BeitBackbone.save_pretrained writes its base at the top level (`embeddings.*`,
+        # `encoder.layer.*`) but the shared table as `beit.encoder.relative_position_bias.…`; the classic
+        # (transformers 4) name has no prefix. Both load, as in transformers.
+        t = {k[len("beit."):] if k.startswith("beit.") else k: v for k, v in t.items()}
+    # every BatchNorm (eval) folded into the convolution before it, once, in float64: fpn1.1 into fpn1.0 (which keeps
+    # the shift as its bias; fpn1.1 becomes an identity the forward skips), each conv module's bn into its conv
+    return fold_batch_norms(t, batch_norm_pairs(t, HEAD_NAMES[arch.family]), BN_EPS, np.float64)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Embeddings and the relative position bias
 
 
-def embeddings(p, pixel_values, cfg, bool_masked_pos, K):
+def embeddings(ctx, inputs):
     """BeitEmbeddings: patches (+ mask tokens), [CLS] in front, then (optionally) absolute position embeddings.
 
     Quirk reproduced: the position embeddings go through `interpolate_pos_encoding` on *every* call, whatever the
     flag: inputs of another size get resized (bicubic) embeddings without it, and so does a non-square input of the
     configured size (same patch count, but height != width), as in ViT's interpolation.
     """
-    B, _, height, width = pixel_values.shape
-    x, _ = patch_embeddings(p["patch_embeddings"], pixel_values, cfg)                 # (B, N, C)
-    if bool_masked_pos is not None:
-        x = mask_patches(x, p["mask_token"], bool_masked_pos)                          # x·(1 − m) + t·m
-    cls = np.broadcast_to(p["cls_token"], (B, 1, cfg.hidden_size))
+    B, _, height, width = inputs.pixel_values.shape
+    x, _ = patch_embeddings(ctx.at("patch_embeddings"), inputs.pixel_values)          # (B, N, C)
+    if inputs.mask is not None:
+        x = mask_patches(x, ctx.param("mask_token"), inputs.mask)                     # x·(1 − m) + t·m
+    cls = np.broadcast_to(ctx.param("cls_token"), (B, 1, ctx.cfg.hidden_size))
     x = np.concatenate([cls, x], axis=1)                                              # (B, 1 + N, C)
-    if "position_embeddings" in p:
-        x = x + interpolate_position_embeddings(p["position_embeddings"], 1, cfg, height, width, K)
+    if ctx.has("position_embeddings"):
+        x = x + interpolate_position_embeddings(ctx.kernels, ctx.param("position_embeddings"), 1, ctx.cfg,
+                                                height, width)
     return x
 
 
@@ -486,7 +243,7 @@ def relative_position_index(index_kernel, window: tuple) -> np.ndarray:
     return index_kernel(*window)
 
 
-def resize_relative_table(table, cfg, window, K):
+def resize_relative_table(table, cfg, window, kernels):
     """BeitRelativePositionBias.forward, first half: the grid part of the table bilinearly resized to `window`.
 
     Quirk reproduced: the (2h−1)(2w−1) grid rows are reshaped as (2w−1, 2h−1) — width first — before resizing to
@@ -497,21 +254,21 @@ def resize_relative_table(table, cfg, window, K):
     new_h, new_w = 2 * window[0] - 1, 2 * window[1] - 1
     H = table.shape[1]
     grid = table[: old_h * old_w].reshape(old_w, old_h, H).transpose(2, 0, 1)          # (H, 2w−1, 2h−1)
-    grid = K.interpolate_bilinear(np.ascontiguousarray(grid), new_h, new_w)           # (H, 2h'−1, 2w'−1)
+    grid = kernels.interpolate_bilinear(np.ascontiguousarray(grid), new_h, new_w)     # (H, 2h'−1, 2w'−1)
     grid = grid.transpose(1, 2, 0).reshape(new_h * new_w, H)                           # (T' − 3, H)
     return np.concatenate([grid, table[old_h * old_w:]], axis=0)                      # (T', H)
 
 
-def relative_position_bias(p, cfg, window, interpolate, seq_len, K):
-    """BeitRelativePositionBias: table -> (H, N+1, N+1) bias, bias[h, i, j] = table[index[i, j], h].
-
-    With interpolate_pos_encoding the bias is then bilinearly resized to (seq_len, seq_len) — the size it already
-    has, so that step copies it (reproduced as transformers writes it).
-    """
-    table = resize_relative_table(p["relative_position_bias_table"], cfg, window, K)   # (T', H)
-    bias = K.relative_position_bias(table, relative_position_index(K.relative_position_index, window))
-    if interpolate:
-        bias = K.interpolate_bilinear(bias, seq_len, seq_len)                          # (H, N+1, N+1)
+def relative_position_bias(ctx, inputs, seq_len):
+    """BeitRelativePositionBias: table -> (H, N+1, N+1) bias, bias[h, i, j] = table[index[i, j], h], recorded as
+    (1, H, N+1, N+1). With interpolate_pos_encoding the bias is then bilinearly resized to (seq_len, seq_len) — the
+    size it already has, so that step copies it (reproduced as transformers writes it)."""
+    kernels = ctx.kernels
+    table = resize_relative_table(ctx.param("relative_position_bias_table"), ctx.cfg, inputs.grid, kernels)  # (T', H)
+    bias = kernels.relative_position_bias(table, relative_position_index(kernels.relative_position_index, inputs.grid))
+    if inputs.interpolate:
+        bias = kernels.interpolate_bilinear(bias, seq_len, seq_len)                    # (H, N+1, N+1)
+    ctx.record("", bias[None])                                                        # (1, H, N+1, N+1)
     return bias
 
 
@@ -519,150 +276,132 @@ def relative_position_bias(p, cfg, window, interpolate, seq_len, K):
 # Encoder
 
 
-def self_attention(p, x, bias, cfg, K, rec, name, need_probs):
+def self_attention(ctx, x, bias, need_probs):
     """BeitSelfAttention: q, k (no bias), v; softmax(q kᵀ · D^-½ + relative bias) v per head (fused kernel)."""
-    q = rec(f"{name}.query", linear(x, p["query"], K))                                # (B, N, C)
-    k = rec(f"{name}.key", linear(x, p["key"], K))                                    # (B, N, C)
-    v = rec(f"{name}.value", linear(x, p["value"], K))                                # (B, N, C)
-    context, probs = K.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, bias=bias,
-                                 need_probs=need_probs)
-    return rec(name, context), probs                                                  # (B, N, C), (B, H, N, N)
+    q, k, v = ctx.linear("query", x), ctx.linear("key", x), ctx.linear("value", x)   # (B, N, C) each
+    cfg = ctx.cfg
+    context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, bias=bias,
+                                           need_probs=need_probs)
+    return ctx.record("", context), probs                                             # (B, N, C), (B, H, N, N)
 
 
-def layer_scale(p, key, h):
+def layer_scale(ctx, key, h):
     """lambda_1 · h (layer scale), or h when layer_scale_init_value is 0 (transformers multiplies by 1.0)."""
-    return p[key] * h if key in p else h
+    return ctx.param(key) * h if ctx.has(key) else h
 
 
-def layer(p, x, bias, cfg, K, rec, name, need_probs):
+def layer(ctx, x, bias, need_probs=False):
     """BeitLayer: pre-norm attention and MLP blocks, each scaled per channel (layer scale) and added to its residual."""
-    h = rec(f"{name}.layernorm_before", layer_norm(x, p["layernorm_before"], cfg.layer_norm_eps, K))
-    h, probs = self_attention(p["attention"]["attention"], h, bias, cfg, K, rec, f"{name}.attention.attention",
-                              need_probs)
-    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"], K))
-    x = layer_scale(p, "lambda_1", h) + x
-    h = rec(f"{name}.layernorm_after", layer_norm(x, p["layernorm_after"], cfg.layer_norm_eps, K))
-    h = rec(f"{name}.intermediate", linear_act(h, p["intermediate"]["dense"], cfg.hidden_act, K))  # (B, N, I)
-    h = rec(f"{name}.output", linear(h, p["output"]["dense"], K))                    # BeitOutput: no residual
-    return rec(name, layer_scale(p, "lambda_2", h) + x), probs
+    h = ctx.layer_norm("layernorm_before", x)
+    h, probs = self_attention(ctx.at("attention.attention"), h, bias, need_probs)
+    h = ctx.linear("attention.output.dense", h, record="attention.output")
+    x = layer_scale(ctx, "lambda_1", h) + x
+    h = ctx.layer_norm("layernorm_after", x)
+    h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
+    h = ctx.linear("output.dense", h, record="output")                               # BeitOutput: no residual
+    return ctx.record("", layer_scale(ctx, "lambda_2", h) + x), probs
 
 
-def pooler(p, x, cfg, K):
+def pooler(ctx, x):
     """BeitPooler: LayerNorm of the mean patch token (use_mean_pooling), else the [CLS] token."""
-    if cfg.use_mean_pooling:
-        return layer_norm(x[:, 1:].mean(axis=1), p["layernorm"], cfg.layer_norm_eps, K)
+    if ctx.cfg.use_mean_pooling:
+        return ctx.layer_norm("layernorm", x[:, 1:].mean(axis=1), record=False)
     return x[:, 0]
 
 
-def base_forward(p, pixel_values, cfg, K, rec, prefix, mask, opts, with_pooler):
+def base_forward(ctx, inputs):
     """BeitModel.forward: embeddings, layers with their relative position biases, final LayerNorm, pooler.
 
     hidden_states[0] is the embedding output, hidden_states[i] the output of layer i-1 (before the final LayerNorm).
     The shared bias (if any) is added to each layer's own bias (if any) before the scores (5.x sums them first).
     """
-    _, _, height, width = pixel_values.shape
-    window = (height // cfg.patch_size[0], width // cfg.patch_size[1])               # (h, w) patches of this input
-    x = rec(f"{prefix}embeddings", embeddings(p["embeddings"], pixel_values, cfg, mask, K))
-    interpolate, seq_len = opts.interpolate_pos_encoding, x.shape[1]
+    cfg = ctx.cfg
+    x = ctx.record("embeddings", embeddings(ctx.at("embeddings"), inputs))
+    seq_len = x.shape[1]
     shared = None
     if cfg.use_shared_relative_position_bias:
-        shared = relative_position_bias(p["encoder"]["relative_position_bias"], cfg, window, interpolate, seq_len, K)
-        rec(f"{prefix}encoder.relative_position_bias", shared[None])                  # (1, H, N, N)
+        shared = relative_position_bias(ctx.at("encoder.relative_position_bias"), inputs, seq_len)
     hidden_states, attentions = [x], []
-    for i, lp in enumerate(p["encoder"]["layer"]):
-        name, bias = f"{prefix}encoder.layer.{i}", shared
+    for i in range(len(ctx.param("encoder.layer"))):
+        layer_ctx, bias = ctx.at(f"encoder.layer.{i}"), shared
         if cfg.use_relative_position_bias:
-            own = relative_position_bias(lp["attention"]["attention"]["relative_position_bias"], cfg, window,
-                                         interpolate, seq_len, K)
-            rec(f"{name}.attention.attention.relative_position_bias", own[None])       # (1, H, N, N)
+            own = relative_position_bias(layer_ctx.at("attention.attention.relative_position_bias"), inputs, seq_len)
             bias = own if shared is None else shared + own
-        x, probs = layer(lp, x, bias, cfg, K, rec, name, opts.output_attentions)
+        x, probs = layer(layer_ctx, x, bias, inputs.output_attentions)
         hidden_states.append(x)
         attentions.append(probs)
     if not cfg.use_mean_pooling:                                                      # else nn.Identity
-        x = layer_norm(x, p["layernorm"], cfg.layer_norm_eps, K)
-    x = rec(f"{prefix}layernorm", x)
-    pooled = rec(f"{prefix}pooler", pooler(p.get("pooler"), x, cfg, K)) if with_pooler else None
+        x = ctx.layer_norm("layernorm", x, record=False)
+    x = ctx.record("layernorm", x)
+    pooled = ctx.record("pooler", pooler(ctx.at("pooler"), x)) if inputs.with_pooler else None
     return {"last_hidden_state": x, "pooler_output": pooled, "hidden_states": tuple(hidden_states),
-            "attentions": tuple(attentions) if opts.output_attentions else None}
+            "attentions": tuple(attentions) if inputs.output_attentions else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Convolutional pieces of the segmentation head and the FPN (NCHW)
 
 
-def at(p, path: str):
-    """The params node at a dotted checkpoint path relative to p ("psp_modules.0.1")."""
-    for part in path.split("."):
-        p = p[int(part)] if part.isdigit() else p[part]
-    return p
+def conv_module(ctx, x, padding=0):
+    """BeitConvModule: Conv2d (no bias) -> BatchNorm2d (eval) -> ReLU, recorded under the module's name. The
+    BatchNorm was folded into the conv at load (fold_batch_norms): its scale is in the conv weight, its shift is
+    bn.bias, used as the conv's bias."""
+    names = HEAD_NAMES[ctx.cfg.model_type]
+    y = ctx.conv2d(names.conv, x, padding=(padding,) * 4, bias=ctx.param(names.bn)["bias"], record=False)
+    return ctx.record("", np.maximum(y, 0, out=y))                                    # ReLU
 
 
-def conv_module(p, x, names: HeadNames, K, padding=0):
-    """BeitConvModule: Conv2d (no bias) -> BatchNorm2d (eval) -> ReLU. The BatchNorm was folded into the conv at load
-    (fold_batch_norms): its scale is in the conv weight, its shift is bn.bias, used as the conv's bias."""
-    y = K.conv2d(x, p[names.conv]["weight"], p[names.bn]["bias"], padding=(padding,) * 4)
-    return np.maximum(y, 0, out=y)                                                    # ReLU
-
-
-def classifier_conv(p, x, K):
-    """nn.Conv2d(channels, num_labels, kernel_size=1) with bias."""
-    return K.conv2d(x, p["weight"], p["bias"])
-
-
-def resize_to(x, size, K):
+def resize_to(kernels, x, size):
     """F.interpolate(x, size, mode="bilinear", align_corners=False) (a same-size resize copies)."""
-    return K.interpolate_bilinear(x, size[0], size[1])
+    return kernels.interpolate_bilinear(x, size[0], size[1])
 
 
-def fpn(p, features, K, rec):
+def fpn(ctx, features):
     """BeitFPNNeck (classic fpn1 … fpn4): ×4 (ConvT, BN, GELU, ConvT), ×2 (ConvT), identity, ½ (2×2 max-pool)."""
+    kernels, p = ctx.kernels, ctx.p
     # fpn1.0 (ConvTranspose2d) with the BatchNorm fpn1.1 folded into it at load: its output is fpn1.1's
-    f1 = rec("fpn1.1", K.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"], (2, 2)))
-    f1 = rec("fpn1.2", K.gelu(f1))                                                    # nn.GELU(): erf form
-    f1 = rec("fpn1", K.conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))  # (B, C, 4h, 4w)
-    f2 = rec("fpn2", K.conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"], (2, 2)))
-    f4 = rec("fpn4", K.max_pool2d(features[3], (2, 2), (2, 2)))                      # (B, C, h//2, w//2)
-    return (f1, f2, features[2], f4)
+    f1 = ctx.record("fpn1.1", kernels.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"], (2, 2)))
+    f1 = ctx.record("fpn1.2", kernels.gelu(f1))                                       # nn.GELU(): erf form
+    f1 = ctx.record("fpn1", kernels.conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))
+    f2 = ctx.record("fpn2", kernels.conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"], (2, 2)))
+    f4 = ctx.record("fpn4", kernels.max_pool2d(features[3], (2, 2), (2, 2)))          # (B, C, h//2, w//2)
+    return (f1, f2, features[2], f4)                                                  # (B, C, 4h, 4w), …
 
 
-def pyramid_pooling(p, x, cfg, names, K, rec):
+def pyramid_pooling(ctx, x):
     """BeitPyramidPoolingModule + bottleneck: adaptive average pools to each scale, conv module, bilinear back to
-    x's size, concatenated with x, then a 3×3 conv module (PSPNet, Zhao et al. 2017)."""
+    x's size, concatenated with x, then a 3×3 conv module (PSPNet, Zhao et al. 2017). ctx at `decode_head`."""
+    names, kernels = HEAD_NAMES[ctx.cfg.model_type], ctx.kernels
     outs = [x]
-    for i, scale in enumerate(cfg.pool_scales):
-        path = names.psp.format(i=i)
-        y = rec(f"decode_head.{path}", conv_module(at(p, path), K.adaptive_avg_pool2d(x, scale, scale), names, K))
-        outs.append(resize_to(y, x.shape[2:], K))                                     # (B, C, h, w)
-    return rec(f"decode_head.{names.bottleneck}",
-               conv_module(p[names.bottleneck], np.concatenate(outs, axis=1), names, K, padding=1))
+    for i, scale in enumerate(ctx.cfg.pool_scales):
+        y = conv_module(ctx.at(names.psp.format(i=i)), kernels.adaptive_avg_pool2d(x, scale, scale))
+        outs.append(resize_to(kernels, y, x.shape[2:]))                               # (B, C, h, w)
+    return conv_module(ctx.at(names.bottleneck), np.concatenate(outs, axis=1), padding=1)
 
 
-def uper_head(p, features, cfg, names, K, rec):
+def uper_head(ctx, features):
     """BeitUperHead (UperNet): lateral 1×1 convs + pyramid pooling on the last map, top-down sums, 3×3 convs,
     everything resized to the first map's size, concatenated, fused by a 3×3 conv, classified by a 1×1 conv."""
-    laterals = [rec(f"decode_head.lateral_convs.{i}", conv_module(lp, f, names, K))
-                for i, (lp, f) in enumerate(zip(p["lateral_convs"], features))]
-    laterals.append(pyramid_pooling(p, features[-1], cfg, names, K, rec))
+    kernels = ctx.kernels
+    laterals = [conv_module(ctx.at(f"lateral_convs.{i}"), f) for i, f in enumerate(features[:len(ctx.p["lateral_convs"])])]
+    laterals.append(pyramid_pooling(ctx, features[-1]))
     for i in range(len(laterals) - 1, 0, -1):                                         # top-down path
-        laterals[i - 1] = laterals[i - 1] + resize_to(laterals[i], laterals[i - 1].shape[2:], K)
-    outs = [rec(f"decode_head.fpn_convs.{i}", conv_module(cp, laterals[i], names, K, padding=1))
-            for i, cp in enumerate(p["fpn_convs"])] + [laterals[-1]]
-    outs = [outs[0]] + [resize_to(o, outs[0].shape[2:], K) for o in outs[1:]]         # all at (4h, 4w)
-    x = rec("decode_head.fpn_bottleneck",
-            conv_module(p["fpn_bottleneck"], np.concatenate(outs, axis=1), names, K, padding=1))
-    return rec("decode_head", rec("decode_head.classifier", classifier_conv(p["classifier"], x, K)))
+        laterals[i - 1] = laterals[i - 1] + resize_to(kernels, laterals[i], laterals[i - 1].shape[2:])
+    outs = [conv_module(ctx.at(f"fpn_convs.{i}"), laterals[i], padding=1)
+            for i in range(len(ctx.p["fpn_convs"]))] + [laterals[-1]]
+    outs = [outs[0]] + [resize_to(kernels, o, outs[0].shape[2:]) for o in outs[1:]]   # all at (4h, 4w)
+    x = conv_module(ctx.at("fpn_bottleneck"), np.concatenate(outs, axis=1), padding=1)
+    return ctx.record("", ctx.conv2d("classifier", x))                               # (B, num_labels, 4h, 4w)
 
 
-def fcn_head(p, features, cfg, names, K, rec):
+def fcn_head(ctx, features):
     """BeitFCNHead on features[2] (in_index 2): 3×3 conv modules, optionally concatenated with its input, 1×1 conv."""
     residual = h = features[2]
-    for j, cp in enumerate(p.get("convs", [])):
-        h = rec(f"auxiliary_head.convs.{j}", conv_module(cp, h, names, K, padding=1))
-    if cfg.auxiliary_concat_input:
-        h = rec("auxiliary_head.conv_cat",
-                conv_module(p["conv_cat"], np.concatenate([residual, h], axis=1), names, K, padding=1))
-    return rec("auxiliary_head", rec("auxiliary_head.classifier", classifier_conv(p["classifier"], h, K)))
+    for j in range(len(ctx.p.get("convs", []))):
+        h = conv_module(ctx.at(f"convs.{j}"), h, padding=1)
+    if ctx.cfg.auxiliary_concat_input:
+        h = conv_module(ctx.at("conv_cat"), np.concatenate([residual, h], axis=1), padding=1)
+    return ctx.record("", ctx.conv2d("classifier", h))                               # (B, num_labels, h, w)
 
 
 def to_grid(tokens, grid):
@@ -671,19 +410,19 @@ def to_grid(tokens, grid):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Heads
+# Heads: head(ctx, base, inputs) -> output fields, ctx at the top of the checkpoint
 
 
-def image_classification(p, base, cfg, K, rec, grid):
+def image_classification(ctx, base, inputs):
     """BeitForImageClassification: classifier on the pooled output (identity when num_labels == 0)."""
     pooled = base["pooler_output"]
-    return {"logits": rec("classifier", linear(pooled, p["classifier"]) if cfg.num_labels > 0 else pooled)}
+    return {"logits": ctx.linear("classifier", pooled) if ctx.cfg.num_labels > 0 else ctx.record("classifier", pooled)}
 
 
-def masked_image_modeling(p, base, cfg, K, rec, grid):
+def masked_image_modeling(ctx, base, inputs):
     """BeitForMaskedImageModeling: LayerNorm, then logits over the visual-token vocabulary for every patch token."""
-    x = rec("layernorm", layer_norm(base["last_hidden_state"], p["layernorm"], cfg.layer_norm_eps, K))
-    return {"logits": rec("lm_head", linear(x[:, 1:], p["lm_head"]))}                # (B, N, vocab_size)
+    x = ctx.layer_norm("layernorm", base["last_hidden_state"])
+    return {"logits": ctx.linear("lm_head", x[:, 1:])}                                # (B, N, vocab_size)
 
 
 def segmentation_features(hidden_states, cfg, grid):
@@ -700,98 +439,85 @@ def segmentation_features(hidden_states, cfg, grid):
     return tuple(to_grid(h, side) for idx, h in enumerate(hidden_states) if idx + 1 in cfg.out_indices)
 
 
-def semantic_segmentation(p, base, cfg, K, rec, grid):
+def semantic_segmentation(ctx, base, inputs):
     """BeitForSemanticSegmentation: 4 encoder maps -> FPN -> UperNet logits (B, num_labels, 4h, 4w), and the FCN
     auxiliary logits (B, num_labels, h, w), which transformers computes for its loss but does not return."""
-    names = HEAD_NAMES[cfg.model_type]
-    features = fpn(p, segmentation_features(base["hidden_states"], cfg, grid), K, rec)
-    logits = uper_head(p["decode_head"], features, cfg, names, K, rec)
-    aux = fcn_head(p["auxiliary_head"], features, cfg, names, K, rec) if cfg.use_auxiliary_head else None
+    features = fpn(ctx, segmentation_features(base["hidden_states"], ctx.cfg, inputs.grid))
+    logits = uper_head(ctx.at("decode_head"), features)
+    aux = fcn_head(ctx.at("auxiliary_head"), features) if ctx.cfg.use_auxiliary_head else None
     return {"logits": logits, "auxiliary_logits": aux}
 
 
-def backbone(p, base, cfg, K, rec, grid):
+def backbone(ctx, base, inputs):
     """BeitBackbone: the hidden states of out_features (stage i = hidden_states[i]), as (B, C, h, w) maps without
     [CLS] (reshape_hidden_states) or as they are, then the FPN if add_fpn."""
-    maps = tuple(to_grid(h, grid) if cfg.reshape_hidden_states else h
+    cfg = ctx.cfg
+    maps = tuple(to_grid(h, inputs.grid) if cfg.reshape_hidden_states else h
                  for stage, h in zip(cfg.stage_names, base["hidden_states"]) if stage in cfg.out_features)
-    return {"feature_maps": fpn(p, maps, K, rec) if cfg.add_fpn else maps}
+    return {"feature_maps": fpn(ctx, maps) if cfg.add_fpn else maps}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Architectures: the transformers classes this file runs
 
 
-def model_forward(head, name: str, family: str, pooler_rule: str):
-    """The forward of one class: input checks, BeitModel.forward, then the head (None: the base model itself).
-
-    pooler_rule: "always" (classification), "never" (add_pooling_layer=False: MIM, segmentation, backbone and
-    Data2VecVisionModel's default), "default" (BeitModel: its [CLS] pooler needs no weights; mean pooling runs when
-    the checkpoint has the pooler's LayerNorm, as ViTModel's pooler).
-    """
-    prefix = PREFIX[family]
-
-    def forward(p, pixel_values, cfg, K, rec, opts):
-        B, _, height, width = pixel_values.shape
-        if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
-            raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
-        base_p = p[prefix[:-1]] if prefix[:-1] in p else p
-        grid = (height // cfg.patch_size[0], width // cfg.patch_size[1])
-        if family == "data2vec-vision" and head is not None and opts.bool_masked_pos is not None:
-            raise InputError(f"bool_masked_pos: {name}.forward does not take it (transformers ignores it silently)")
-        mask = check_mask(opts.bool_masked_pos, B, grid[0] * grid[1], "mask_token" in base_p["embeddings"], name)
-        with_pooler = {"always": True, "never": False,
-                       "default": not cfg.use_mean_pooling or "pooler" in base_p}[pooler_rule]
-        rec_prefix = "" if head is None else prefix
-        base = base_forward(base_p, pixel_values, cfg, K, rec, rec_prefix, mask, opts, with_pooler)
-        hidden = base["hidden_states"] if opts.output_hidden_states else None
-        if head is None:
-            return {**base, "hidden_states": hidden}
-        return {**head(p, base, cfg, K, rec, grid), "hidden_states": hidden, "attentions": base["attentions"]}
-    return forward
+def check(arch, cfg, p, pixel_values, opts):
+    """A call's checks (at least one patch; data2vec-vision heads take no mask) and whether the pooler runs:
+    classification always; MIM, segmentation, backbone and Data2VecVisionModel never (add_pooling_layer=False);
+    BeitModel's [CLS] pooler needs no weights, its mean pooling runs when the checkpoint has the pooler's LayerNorm."""
+    B, _, height, width = pixel_values.shape
+    if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
+        raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
+    grid = (height // cfg.patch_size[0], width // cfg.patch_size[1])                  # (h, w) patches of this input
+    if arch.family == "data2vec-vision" and arch.head is not None and opts.bool_masked_pos is not None:
+        raise InputError(f"bool_masked_pos: {arch.name}.forward does not take it (transformers ignores it silently)")
+    mask = check_mask(opts.bool_masked_pos, B, grid[0] * grid[1], "mask_token" in p["embeddings"], arch.name)
+    if arch.head is None:
+        with_pooler = arch.family == "beit" and (not cfg.use_mean_pooling or "pooler" in p)
+    else:
+        with_pooler = arch.head.kind == "classification"
+    return Inputs(pixel_values, arch.name, mask, opts.interpolate_pos_encoding, opts.output_attentions, grid,
+                  with_pooler)
 
 
-def architecture(name, family, head, head_shapes, output, pooler_rule, kind=""):
-    """One BEiT / data2vec-vision class: base tensors (under `beit.` / `data2vec_vision.` for heads), then its head's."""
-    prefix = "" if head is None or kind == "backbone" else PREFIX[family]
-
-    def parse(raw: dict, source: str = "config.json"):
-        return beit_config_from_dict(raw, source, family, kind)
-
-    def shapes(cfg):
-        s = base_shapes(cfg)
-        if head is image_classification:
-            s.update(pooler_shapes(cfg))
-        return {**{prefix + k: v for k, v in s.items()}, **head_shapes(cfg)}
-
-    def optional_groups(cfg):  # base models and the backbone accept a pooler's LayerNorm (BeitModel runs it)
-        return [pooler_shapes(cfg)] if head is None or kind == "backbone" else []
-
-    return Architecture(name=name, family=family, is_base=head is None or kind == "backbone",
-                        base_prefix=PREFIX[family], parse_config=parse, shapes=shapes,
-                        forward=model_forward(head, name, family, pooler_rule), output=output,
-                        optional_groups=optional_groups, prepare=prepare_tensors(family, kind == "backbone"),
-                        default_groups=(0,) if head is None and family == "beit" else ())
+def parse_config(raw: dict, source: str, arch):
+    return beit_config_from_dict(raw, source, arch.family, arch.head.kind if arch.head is not None else "")
 
 
-def no_head_shapes(cfg):
-    return {}
+def shapes(cfg, arch) -> dict:
+    """The base model's tensors (+ the pooler's LayerNorm for classification)."""
+    s = base_shapes(cfg)
+    if arch.head is not None and arch.head.kind == "classification":
+        s.update(pooler_shapes(cfg))
+    return s
 
+
+def optional_groups(cfg, arch) -> list:
+    """Base models and the backbone accept a pooler's LayerNorm (BeitModel runs it)."""
+    return [pooler_shapes(cfg)] if arch.is_base else []
+
+
+def family(prefix):
+    return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
+                  optional_groups=optional_groups, prepare=prepare_tensors,
+                  default_groups=lambda arch: (0,) if arch.head is None and arch.family == "beit" else ())
+
+
+BEIT, DATA2VEC_VISION = family("beit."), family("data2vec_vision.")
+CLASSIFICATION = Head("classification", image_classification, classifier_shapes)
+MIM = Head("mim", masked_image_modeling, mim_shapes)
+SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes)
+BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True)
 
 ARCHITECTURES = [
-    architecture("BeitModel", "beit", None, no_head_shapes, BaseModelOutputWithPooling, "default"),
-    architecture("BeitForImageClassification", "beit", image_classification, classifier_shapes, ImageClassifierOutput,
-                 "always"),
-    architecture("BeitForMaskedImageModeling", "beit", masked_image_modeling, mim_shapes, MaskedLMOutput, "never"),
-    architecture("BeitForSemanticSegmentation", "beit", semantic_segmentation, segmentation_shapes,
-                 SemanticSegmenterOutput, "never", kind="segmentation"),
-    architecture("BeitBackbone", "beit", backbone, backbone_shapes, BackboneOutput, "never", kind="backbone"),
-    architecture("Data2VecVisionModel", "data2vec-vision", None, no_head_shapes, BaseModelOutputWithPooling,
-                 "never"),  # Data2VecVisionModel(add_pooling_layer=False) by default: pooler weights are ignored
-    architecture("Data2VecVisionForImageClassification", "data2vec-vision", image_classification, classifier_shapes,
-                 ImageClassifierOutput, "always"),
-    architecture("Data2VecVisionForSemanticSegmentation", "data2vec-vision", semantic_segmentation,
-                 segmentation_shapes, SemanticSegmenterOutput, "never", kind="segmentation"),
+    Architecture("BeitModel", "beit", BEIT, None, BaseModelOutputWithPooling),
+    Architecture("BeitForImageClassification", "beit", BEIT, CLASSIFICATION, ImageClassifierOutput),
+    Architecture("BeitForMaskedImageModeling", "beit", BEIT, MIM, MaskedLMOutput),
+    Architecture("BeitForSemanticSegmentation", "beit", BEIT, SEGMENTATION, SemanticSegmenterOutput),
+    Architecture("BeitBackbone", "beit", BEIT, BACKBONE, BackboneOutput),
+    Architecture("Data2VecVisionModel", "data2vec-vision", DATA2VEC_VISION, None, BaseModelOutputWithPooling),
+    Architecture("Data2VecVisionForImageClassification", "data2vec-vision", DATA2VEC_VISION, CLASSIFICATION,
+                 ImageClassifierOutput),
+    Architecture("Data2VecVisionForSemanticSegmentation", "data2vec-vision", DATA2VEC_VISION, SEGMENTATION,
+                 SemanticSegmenterOutput),
 ]
-BASE_MODELS = {"beit": "BeitModel", "data2vec-vision": "Data2VecVisionModel"}  # model_type -> base class
-CLASSIFIERS = {"beit": "BeitForImageClassification", "data2vec-vision": "Data2VecVisionForImageClassification"}

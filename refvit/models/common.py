@@ -1,4 +1,4 @@
-"""Pieces every family shares: the intermediates recorder, linear layers, activations, the params tree.
+"""Pieces every family shares: the forward context (`Forward`), activations, the params tree.
 
 Shape alphabet (README): B batch, N tokens, C channels, H heads, D head dim, h/w patch grid.
 """
@@ -13,40 +13,102 @@ import numpy as np
 from ..errors import InputError
 
 
-class Recorder:
-    """Collects named intermediates when asked (DESIGN.md §3.5); a disabled recorder only passes values through.
+class Forward:
+    """The context of one forward call (docs/DESIGN.md §3): the kernel backend, the recorder, and where the code is —
+    the checkpoint-name path of the current module and its params node. Built once per call by the runner
+    (refvit/architecture.py `run`); `ctx.at("encoder.layer.3")` is the same call one module further down.
 
-    Names are checkpoint-name paths of the module that produced the value, e.g. `deit.encoder.layer.3.attention.output`.
+    A layer then reads like the paper, each step naming the checkpoint module it runs:
+
+        h = ctx.layer_norm("layernorm_before", x)          # p["layernorm_before"], recorded as <path>.layernorm_before
+        q = ctx.linear("query", h)                          # kernels.linear(h, W, b), recorded as <path>.query
+
+    Every GEMM and convolution goes through `ctx.kernels` (the backend chosen at load; there is no other path).
+    Recording only stores values (docs/DESIGN.md §5): the arithmetic is the same whether or not anything records.
     """
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.values: dict[str, np.ndarray] = {}
+    __slots__ = ("kernels", "cfg", "p", "path", "_values")
 
-    def __call__(self, name: str, value):
-        if self.enabled:
-            self.values[name] = value
+    def __init__(self, kernels, cfg, params, values: dict | None = None, path: str = ""):
+        self.kernels = kernels     # the backend's kernel namespace (refvit.kernels.get(backend), or a wrapped one)
+        self.cfg = cfg             # the model's frozen config
+        self.p = params            # params node of the current module (checkpoint names; lists for numbered children)
+        self.path = path           # its checkpoint-name path ("" at the top of the checkpoint)
+        self._values = values      # {name: array} being recorded, or None when nothing records
+
+    @property
+    def recording(self) -> bool:
+        return self._values is not None
+
+    def name(self, child: str = "") -> str:
+        """The checkpoint-name path of `child` (dotted, relative to this module; "" = this module)."""
+        if not child:
+            return self.path
+        return f"{self.path}.{child}" if self.path else child
+
+    def param(self, child: str):
+        """The params node at the dotted path `child` ("attention.output.dense"), relative to this module."""
+        node = self.p
+        for part in child.split("."):
+            node = node[int(part)] if part.isdigit() else node[part]
+        return node
+
+    def has(self, child: str) -> bool:
+        """Whether the checkpoint holds tensors for `child` (optional modules: a base model's pooler …)."""
+        try:
+            self.param(child)
+        except (KeyError, IndexError, TypeError):
+            return False
+        return True
+
+    def at(self, child: str, params=None) -> "Forward":
+        """The context of submodule `child`: its params node (or `params`), its path; the same kernels and recorder."""
+        if params is None and self.has(child):
+            params = self.param(child)
+        return Forward(self.kernels, self.cfg, params, self._values, self.name(child))
+
+    def record(self, child: str, value, copy: bool = False):
+        """Record `value` as the output of module `child` (when recording) and return it unchanged. `copy=True` for
+        a value the forward later overwrites in place (the recorded array keeps what the module returned)."""
+        if self._values is not None:
+            self._values[self.name(child)] = value.copy() if copy else value
         return value
 
+    # torch.nn modules by checkpoint name: params p[name], output recorded under `record` (True: name; False: not)
 
-def linear(x: np.ndarray, p: dict, K=None) -> np.ndarray:
-    """torch.nn.Linear: x @ Wᵀ + b, W of shape (out, in) as the checkpoint stores it (BLAS reads the transpose in place).
+    def _out(self, name, record, value):
+        return self.record(name if record is True else record, value) if record else value
 
-    With the backend's kernels K (the encoder's large layers pass them) the Numba path may split rows across threads."""
-    if K is not None:
-        return K.linear(x, p["weight"], p.get("bias"))
-    y = x @ p["weight"].T
-    if "bias" in p:
-        y += p["bias"]
-    return y
+    def linear(self, name: str, x, record=True):
+        """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear)."""
+        p = self.param(name)
+        return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias")))
 
+    def linear_act(self, name: str, x, act: str, record=True):
+        """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are one fused kernel pass."""
+        p = self.param(name)
+        if act == "gelu" and "bias" in p:
+            y = self.kernels.linear(x, p["weight"])
+            y = self.kernels.bias_gelu(y, p["bias"], out=y)
+        else:
+            y = self.act(act, self.kernels.linear(x, p["weight"], p.get("bias")))
+        return self._out(name, record, y)
 
-def conv1x1(x: np.ndarray, p: dict) -> np.ndarray:
-    """torch.nn.Conv2d with a 1×1 kernel on (B, C, h, w): a linear map over channels."""
-    B, C, h, w = x.shape
-    W = p["weight"].reshape(p["weight"].shape[0], C)                       # (C_out, C)
-    y = np.einsum("oc,bcp->bop", W, x.reshape(B, C, h * w), optimize=True)  # (B, C_out, h*w)
-    return (y + p["bias"][None, :, None]).reshape(B, -1, h, w)
+    def layer_norm(self, name: str, x, eps: float | None = None, record=True):
+        """torch.nn.LayerNorm `name` over the last axis; eps defaults to the config's layer_norm_eps."""
+        p = self.param(name)
+        eps = self.cfg.layer_norm_eps if eps is None else eps
+        return self._out(name, record, self.kernels.layer_norm(x, p["weight"], p["bias"], eps))
+
+    def conv2d(self, name: str, x, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bias=None, record=True):
+        """torch.nn.Conv2d `name` (NCHW, padding (top, bottom, left, right)); `bias` replaces the module's own."""
+        p = self.param(name)
+        bias = p.get("bias") if bias is None else bias
+        return self._out(name, record, self.kernels.conv2d(x, p["weight"], bias, stride, padding, dilation))
+
+    def act(self, name: str, x):
+        """transformers' ACT2FN[name]; erf-GELU is the backend's kernel."""
+        return activation(name, x, self.kernels)
 
 
 def pixel_shuffle(x: np.ndarray, r: int) -> np.ndarray:
@@ -86,24 +148,64 @@ ACTIVATIONS = {
 }
 
 
-def activation(name: str, x: np.ndarray, K) -> np.ndarray:
+def activation(name: str, x: np.ndarray, kernels) -> np.ndarray:
     """Apply transformers' ACT2FN[name]; erf-GELU uses the backend's kernel."""
     if name == "gelu":
-        return K.gelu(x)
+        return kernels.gelu(x)
     return ACTIVATIONS[name](x).astype(x.dtype, copy=False)
 
 
-def linear_act(x: np.ndarray, p: dict, name: str, K) -> np.ndarray:
-    """Linear then activation; for erf-GELU the bias add and GELU are one fused kernel pass."""
-    if name == "gelu" and "bias" in p:
-        y = K.linear(x, p["weight"])
-        return K.bias_gelu(y, p["bias"], out=y)
-    return activation(name, linear(x, p, K), K)
+# ----------------------------------------------------------------------------------------------------------------------
+# BatchNorm folding, once at load (docs/DESIGN.md §4): one rule for every family
 
 
-def layer_norm(x: np.ndarray, p: dict, eps: float, K) -> np.ndarray:
-    """torch.nn.LayerNorm over the last axis (biased variance), weight/bias from the checkpoint."""
-    return K.layer_norm(x, p["weight"], p["bias"], eps)
+BN_EPS = 1e-5  # nn.BatchNorm2d's default eps (every BatchNorm refvit folds uses it)
+BN_STATS = ("weight", "bias", "running_mean", "running_var")
+
+
+def fold_batch_norm(weight, bias, bn: dict, axis: int, eps: float = BN_EPS):
+    """BatchNorm2d in eval mode after a convolution, folded into it, in the dtype of the arguments:
+
+        BN(conv(x)) = (conv(x) − μ) · s + β,   s = γ / √(σ² + ε)      =  conv_{W·s}(x) + (b − μ) · s + β
+
+    `axis` is the weight's output-channel axis (0 for Conv2d, 1 for ConvTranspose2d); bias may be None (then the
+    shift is β − μ · s). Returns (W·s, shift).
+    """
+    s = bn["weight"] / np.sqrt(bn["running_var"] + eps)                               # (Cout,)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    shift = bn["bias"] - bn["running_mean"] * s if bias is None else (bias - bn["running_mean"]) * s + bn["bias"]
+    return weight * s.reshape(shape), shift
+
+
+def fold_batch_norms(tensors: dict, pairs, eps: float = BN_EPS, dtype=None) -> dict:
+    """Fold each BatchNorm into the convolution before it, keeping the checkpoint's names. `pairs`: (BatchNorm name,
+    conv name, output-channel axis of the conv weight). The conv weight becomes W·s; the shift replaces the conv's bias
+    if it has one, else it becomes the BatchNorm's bias (used by the forward as the conv's bias); the BatchNorm's other
+    statistics are set to the identity, so the params still describe the same modules. `dtype`: compute in it (BEiT:
+    float64, before the cast to the run dtype), else in the tensors' own (CvT: after the cast, the run dtype).
+    A tensor whose shape does not fit is left alone (the strict mapping reports it afterwards)."""
+    out = dict(tensors)
+    for bn_name, conv_name, axis in pairs:
+        bn = {k: tensors.get(f"{bn_name}.{k}") for k in BN_STATS}
+        weight, bias = tensors.get(f"{conv_name}.weight"), tensors.get(f"{conv_name}.bias")
+        cout = None if weight is None or weight.ndim != 4 else weight.shape[axis]
+        if cout is None or any(v is None or v.shape != (cout,) for v in bn.values()) or \
+                (bias is not None and bias.shape != (cout,)):
+            continue
+        if dtype is not None:
+            weight, bias = np.asarray(weight, dtype), None if bias is None else np.asarray(bias, dtype)
+            bn = {k: np.asarray(v, dtype) for k, v in bn.items()}
+        w, shift = fold_batch_norm(weight, bias, bn, axis, eps)
+        identity = {"weight": np.ones(cout, w.dtype), "bias": np.zeros(cout, w.dtype),   # BN(x) = x
+                    "running_mean": np.zeros(cout, w.dtype), "running_var": np.full(cout, 1 - eps, w.dtype)}
+        if bias is not None:
+            out[f"{conv_name}.bias"] = shift
+        else:
+            identity["bias"] = shift  # the folded shift, applied as the conv's bias
+        out[f"{conv_name}.weight"] = w
+        out.update({f"{bn_name}.{k}": v for k, v in identity.items()})
+    return out
 
 
 def check_pixel_values(pixel_values, num_channels: int, dtype: np.dtype) -> np.ndarray:

@@ -4,7 +4,7 @@ Papers: Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words" (ViT); Touvron 
 image transformers & distillation through attention" (DeiT). DeiT is ViT plus a distillation token next to the
 class token (and +1 position embedding for it); its heads read token 0 (class) and token 1 (distillation).
 
-Params trees use the checkpoint's names (DESIGN.md §3.2): `p["encoder"]["layer"][3]["attention"]["attention"]["query"]`.
+Params trees use the checkpoint's names (docs/DESIGN.md §4): `p["encoder"]["layer"][3]["attention"]["attention"]["query"]`.
 Intermediates are recorded under the same names (`deit.encoder.layer.3.attention.output`).
 Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w patch grid.
 """
@@ -15,12 +15,12 @@ import dataclasses
 
 import numpy as np
 
-from ..architecture import Architecture, check_mask
+from ..architecture import Architecture, Family, Head, Inputs, check_mask
 from ..config import vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
                        MaskedImageModelingOutput)
-from .common import activation, conv1x1, layer_norm, linear, linear_act, pixel_shuffle, rename_modules
+from .common import pixel_shuffle, rename_modules
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What a checkpoint holds, per architecture (checkpoint names, shapes derived from the config)
@@ -93,15 +93,17 @@ def classic_names(tensors: dict) -> dict:
 # Embeddings
 
 
-def patch_embeddings(p, pixel_values, cfg):
-    """ViTPatchEmbeddings: Conv2d(kernel = stride = patch) as one GEMM over flattened patches -> (B, N, C)."""
+def patch_embeddings(ctx, pixel_values):
+    """ViTPatchEmbeddings: Conv2d(kernel = stride = patch) as one GEMM (kernels.linear) over flattened patches
+    -> (B, N, C) and the grid (h, w). ctx is at `…embeddings.patch_embeddings`."""
     B, Cin, height, width = pixel_values.shape
-    ph, pw = cfg.patch_size
+    ph, pw = ctx.cfg.patch_size
     h, w = height // ph, width // pw                                                   # a strided conv floors
     x = pixel_values[:, :, :h * ph, :w * pw].reshape(B, Cin, h, ph, w, pw)
     x = x.transpose(0, 2, 4, 1, 3, 5).reshape(B, h * w, Cin * ph * pw)              # (B, N, Cin·ph·pw)
-    W = p["projection"]["weight"].reshape(cfg.hidden_size, Cin * ph * pw)           # (C, Cin·ph·pw)
-    return x @ W.T + p["projection"]["bias"], (h, w)                                 # (B, N, C)
+    proj = ctx.param("projection")
+    W = proj["weight"].reshape(proj["weight"].shape[0], Cin * ph * pw)               # (C, Cin·ph·pw)
+    return ctx.kernels.linear(x, W, proj["bias"]), (h, w)                            # (B, N, C)
 
 
 def mask_patches(x, mask_token, bool_masked_pos):
@@ -110,7 +112,7 @@ def mask_patches(x, mask_token, bool_masked_pos):
     return x * (1 - m) + mask_token * m
 
 
-def interpolate_position_embeddings(pos, num_special, cfg, height, width, K):
+def interpolate_position_embeddings(kernels, pos, num_special, cfg, height, width):
     """`ViTEmbeddings.interpolate_pos_encoding`: bicubic resize of the patch position grid, special tokens kept aside.
 
     Quirks reproduced: nothing is resized when the patch count matches and the *pixel* height == width; the stored
@@ -125,184 +127,157 @@ def interpolate_position_embeddings(pos, num_special, cfg, height, width, K):
         raise InputError(f"interpolate_pos_encoding: the {num_positions} stored patch positions are not a square grid "
                          f"(transformers reshapes them to {side}x{side} and fails too)")
     grid = pos[0, num_special:].reshape(side, side, -1).transpose(2, 0, 1)            # (C, side, side)
-    grid = K.interpolate_bicubic(np.ascontiguousarray(grid), new_h, new_w)           # (C, new_h, new_w)
+    grid = kernels.interpolate_bicubic(np.ascontiguousarray(grid), new_h, new_w)     # (C, new_h, new_w)
     grid = grid.transpose(1, 2, 0).reshape(1, new_h * new_w, -1)                     # (1, N, C)
     return np.concatenate([pos[:, :num_special], grid], axis=1)
 
 
-def add_position_embeddings(p, x, num_special, cfg, height, width, interpolate, K):
-    """Add (possibly interpolated) position embeddings; without interpolation the input must be the config's size."""
-    pos = p["position_embeddings"]
+def position_embeddings(ctx, num_special, height, width, interpolate):
+    """The (possibly interpolated) position embeddings; without interpolation the input must be the config's size."""
+    pos, cfg = ctx.param("position_embeddings"), ctx.cfg
     if interpolate:
-        return x + interpolate_position_embeddings(pos, num_special, cfg, height, width, K)
+        return interpolate_position_embeddings(ctx.kernels, pos, num_special, cfg, height, width)
     if (height, width) != tuple(cfg.image_size):
         raise InputError(f"pixel_values: input image size ({height}*{width}) doesn't match model "
                          f"({cfg.image_size[0]}*{cfg.image_size[1]}); pass interpolate_pos_encoding=True to resize "
                          "the position embeddings")
-    return x + pos
+    return pos
 
 
-def vit_embeddings(p, pixel_values, cfg, bool_masked_pos, interpolate, K):
-    """ViTEmbeddings: patches (+ mask tokens), then [CLS] in front, then position embeddings -> (B, 1 + N, C)."""
-    B, _, height, width = pixel_values.shape
-    x, _ = patch_embeddings(p["patch_embeddings"], pixel_values, cfg)                 # (B, N, C)
-    if bool_masked_pos is not None:
-        x = mask_patches(x, p["mask_token"], bool_masked_pos)
-    cls = np.broadcast_to(p["cls_token"], (B, 1, cfg.hidden_size))
-    x = np.concatenate([cls, x], axis=1)                                              # (B, 1 + N, C)
-    return add_position_embeddings(p, x, 1, cfg, height, width, interpolate, K)
-
-
-def deit_embeddings(p, pixel_values, cfg, bool_masked_pos, interpolate, K):
-    """DeiTEmbeddings: like ViT's, with the distillation token after [CLS] -> (B, 2 + N, C)."""
-    B, _, height, width = pixel_values.shape
-    x, _ = patch_embeddings(p["patch_embeddings"], pixel_values, cfg)                 # (B, N, C)
-    if bool_masked_pos is not None:
-        x = mask_patches(x, p["mask_token"], bool_masked_pos)
-    cls = np.broadcast_to(p["cls_token"], (B, 1, cfg.hidden_size))
-    dist = np.broadcast_to(p["distillation_token"], (B, 1, cfg.hidden_size))
-    x = np.concatenate([cls, dist, x], axis=1)                                        # (B, 2 + N, C)
-    return add_position_embeddings(p, x, 2, cfg, height, width, interpolate, K)
+def embeddings(ctx, inputs):
+    """ViTEmbeddings / DeiTEmbeddings: patches (+ mask tokens), then [CLS] (DeiT: [CLS], [DIST]) in front, then
+    position embeddings -> (B, 1 + N, C) (DeiT: (B, 2 + N, C))."""
+    B, _, height, width = inputs.pixel_values.shape
+    x, _ = patch_embeddings(ctx.at("patch_embeddings"), inputs.pixel_values)         # (B, N, C)
+    if inputs.mask is not None:
+        x = mask_patches(x, ctx.param("mask_token"), inputs.mask)
+    special = ["cls_token", "distillation_token"] if ctx.cfg.model_type == "deit" else ["cls_token"]
+    tokens = [np.broadcast_to(ctx.param(t), (B, 1, ctx.cfg.hidden_size)) for t in special]
+    x = np.concatenate([*tokens, x], axis=1)                                          # (B, special + N, C)
+    return x + position_embeddings(ctx, len(special), height, width, inputs.interpolate)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Encoder
 
 
-def self_attention(p, x, cfg, K, rec, name, need_probs):
+def self_attention(ctx, x, need_probs):
     """ViTSelfAttention: q, k, v projections, softmax(q kᵀ · D^-½) v per head (fused kernel) -> (B, N, C)."""
-    q = rec(f"{name}.query", linear(x, p["query"], K))                                # (B, N, C)
-    k = rec(f"{name}.key", linear(x, p["key"], K))                                    # (B, N, C)
-    v = rec(f"{name}.value", linear(x, p["value"], K))                                # (B, N, C)
-    context, probs = K.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, need_probs=need_probs)
-    return rec(name, context), probs                                                  # (B, N, C), (B, H, N, N)
+    q, k, v = ctx.linear("query", x), ctx.linear("key", x), ctx.linear("value", x)   # (B, N, C) each
+    cfg = ctx.cfg
+    context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5,
+                                           need_probs=need_probs)
+    return ctx.record("", context), probs                                             # (B, N, C), (B, H, N, N)
 
 
-def layer(p, x, cfg, K, rec, name, need_probs):
+def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
-    h = rec(f"{name}.layernorm_before", layer_norm(x, p["layernorm_before"], cfg.layer_norm_eps, K))
-    h, probs = self_attention(p["attention"]["attention"], h, cfg, K, rec, f"{name}.attention.attention", need_probs)
-    h = rec(f"{name}.attention.output", linear(h, p["attention"]["output"]["dense"], K))
-    x = x + h
-    h = rec(f"{name}.layernorm_after", layer_norm(x, p["layernorm_after"], cfg.layer_norm_eps, K))
-    h = rec(f"{name}.intermediate", linear_act(h, p["intermediate"]["dense"], cfg.hidden_act, K))  # (B, N, I)
-    x = rec(f"{name}.output", linear(h, p["output"]["dense"], K) + x)                # ViTOutput adds the residual
-    return rec(name, x), probs
+    h = ctx.layer_norm("layernorm_before", x)
+    h, probs = self_attention(ctx.at("attention.attention"), h, need_probs)
+    x = x + ctx.linear("attention.output.dense", h, record="attention.output")
+    h = ctx.layer_norm("layernorm_after", x)
+    h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
+    x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
+    return ctx.record("", x), probs
 
 
-def base_forward(p, pixel_values, cfg, K, rec, prefix, bool_masked_pos, interpolate, output_hidden_states, output_attentions):
+def base_forward(ctx, inputs):
     """ViTModel/DeiTModel.forward: embeddings, encoder layers, final LayerNorm, optional pooler.
 
     hidden_states[0] is the embedding output, hidden_states[i] the output of layer i-1 (before the final LayerNorm).
     """
-    embed = deit_embeddings if cfg.model_type == "deit" else vit_embeddings
-    x = rec(f"{prefix}embeddings", embed(p["embeddings"], pixel_values, cfg, bool_masked_pos, interpolate, K))
+    x = ctx.record("embeddings", embeddings(ctx.at("embeddings"), inputs))
     hidden_states, attentions = [x], []
-    for i, lp in enumerate(p["encoder"]["layer"]):
-        x, probs = layer(lp, x, cfg, K, rec, f"{prefix}encoder.layer.{i}", output_attentions)
+    for i in range(len(ctx.param("encoder.layer"))):
+        x, probs = layer(ctx.at(f"encoder.layer.{i}"), x, inputs.output_attentions)
         hidden_states.append(x)
         attentions.append(probs)
-    x = rec(f"{prefix}layernorm", layer_norm(x, p["layernorm"], cfg.layer_norm_eps, K))
-    pooled = pooler(p["pooler"], x, cfg, K, rec, f"{prefix}pooler") if "pooler" in p else None
-    return {"last_hidden_state": x, "pooler_output": pooled,
-            "hidden_states": tuple(hidden_states) if output_hidden_states else None,
-            "attentions": tuple(attentions) if output_attentions else None}
+    x = ctx.layer_norm("layernorm", x)
+    pooled = pooler(ctx.at("pooler"), x) if ctx.has("pooler") else None
+    return {"last_hidden_state": x, "pooler_output": pooled, "hidden_states": tuple(hidden_states),
+            "attentions": tuple(attentions)}
 
 
-def pooler(p, x, cfg, K, rec, name):
+def pooler(ctx, x):
     """ViTPooler: dense + activation (tanh by default) on the first token."""
-    return rec(name, activation(cfg.pooler_act, linear(x[:, 0], p["dense"]), K))
+    return ctx.record("", ctx.act(ctx.cfg.pooler_act, ctx.linear("dense", x[:, 0], record=False)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Heads
+# Heads: head(ctx, base, inputs) -> output fields, ctx at the top of the checkpoint
 
 
-def classifier(p, x, cfg):
+def classifier(ctx, name, x):
     """`nn.Linear(hidden, num_labels)`, or identity when num_labels == 0 (as transformers)."""
-    return linear(x, p) if cfg.num_labels > 0 else x
+    return ctx.linear(name, x) if ctx.cfg.num_labels > 0 else ctx.record(name, x)
 
 
-def image_classification(p, x, cfg, K, rec, prefix):
+def image_classification(ctx, base, inputs):
     """ViTForImageClassification / DeiTForImageClassification: classifier on the [CLS] token of the final LayerNorm."""
-    return {"logits": rec("classifier", classifier(p.get("classifier"), x[:, 0], cfg))}
+    return {"logits": classifier(ctx, "classifier", base["last_hidden_state"][:, 0])}
 
 
-def image_classification_with_teacher(p, x, cfg, K, rec, prefix):
+def image_classification_with_teacher(ctx, base, inputs):
     """DeiTForImageClassificationWithTeacher: class head on token 0, distillation head on token 1, logits = mean."""
-    cls_logits = rec("cls_classifier", classifier(p.get("cls_classifier"), x[:, 0], cfg))
-    distillation_logits = rec("distillation_classifier", classifier(p.get("distillation_classifier"), x[:, 1], cfg))
+    x = base["last_hidden_state"]
+    cls_logits = classifier(ctx, "cls_classifier", x[:, 0])
+    distillation_logits = classifier(ctx, "distillation_classifier", x[:, 1])
     logits = (cls_logits + distillation_logits) / 2                                   # inference: average both heads
     return {"logits": logits, "cls_logits": cls_logits, "distillation_logits": distillation_logits}
 
 
-def masked_image_modeling(p, x, cfg, K, rec, prefix):
+def masked_image_modeling(ctx, base, inputs):
     """ViT/DeiTForMaskedImageModeling (SimMIM): patch tokens to a grid, 1×1 conv, PixelShuffle -> (B, Cin, H, W).
 
     Quirk reproduced: the grid is taken as square, side = floor(sqrt(num patch tokens)), whatever the input shape.
     """
-    num_special = 2 if cfg.model_type == "deit" else 1
-    tokens = x[:, num_special:]                                                       # (B, N, C)
+    cfg = ctx.cfg
+    tokens = base["last_hidden_state"][:, num_special_tokens(cfg):]                   # (B, N, C)
     B, N, C = tokens.shape
     side = int(np.floor(N ** 0.5))
     if side * side != N:
         raise InputError(f"masked image modeling: {N} patch tokens do not form the square grid transformers assumes")
     grid = np.ascontiguousarray(tokens.transpose(0, 2, 1)).reshape(B, C, side, side)  # (B, C, h, w)
-    y = rec("decoder.0", conv1x1(grid, p["decoder"][0]))                              # (B, stride²·Cin, h, w)
-    return {"reconstruction": rec("decoder", pixel_shuffle(y, cfg.encoder_stride))}    # (B, Cin, h·s, w·s)
+    y = ctx.conv2d("decoder.0", grid)                                                 # (B, stride²·Cin, h, w)
+    return {"reconstruction": ctx.record("decoder", pixel_shuffle(y, cfg.encoder_stride))}  # (B, Cin, h·s, w·s)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Architectures: the transformers classes this file runs
 
 
-def model_forward(head, prefix: str, name: str):
-    """The forward of one class: input checks, base model (`ViTModel.forward`), then the head (None: base model)."""
-    def forward(p, pixel_values, cfg, K, rec, opts):
-        B, _, height, width = pixel_values.shape
-        if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
-            raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
-        base_p = p[prefix[:-1]] if prefix else p
-        num_patches = (height // cfg.patch_size[0]) * (width // cfg.patch_size[1])
-        mask = check_mask(opts.bool_masked_pos, B, num_patches, "mask_token" in base_p["embeddings"], name)
-        if mask is not None and name == "ViTForMaskedImageModeling" and cfg.patch_size[0] != cfg.encoder_stride:
-            raise InputError(f"bool_masked_pos: patch_size {cfg.patch_size[0]} must equal encoder_stride "
-                             f"{cfg.encoder_stride} (as transformers requires)")
-        base = base_forward(base_p, pixel_values, cfg, K, rec, prefix, mask, opts.interpolate_pos_encoding,
-                            opts.output_hidden_states, opts.output_attentions)
-        if head is None:
-            return base
-        return {**head(p, base["last_hidden_state"], cfg, K, rec, prefix),
-                "hidden_states": base["hidden_states"], "attentions": base["attentions"]}
-    return forward
+def num_special_tokens(cfg) -> int:
+    """[CLS] (ViT), [CLS] + [DIST] (DeiT)."""
+    return 2 if cfg.model_type == "deit" else 1
 
 
-def parse_config(family: str):
-    def parse(raw: dict, source: str = "config.json"):
-        return dataclasses.replace(vit_config_from_dict(raw, source), model_type=family)
-    return parse
+def check(arch, cfg, p, pixel_values, opts):
+    """A call's checks: at least one patch, a mask only with a mask token (ViT's MIM: patch size = encoder stride)."""
+    B, _, height, width = pixel_values.shape
+    if height < cfg.patch_size[0] or width < cfg.patch_size[1]:
+        raise InputError(f"pixel_values: image {height}x{width} is smaller than one patch {cfg.patch_size}")
+    num_patches = (height // cfg.patch_size[0]) * (width // cfg.patch_size[1])
+    mask = check_mask(opts.bool_masked_pos, B, num_patches, "mask_token" in p["embeddings"], arch.name)
+    mim = arch.head is not None and arch.head.kind == "mim"
+    if mask is not None and mim and arch.family == "vit" and cfg.patch_size[0] != cfg.encoder_stride:
+        raise InputError(f"bool_masked_pos: patch_size {cfg.patch_size[0]} must equal encoder_stride "
+                         f"{cfg.encoder_stride} (as transformers requires)")
+    return Inputs(pixel_values, arch.name, mask, opts.interpolate_pos_encoding, opts.output_attentions)
 
 
-def architecture(name, family, head, head_shapes, output, uses_mask_token=False):
-    """One ViT/DeiT class: base tensors (+ mask token) under `family.` for heads, then the head's own tensors."""
-    num_special = 2 if family == "deit" else 1
-    prefix = "" if head is None else f"{family}."
-
-    def shapes(cfg):
-        s = {**base_shapes(cfg, num_special), **(mask_token_shapes(cfg) if uses_mask_token else {})}
-        return {**{prefix + k: v for k, v in s.items()}, **head_shapes(cfg)}
-
-    def optional_groups(cfg):  # a base model runs its pooler / mask token only when the checkpoint has them
-        return [pooler_shapes(cfg), mask_token_shapes(cfg)] if head is None else []
-
-    return Architecture(name=name, family=family, is_base=head is None, base_prefix=f"{family}.",
-                        parse_config=parse_config(family), shapes=shapes, forward=model_forward(head, prefix, name),
-                        output=output, optional_groups=optional_groups, prepare=classic_names,
-                        default_groups=(0,) if head is None else ())  # ViTModel builds its pooler by default
+def parse_config(raw: dict, source: str, arch):
+    return dataclasses.replace(vit_config_from_dict(raw, source), model_type=arch.family)
 
 
-def no_head_shapes(cfg):
-    return {}
+def shapes(cfg, arch) -> dict:
+    """The base model's tensors (+ the mask token for MIM)."""
+    s = base_shapes(cfg, num_special_tokens(cfg))
+    return {**s, **mask_token_shapes(cfg)} if arch.head is not None and arch.head.kind == "mim" else s
+
+
+def optional_groups(cfg, arch) -> list:
+    """A base model runs its pooler / mask token only when the checkpoint has them."""
+    return [pooler_shapes(cfg), mask_token_shapes(cfg)] if arch.head is None else []
 
 
 def classifier_head_shapes(cfg):
@@ -313,17 +288,24 @@ def teacher_head_shapes(cfg):
     return {**classifier_shapes(cfg, "cls_classifier"), **classifier_shapes(cfg, "distillation_classifier")}
 
 
+def family(prefix):
+    return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
+                  optional_groups=optional_groups, prepare=lambda tensors, arch: classic_names(tensors),
+                  default_groups=lambda arch: (0,) if arch.head is None else ())  # ViTModel builds its pooler
+
+
+VIT, DEIT = family("vit."), family("deit.")
+CLASSIFICATION = Head("classification", image_classification, classifier_head_shapes)
+TEACHER = Head("teacher", image_classification_with_teacher, teacher_head_shapes)
+MIM = Head("mim", masked_image_modeling, decoder_shapes)
+
 ARCHITECTURES = [
-    architecture("ViTModel", "vit", None, no_head_shapes, BaseModelOutputWithPooling),
-    architecture("ViTForImageClassification", "vit", image_classification, classifier_head_shapes, ImageClassifierOutput),
-    architecture("ViTForMaskedImageModeling", "vit", masked_image_modeling, decoder_shapes, MaskedImageModelingOutput,
-                 uses_mask_token=True),
-    architecture("DeiTModel", "deit", None, no_head_shapes, BaseModelOutputWithPooling),
-    architecture("DeiTForImageClassification", "deit", image_classification, classifier_head_shapes, ImageClassifierOutput),
-    architecture("DeiTForImageClassificationWithTeacher", "deit", image_classification_with_teacher, teacher_head_shapes,
+    Architecture("ViTModel", "vit", VIT, None, BaseModelOutputWithPooling),
+    Architecture("ViTForImageClassification", "vit", VIT, CLASSIFICATION, ImageClassifierOutput),
+    Architecture("ViTForMaskedImageModeling", "vit", VIT, MIM, MaskedImageModelingOutput),
+    Architecture("DeiTModel", "deit", DEIT, None, BaseModelOutputWithPooling),
+    Architecture("DeiTForImageClassification", "deit", DEIT, CLASSIFICATION, ImageClassifierOutput),
+    Architecture("DeiTForImageClassificationWithTeacher", "deit", DEIT, TEACHER,
                  DeiTForImageClassificationWithTeacherOutput),
-    architecture("DeiTForMaskedImageModeling", "deit", masked_image_modeling, decoder_shapes, MaskedImageModelingOutput,
-                 uses_mask_token=True),
+    Architecture("DeiTForMaskedImageModeling", "deit", DEIT, MIM, MaskedImageModelingOutput),
 ]
-BASE_MODELS = {"vit": "ViTModel", "deit": "DeiTModel"}          # model_type -> base class, when config has no architectures
-CLASSIFIERS = {"vit": "ViTForImageClassification", "deit": "DeiTForImageClassification"}
