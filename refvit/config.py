@@ -123,6 +123,26 @@ def parse_labels(raw: dict, problems: list) -> tuple[dict, dict]:
     return id2label, label2id
 
 
+def positive_ints(raw: dict, keys: tuple, defaults, problems: list) -> dict:
+    """{key: positive int} for each of `keys` (the default: the attribute of `defaults`), problems listed."""
+    values = {k: check_type(raw, k, getattr(defaults, k), int, problems) for k in keys}
+    for k in keys:
+        if values[k] <= 0:
+            problems.append(f"{k}: must be positive, got {values[k]}")
+    return values
+
+
+def architectures_and_labels(raw: dict, problems: list) -> tuple[tuple, dict, dict]:
+    """(architectures, id2label, label2id), the keys every config has: the class names the checkpoint was saved
+    from, and the labels (parse_labels)."""
+    archs = raw.get("architectures") or ()
+    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
+        problems.append(f"architectures: expected a list of class names, got {archs!r}")
+        archs = ()
+    id2label, label2id = parse_labels(raw, problems)
+    return tuple(archs), id2label, label2id
+
+
 def check_type(raw: dict, key: str, default: Any, kind: type | tuple, problems: list) -> Any:
     value = raw.get(key, default)
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float, (int, float)))
@@ -182,10 +202,7 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
     problems: list[str] = []
     d = ViTConfig()
     ints = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels", "encoder_stride")
-    values = {k: check_type(raw, k, getattr(d, k), int, problems) for k in ints}
-    for k in ints:
-        if values[k] <= 0:
-            problems.append(f"{k}: must be positive, got {values[k]}")
+    values = positive_ints(raw, ints, d, problems)
     values["layer_norm_eps"] = float(check_type(raw, "layer_norm_eps", d.layer_norm_eps, (int, float), problems))
     if not (values["layer_norm_eps"] >= 0 and math.isfinite(values["layer_norm_eps"])):
         problems.append(f"layer_norm_eps: must be a finite non-negative number, got {values['layer_norm_eps']}")
@@ -212,11 +229,7 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
     model_type = raw.get("model_type", "vit")
     if model_type not in ("vit", "deit"):
         problems.append(f"model_type: expected 'vit' or 'deit' here, got {model_type!r}")
-    archs = raw.get("architectures") or ()
-    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        problems.append(f"architectures: expected a list of class names, got {archs!r}")
-        archs = ()
-    id2label, label2id = parse_labels(raw, problems)
+    archs, id2label, label2id = architectures_and_labels(raw, problems)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return ViTConfig(model_type=model_type, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
@@ -290,10 +303,7 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     d = BeitConfig()
     ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "num_channels", "auxiliary_channels")
-    values = {k: check_type(raw, k, getattr(d, k), int, problems) for k in ints}
-    for k in ints:
-        if values[k] <= 0:
-            problems.append(f"{k}: must be positive, got {values[k]}")
+    values = positive_ints(raw, ints, d, problems)
     values["auxiliary_num_convs"] = check_type(raw, "auxiliary_num_convs", 1, int, problems)
     if values["auxiliary_num_convs"] < 0:
         problems.append(f"auxiliary_num_convs: must be >= 0, got {values['auxiliary_num_convs']}")
@@ -328,11 +338,7 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     model_type = raw.get("model_type", family)
     if model_type != family:
         problems.append(f"model_type: expected {family!r} for this architecture, got {model_type!r}")
-    archs = raw.get("architectures") or ()
-    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        problems.append(f"architectures: expected a list of class names, got {archs!r}")
-        archs = ()
-    id2label, label2id = parse_labels(raw, problems)
+    archs, id2label, label2id = architectures_and_labels(raw, problems)
     L = values["num_hidden_layers"]
     if family == "beit" and L > MAX_LAYERS:  # before the per-layer stage names are built: 10**12 would never finish
         problems.append(f"num_hidden_layers: {L} is more than refvit builds ({MAX_LAYERS})")
@@ -491,11 +497,7 @@ def cvt_config_from_dict(raw: dict, source: str = "config.json") -> CvtConfig:
     model_type = raw.get("model_type", "cvt")
     if model_type != "cvt":
         problems.append(f"model_type: expected 'cvt' here, got {model_type!r}")
-    archs = raw.get("architectures") or ()
-    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        problems.append(f"architectures: expected a list of class names, got {archs!r}")
-        archs = ()
-    id2label, label2id = parse_labels(raw, problems)
+    archs, id2label, label2id = architectures_and_labels(raw, problems)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     return CvtConfig(model_type=model_type, architectures=tuple(archs), id2label=id2label, label2id=label2id, **values)
@@ -593,10 +595,7 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
     problems: list[str] = []
     d = BitConfig()
     ints = ("num_channels", "embedding_size", "num_groups", "output_stride", "width_factor")
-    values = {k: check_type(raw, k, getattr(d, k), int, problems) for k in ints}
-    for k in ints:
-        if values[k] <= 0:
-            problems.append(f"{k}: must be positive, got {values[k]}")
+    values = positive_ints(raw, ints, d, problems)
     values["hidden_sizes"] = int_list(raw, "hidden_sizes", d.hidden_sizes, problems, what="positive ints")
     values["depths"] = int_list(raw, "depths", d.depths, problems, what="positive ints")
     if len(values["hidden_sizes"]) != len(values["depths"]):  # transformers zips them: the shorter one wins silently
@@ -625,11 +624,7 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
     model_type = raw.get("model_type", "bit")
     if model_type != "bit":
         problems.append(f"model_type: expected 'bit' here, got {model_type!r}")
-    archs = raw.get("architectures") or ()
-    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
-        problems.append(f"architectures: expected a list of class names, got {archs!r}")
-        archs = ()
-    id2label, label2id = parse_labels(raw, problems)
+    archs, id2label, label2id = architectures_and_labels(raw, problems)
     cfg = BitConfig(model_type="bit", architectures=tuple(archs), id2label=id2label, label2id=label2id, **values)
     cfg = _with_backbone_outputs(cfg, raw, problems)
     if not problems:

@@ -2,7 +2,7 @@
 
 Like transformers' `ModelOutput`: attribute and key access, fields that are None are left out of `keys()`,
 `out[0]` / `to_tuple()` give the non-None fields in declaration order. refvit adds one field, `intermediates`
-(a dict name -> array, DESIGN.md §3.5), present only when asked for.
+(a dict name -> array, docs/DESIGN.md §5), present only when asked for.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both `golden/generate.py` (which loads them into the transformers model) and the tests / `refvit verify` / bench
 call `random_state_dict`, so real-size golden cases (DeiT-B …) need no committed weights: the seed rebuilds them.
 
-Default initialisation hides bugs (near-uniform attention, LayerNorm = identity), so (DESIGN.md §5, §7):
+Default initialisation hides bugs (near-uniform attention, LayerNorm = identity), so (docs/DESIGN.md §7, §9):
 query/key weights get std 0.3/sqrt-scaled to make attention peaked; LayerNorm weights are 1 + noise and biases noise;
 tokens and position embeddings are O(1).
 """

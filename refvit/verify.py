@@ -1,6 +1,6 @@
 """Run refvit on golden cases written by `golden/generate.py` and compare with the framework's tensors.
 
-Used by `refvit verify` and by the test suite. Tolerances (DESIGN.md §5), for every tensor:
+Used by `refvit verify` and by the test suite. Tolerances (docs/DESIGN.md §7), for every tensor:
     float32: max|ours - ref| <= 1e-4 * max(1, max|ref|)
     float64: max|ours - ref| <= 1e-10 * max(1, max|ref|)
 """
@@ -223,7 +223,7 @@ def run_digits(model_dir: Path, dtype: str = "float32", backend: str = "numba",
                count: int | None = None) -> DigitsResult:
     """Classify the digits test split (or its first `count` images) with refvit; compare with the framework's records.
 
-    The logits tolerance is DESIGN.md §5's float32 bound whatever `dtype` (the reference is PyTorch float32)."""
+    The logits tolerance is docs/DESIGN.md §7's float32 bound whatever `dtype` (the reference is PyTorch float32)."""
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "meta.json").read_text())
     model = from_pretrained(model_dir, dtype=dtype, backend=backend)

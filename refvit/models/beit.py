@@ -132,9 +132,9 @@ def fpn_shapes(cfg) -> dict:
 
 def segmentation_shapes(cfg) -> dict:
     """FPN, UperNet decode head (4 inputs of hidden_size channels, hidden_size inside) and the FCN auxiliary head."""
-    C, K, A = cfg.hidden_size, cfg.num_labels, cfg.auxiliary_channels
+    C, L, A = cfg.hidden_size, cfg.num_labels, cfg.auxiliary_channels
     n = HEAD_NAMES[cfg.model_type]
-    s = {**fpn_shapes(cfg), "decode_head.classifier.weight": (K, C, 1, 1), "decode_head.classifier.bias": (K,)}
+    s = {**fpn_shapes(cfg), "decode_head.classifier.weight": (L, C, 1, 1), "decode_head.classifier.bias": (L,)}
     for i in range(len(cfg.pool_scales)):
         s.update(conv_module_shapes("decode_head." + n.psp.format(i=i), C, C, 1, n))
     s.update(conv_module_shapes(f"decode_head.{n.bottleneck}", C + len(cfg.pool_scales) * C, C, 3, n))
@@ -147,7 +147,7 @@ def segmentation_shapes(cfg) -> dict:
             s.update(conv_module_shapes(f"auxiliary_head.convs.{j}", C if j == 0 else A, A, 3, n))
         if cfg.auxiliary_concat_input:
             s.update(conv_module_shapes("auxiliary_head.conv_cat", C + A, A, 3, n))
-        s["auxiliary_head.classifier.weight"], s["auxiliary_head.classifier.bias"] = (K, A, 1, 1), (K,)
+        s["auxiliary_head.classifier.weight"], s["auxiliary_head.classifier.bias"] = (L, A, 1, 1), (L,)
     return s
 
 
@@ -510,11 +510,13 @@ SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes)
 BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True)
 
 ARCHITECTURES = [
+    # BEiT
     Architecture("BeitModel", "beit", BEIT, None, BaseModelOutputWithPooling),
     Architecture("BeitForImageClassification", "beit", BEIT, CLASSIFICATION, ImageClassifierOutput),
     Architecture("BeitForMaskedImageModeling", "beit", BEIT, MIM, MaskedLMOutput),
     Architecture("BeitForSemanticSegmentation", "beit", BEIT, SEGMENTATION, SemanticSegmenterOutput),
     Architecture("BeitBackbone", "beit", BEIT, BACKBONE, BackboneOutput),
+    # data2vec-vision: the same network (its own checkpoint names in the segmentation head)
     Architecture("Data2VecVisionModel", "data2vec-vision", DATA2VEC_VISION, None, BaseModelOutputWithPooling),
     Architecture("Data2VecVisionForImageClassification", "data2vec-vision", DATA2VEC_VISION, CLASSIFICATION,
                  ImageClassifierOutput),

@@ -300,9 +300,11 @@ TEACHER = Head("teacher", image_classification_with_teacher, teacher_head_shapes
 MIM = Head("mim", masked_image_modeling, decoder_shapes)
 
 ARCHITECTURES = [
+    # ViT
     Architecture("ViTModel", "vit", VIT, None, BaseModelOutputWithPooling),
     Architecture("ViTForImageClassification", "vit", VIT, CLASSIFICATION, ImageClassifierOutput),
     Architecture("ViTForMaskedImageModeling", "vit", VIT, MIM, MaskedImageModelingOutput),
+    # DeiT: ViT with a distillation token
     Architecture("DeiTModel", "deit", DEIT, None, BaseModelOutputWithPooling),
     Architecture("DeiTForImageClassification", "deit", DEIT, CLASSIFICATION, ImageClassifierOutput),
     Architecture("DeiTForImageClassificationWithTeacher", "deit", DEIT, TEACHER,
