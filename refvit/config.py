@@ -21,11 +21,14 @@ SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "
 
 
 class LabelsMixin:
-    """`num_labels` as transformers derives it: the length of `id2label`."""
+    """What every config has: `num_labels` as transformers derives it (the length of `id2label`), and `to_dict`."""
 
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class PatchGridMixin(LabelsMixin):
@@ -66,9 +69,6 @@ class ViTConfig(PatchGridMixin):
     pooler_act: str = "tanh"                     # pooler activation
     id2label: dict = field(default_factory=dict)  # class index -> label name (num_labels = its length)
     label2id: dict = field(default_factory=dict)  # label name -> class index
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def parse_pair(value: Any, key: str, problems: list) -> tuple | None:
@@ -288,9 +288,6 @@ class BeitConfig(PatchGridMixin):
     def stage_names(self) -> tuple:
         return ("stem",) + tuple(f"stage{i}" for i in range(1, self.num_hidden_layers + 1))
 
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = "beit", head: str = "") -> BeitConfig:
     """Parse and validate a BEiT / data2vec-vision config dict; every problem is listed in one ConfigError.
@@ -393,7 +390,7 @@ PROJECTION_METHODS = ("dw_bn", "avg", "linear")  # qkv_projection_method values 
 
 
 @dataclass(frozen=True)
-class CvtConfig:
+class CvtConfig(LabelsMixin):
     """`CvtConfig` (configuration_cvt.py): one entry per stage in every list; defaults are microsoft/cvt-13's."""
 
     model_type: str = "cvt"
@@ -419,18 +416,11 @@ class CvtConfig:
     label2id: dict = field(default_factory=dict)  # label name -> class index
 
     @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
     def num_stages(self) -> int:
         return len(self.depth)
 
     def mlp_width(self, stage: int) -> int:
         return int(self.embed_dim[stage] * self.mlp_ratio[stage])  # CvtIntermediate: nn.Linear(C, int(C * mlp_ratio))
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 # per-stage keys: (default, element kind, lower bound); drop rates are training-only but transformers indexes them too
@@ -537,7 +527,7 @@ BOTTLE_RATIO = 0.25    # BitStage(bottle_ratio=0.25): mid channels = make_div(ou
 
 
 @dataclass(frozen=True)
-class BitConfig:
+class BitConfig(LabelsMixin):
     """Configuration of BiT (`BitConfig`); defaults are transformers' (the google/bit-50 shape)."""
 
     model_type: str = "bit"
@@ -559,10 +549,6 @@ class BitConfig:
     label2id: dict = field(default_factory=dict)
 
     @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
     def stage_names(self) -> tuple:
         """configuration_bit.py: ["stem", "stage1", …, "stageN"] (the backbone's feature names)."""
         return ("stem",) + tuple(f"stage{i}" for i in range(1, len(self.depths) + 1))
@@ -571,9 +557,6 @@ class BitConfig:
     def num_features(self) -> int:
         """Channels of the last stage: make_div(hidden_sizes[-1] · width_factor)."""
         return make_div(self.hidden_sizes[-1] * self.width_factor)
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def make_div(value, divisor=8):
