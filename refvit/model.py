@@ -1,8 +1,10 @@
-"""The thin `Model` object (config + params + which forward to run) and `from_pretrained`.
+"""The thin `Model` object (config + params + architecture + kernels), `from_pretrained`, the transformers-named
+classes, and the lookup tables derived from the families' architecture lists (docs/DESIGN.md §2).
 
-Loading is one visible pipeline: read config.json -> pick the architecture -> parse/validate the config ->
-read the tensors (refvit.checkpoint) -> map names strictly (missing/unexpected/wrong-shape reported together)
--> cast to the run dtype once -> nest into the params tree. Nothing runs before all of it succeeded.
+Loading is one visible pipeline (docs/DESIGN.md §4): read config.json -> pick the architecture -> parse/validate the
+config -> read the tensors (refvit.checkpoint) -> the family's preparation -> map names strictly
+(missing/unexpected/wrong-shape reported together) -> cast to the run dtype once -> the family's preparation in the
+run dtype -> nest into the params tree. Nothing runs before all of it succeeded.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def prepare_params(tensors: dict, dtype: np.dtype, source: str, arch: Architectu
 
 
 class Model:
-    """config + params + architecture. Call it like a transformers model: `model(pixel_values, ...)`."""
+    """config + params + architecture + kernels. Call it like a transformers model: `model(pixel_values, ...)`."""
 
     def __init__(self, config, params: dict, architecture: Architecture, dtype="float32", backend="numba", source=""):
         self.config = config

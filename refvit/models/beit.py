@@ -14,8 +14,9 @@ bottleneck. transformers 5 renamed BEiT's modules (`layers.3.attention.q_proj`, 
 `fpn.fpn1.conv_transpose1`, `psp_modules.blocks.0.conv.convolution` …) but `save_pretrained` writes the classic names;
 data2vec-vision kept its module names, so its segmentation head's checkpoint names differ from BEiT's (`HeadNames`).
 
-Load-time preparation (`prepare_tensors`, run through Architecture.prepare on the flat checkpoint tensors): every
-BatchNorm (eval mode) is folded into the convolution before it, once, in float64 (`fold_batch_norm`).
+Load-time preparation (`prepare_tensors`, run through Family.prepare on the flat checkpoint tensors): every
+BatchNorm (eval mode) is folded into the convolution before it, once, in float64 (`common.fold_batch_norms`,
+docs/DESIGN.md §4).
 Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w patch grid (or feature-map size).
 """
 

@@ -5,13 +5,13 @@ convolutions are weight-standardised (Qiao et al. 2019, "Micro-Batch Training wi
 Weight Standardization") and whose BatchNorms are GroupNorms (Wu & He 2018). transformers' `layer_type="bottleneck"`
 is the post-activation ResNet-v1.5 block the hybrid ViT backbones use.
 
-Params trees use the checkpoint's names: `p["encoder"]["stages"][1]["layers"][0]["conv2"]["weight"]`; intermediates
+Params trees use the checkpoint's names (docs/DESIGN.md §4): `p["encoder"]["stages"][1]["layers"][0]["conv2"]["weight"]`; intermediates
 are recorded under the same names (`bit.encoder.stages.1.layers.0.conv2`). Every tensor is NCHW:
 B batch, C channels, h/w feature-map height and width.
 
 Load-time preparation: every convolution of BiT is a `WeightStandardizedConv2d`, which standardises its weight on
-every call; refvit standardises each weight once, at load (`standardize_weight`, run through Architecture.prepare on
-the flat checkpoint tensors, in float64), so the forward runs plain convolutions.
+every call; refvit standardises each weight once, at load (`standardize_weight`, run through Family.prepare on the
+flat checkpoint tensors, in float64), so the forward runs plain convolutions.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def standardize_weight(w: np.ndarray, eps: float = WS_EPS) -> np.ndarray:
 
 
 def standardize_conv_weights(tensors: dict) -> dict:
-    """Load-time preparation (Architecture.prepare, the hook on the flat checkpoint tensors): every BiT convolution
+    """Load-time preparation (Family.prepare, the hook on the flat checkpoint tensors): every BiT convolution
     weight is replaced by its standardised form, once; the run dtype cast follows in model.prepare_params."""
     out = {}
     for name, t in tensors.items():
@@ -222,6 +222,7 @@ def base_forward(ctx, inputs):
 
 
 def encode(ctx, x):
+    """BitModel.forward's body: stem, stages, final norm, pooler (base_forward adds the input-size error)."""
     cfg = ctx.cfg
     x = embeddings(ctx.at("embedder"), x)
     hidden_states = [x]

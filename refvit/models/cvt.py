@@ -2,16 +2,18 @@
 
 Paper: Wu et al. 2021, "CvT: Introducing Convolutions to Vision Transformers" (original code: microsoft/CvT,
 lib/models/cls_cvt.py). A CvT is a stack of stages; each stage
-  1. embeds its input with a strided convolution + LayerNorm (convolutional token embedding, §3.1), so the token grid
+  1. embeds its input with a strided convolution + LayerNorm (convolutional token embedding, paper §3.1), so the token grid
      shrinks from stage to stage and any input size works (there are no position embeddings);
   2. puts a class token in front when `cls_token[stage]` is set;
   3. runs pre-norm transformer layers whose q, k, v first pass through a *convolutional projection* of the token grid
-     (depthwise conv + BatchNorm, `dw_bn`; k and v usually with stride 2, §3.2) and then a linear projection;
+     (depthwise conv + BatchNorm, `dw_bn`; k and v usually with stride 2, paper §3.2) and then a linear projection;
   4. splits the class token off again and hands the grid (B, C, h, w) to the next stage.
 
 Params trees use the checkpoint's names (docs/DESIGN.md §4), which transformers 5 still uses for its modules:
 `p["encoder"]["stages"][2]["layers"][0]["attention"]["attention"]["projection_query"]`. Intermediates are recorded under
 the same names (`cvt.encoder.stages.2.layers.0.attention.output`).
+Load-time preparation: each `dw_bn` BatchNorm is folded into its depthwise conv once, in the run dtype
+(`fold_projection_batch_norms`, docs/DESIGN.md §4).
 Shapes: B batch, N tokens, C channels (embed_dim of the stage), H heads, D head dim, h/w token grid, I MLP width.
 """
 
@@ -137,7 +139,7 @@ def stage_grids(cfg, height: int, width: int) -> list[tuple[int, int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Convolutional token embedding (§3.1)
+# Convolutional token embedding (paper §3.1)
 
 
 def conv_embedding(ctx, x, stage):
@@ -151,7 +153,7 @@ def conv_embedding(ctx, x, stage):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Convolutional projection (§3.2): grid tokens (B, h·w, C) -> projected tokens (B, h'·w', C)
+# Convolutional projection (paper §3.2): grid tokens (B, h·w, C) -> projected tokens (B, h'·w', C)
 
 
 def fold_projection_batch_norms(tensors: dict, arch) -> dict:

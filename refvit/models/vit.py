@@ -93,17 +93,23 @@ def classic_names(tensors: dict) -> dict:
 # Embeddings
 
 
-def patch_embeddings(ctx, pixel_values):
-    """ViTPatchEmbeddings: Conv2d(kernel = stride = patch) as one GEMM (kernels.linear) over flattened patches
-    -> (B, N, C) and the grid (h, w). ctx is at `…embeddings.patch_embeddings`."""
+def patchify(pixel_values, patch_size):
+    """(B, Cin, H, W) -> the flattened patches (B, N, Cin·ph·pw), row by row, and the grid (h, w); a strided
+    conv floors, so pixels past the last whole patch are dropped."""
     B, Cin, height, width = pixel_values.shape
-    ph, pw = ctx.cfg.patch_size
-    h, w = height // ph, width // pw                                                   # a strided conv floors
+    ph, pw = patch_size
+    h, w = height // ph, width // pw
     x = pixel_values[:, :, :h * ph, :w * pw].reshape(B, Cin, h, ph, w, pw)
-    x = x.transpose(0, 2, 4, 1, 3, 5).reshape(B, h * w, Cin * ph * pw)              # (B, N, Cin·ph·pw)
+    return x.transpose(0, 2, 4, 1, 3, 5).reshape(B, h * w, Cin * ph * pw), (h, w)   # (B, N, Cin·ph·pw)
+
+
+def patch_embeddings(ctx, pixel_values):
+    """ViTPatchEmbeddings: Conv2d(kernel = stride = patch) as one GEMM (kernels.linear) over the flattened patches
+    -> (B, N, C) and the grid (h, w). ctx is at `…embeddings.patch_embeddings`."""
+    x, grid = patchify(pixel_values, ctx.cfg.patch_size)                             # (B, N, Cin·ph·pw)
     proj = ctx.param("projection")
-    W = proj["weight"].reshape(proj["weight"].shape[0], Cin * ph * pw)               # (C, Cin·ph·pw)
-    return ctx.kernels.linear(x, W, proj["bias"]), (h, w)                            # (B, N, C)
+    W = proj["weight"].reshape(proj["weight"].shape[0], x.shape[-1])                  # (C, Cin·ph·pw)
+    return ctx.kernels.linear(x, W, proj["bias"]), grid                              # (B, N, C)
 
 
 def mask_patches(x, mask_token, bool_masked_pos):
