@@ -44,7 +44,11 @@ TEST_SIZE = 360      # 20% of 1,797, stratified by class
 IMAGE_SIZE = 32      # each processor upscales the 8x8 scan to 32x32: patch 4 -> 8x8 = 64 tokens
 BATCH = 64
 MAX_SHIFT = 2        # augmentation: random shifts of up to 2 pixels at 32x32 (half a scan pixel)
-CHECK_TOLERANCE = 1e-4  # framework re-run vs recorded logits: DESIGN.md §5 float32 bound, relative to max(1, max|ref|)
+# --check: framework re-run vs recorded logits, relative to max(1, max|ref|). PyTorch's float32 CPU results differ
+# across CPUs (golden/generate.py FLOAT32_REGENERATION_TOL: up to 6.2e-6 measured, AMD EPYC vs Intel Xeon): the same
+# 2e-5 bound, 3x that and 5x below the 1e-4 parity bound. A predicted class is compared only where the recorded two
+# best logits are more than 2x the bound apart: a closer pair could swap within the bound on another CPU.
+CHECK_TOLERANCE = 2e-5
 
 LABELS = {str(i): str(i) for i in range(10)}  # id2label: class i is the digit i
 LABEL_IDS = {str(i): i for i in range(10)}    # label2id
@@ -276,17 +280,26 @@ def check(names, out: Path) -> int:
         outputs = predict(model, pixel_values(processor, test_scans))
         predictions = outputs["logits"].argmax(-1)
         accuracy = float((predictions == test_labels).mean())
+        worst = 0.0
         with np.load(out_dir / "logits.npz") as z:
             for key in z.files:
                 ref = z[key]
+                allowed = CHECK_TOLERANCE * max(1.0, float(np.abs(ref).max()))
                 err = float(np.abs(outputs[key].astype(np.float64) - ref).max())
-                if not err <= CHECK_TOLERANCE * max(1.0, float(np.abs(ref).max())):
-                    problems.append(f"digits-{name}: {key} max abs error {err:.3g} vs logits.npz")
-        if predictions.tolist() != meta["test_predictions"]:
-            problems.append(f"digits-{name}: {int((predictions != meta['test_predictions']).sum())} predictions differ")
-        if accuracy != meta["test_accuracy"]:
+                worst = max(worst, err / allowed)
+                if not err <= allowed:
+                    problems.append(f"digits-{name}: {key} max abs error {err:.3g} > {allowed:.3g} vs logits.npz")
+                if key == "logits":
+                    top2 = np.sort(ref.astype(np.float64), axis=-1)[:, -2:]
+                    decided = top2[:, 1] - top2[:, 0] > 2 * allowed  # the class cannot swap within the bound
+        recorded = np.array(meta["test_predictions"])
+        differ = int((predictions != recorded)[decided].sum())
+        if differ:
+            problems.append(f"digits-{name}: {differ} predictions differ")
+        if differ == 0 and (predictions == recorded).all() and accuracy != meta["test_accuracy"]:
             problems.append(f"digits-{name}: accuracy {accuracy} vs recorded {meta['test_accuracy']}")
-        print(f"digits-{name}: test accuracy {accuracy:.4f} (recorded {meta['test_accuracy']:.4f})")
+        print(f"digits-{name}: test accuracy {accuracy:.4f} (recorded {meta['test_accuracy']:.4f}); worst logit "
+              f"difference / allowed {worst:.3f}; {int((~decided).sum())} near-tied image(s) not compared by class")
     for p in problems:
         print(p)
     print(f"train_digits --check: {'OK' if not problems else f'{len(problems)} difference(s)'}")

@@ -41,6 +41,7 @@ def card_dir(tmp_path):
     return d
 
 
+@pytest.mark.needs_framework
 def test_deit_model_card_snippet(card_dir, golden_dir):
     """The DeiT model card's snippet with only the import changed (and a local image instead of the URL)."""
     from PIL import Image

@@ -173,6 +173,7 @@ def test_resample_kernels_refuse_bad_arguments():
         NB.adaptive_avg_pool2d(x, 0, 2)
 
 
+@pytest.mark.needs_framework
 def test_resample_kernels_match_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)

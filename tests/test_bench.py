@@ -45,6 +45,7 @@ CLASSIFICATION_CASES = ["vit_classification", "deit_classification", "deit_teach
                         "bit_preact_output_stride8", "bit_no_labels", "bit_50_448"]
 
 
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("case", CLASSIFICATION_CASES)
 def test_flops_equal_torch_flop_counter(case):
     """Every golden classification config: our count equals torch.utils.flop_counter's on the transformers model
@@ -154,6 +155,7 @@ def test_unknown_model_is_refused(capsys):
     assert "deit-huge" in capsys.readouterr().err
 
 
+@pytest.mark.needs_framework
 def test_peers_agree_with_refvit_on_a_tiny_model(tiny_model):
     """With torch and onnxruntime installed: both peers timed, ONNX exported from the same weights, logits match."""
     pytest.importorskip("transformers")
@@ -182,6 +184,7 @@ def test_threads_child_environment():
     assert bench.sgemm_gflops_at(1, sizes=(64,), repeat=1) > 0
 
 
+@pytest.mark.needs_framework
 def test_numpy_backend_gets_numpy_blas_threads_and_only_around_its_runs():
     """The NumPy backend is timed with numpy's own BLAS at N threads (its only parallelism); scipy's BLAS, which the
     Numba kernels call, is left alone, and numpy's is restored after each run."""

@@ -103,6 +103,7 @@ def test_sharded_pytorch_bin_by_hand(tmp_path):
     assert_same(got, {**a, **b})
 
 
+@pytest.mark.needs_framework
 def test_transformers_save_pretrained_sharded(tmp_path):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

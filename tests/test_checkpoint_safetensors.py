@@ -121,6 +121,7 @@ def test_bf16_widened_exactly_from_bit_patterns(tmp_path, mmap):
     assert np.isnan(out[-1])
 
 
+@pytest.mark.needs_framework
 def test_bf16_matches_torch(tmp_path):
     torch = pytest.importorskip("torch")
     st_torch = pytest.importorskip("safetensors.torch")

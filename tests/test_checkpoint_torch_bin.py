@@ -169,6 +169,7 @@ def test_protocol_4_opcodes(tmp_path):
 # ------------------------------------------------------------------------------ good, with real torch
 
 
+@pytest.mark.needs_framework
 def test_real_torch_save_round_trip(tmp_path):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -206,6 +207,7 @@ def test_real_torch_save_round_trip(tmp_path):
     assert out["1.num_batches_tracked"].dtype == np.int64
 
 
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_real_torch_save_pickle_protocols(tmp_path, protocol):
     torch = pytest.importorskip("torch")
@@ -216,12 +218,14 @@ def test_real_torch_save_pickle_protocols(tmp_path, protocol):
     np.testing.assert_array_equal(out["b"], [1.0, 1.0])
 
 
+@pytest.mark.needs_framework
 def test_real_legacy_torch_save_refused(tmp_path):
     torch = pytest.importorskip("torch")
     torch.save({"a": torch.ones(2)}, tmp_path / "old.bin", _use_new_zipfile_serialization=False)
     assert_error(tmp_path / "old.bin", "not a zip archive", "legacy")
 
 
+@pytest.mark.needs_framework
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_real_torchscript_refused(tmp_path):
     torch = pytest.importorskip("torch")
@@ -288,6 +292,7 @@ def test_malicious_value_inside_state_dict(tmp_path):
     assert not (tmp_path / "SENTINEL").exists()
 
 
+@pytest.mark.needs_framework
 def test_malicious_object_saved_by_real_torch(tmp_path):
     torch = pytest.importorskip("torch")
     torch.save({"w": torch.ones(2), "evil": Evil(os.system, sentinel_command(tmp_path))}, tmp_path / "evil.bin")

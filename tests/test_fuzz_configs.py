@@ -3,11 +3,15 @@
 - config.json: the configs of small golden cases of every family, one to four values changed (wrong types, zero,
   negative, huge, NaN, other architectures, keys dropped), loaded with the case's own tensors. Property: a
   `RefvitError` naming the source, or a model whose forward pass on the case's input returns its outputs or raises
-  `InputError` — and then the numba and numpy backends agree (the "correct result" check).
-- config.json bytes: mutated JSON text through `read_config_json`.
+  `InputError`. The numba and numpy backends are compared too, but they share all the model code: that catches a
+  kernel disagreement, not a wrong model. The independent oracle is the framework: `..._vs_transformers` (needs
+  torch + transformers) runs the same mutated config and tensors through transformers wherever it loads them
+  completely and runs, and refvit's outputs must match it to the float32 golden tolerance.
+- config.json bytes: mutated JSON text through `read_config_json` (property only: a dict or a RefvitError).
 - preprocessor_config.json: the settings of every processor class (and the golden BEiT ADE config), mutated,
   loaded with `AutoImageProcessor.from_pretrained` and run on small random images. Property: a `RefvitError`, or
-  (1, 3, H, W) float32 pixel values — equal to transformers' PIL processor wherever that accepts the same settings.
+  (1, 3, H, W) float32 pixel values; `..._vs_transformers` (needs transformers): equal, bit for bit, to
+  transformers' PIL processor wherever that accepts the same settings.
 Every example runs under the time guard and a memory cap (an unbounded allocation fails as MemoryError).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import inspect
 import math
 import os
 
@@ -26,7 +31,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import refvit
-from conftest import golden_case
+from conftest import framework, golden_case
 from refvit.checkpoint import read_safetensors
 from refvit.config import read_config_json
 from refvit.errors import InputError
@@ -131,9 +136,70 @@ def compare_backends(a, b, what: str) -> None:
             assert np.abs(x[finite].astype(np.float64) - y[finite]).max() <= 1e-4 * scale, (what, field)
 
 
-@fuzz_settings(60)
-@given(data=st.data())
-def test_fuzz_model_configs(cases, data):
+FRAMEWORK_FIELDS = ("logits", "cls_logits", "distillation_logits", "last_hidden_state", "pooler_output",
+                    "reconstruction", "auxiliary_logits", "feature_maps")
+
+
+def compare_with_framework(ours, theirs, what: str) -> int:
+    """refvit's outputs vs transformers' for the same inputs (an independent implementation): every field transformers
+    returns (of FRAMEWORK_FIELDS) exists in ours with its shape and agrees to 1e-4·max(1, max|ref|) where both are
+    finite. Returns the number of arrays compared."""
+    compared = 0
+    for field in FRAMEWORK_FIELDS:
+        y = getattr(theirs, field, None)
+        if y is None:
+            continue
+        x = getattr(ours, field, None)
+        assert x is not None, (what, field, "transformers returns it, refvit does not")
+        xs, ys = (x, y) if field == "feature_maps" else ((x,), (y,))
+        assert len(xs) == len(ys), (what, field)
+        for a, b in zip(xs, ys):
+            b = b.detach().float().numpy()
+            assert a.shape == b.shape, (what, field, a.shape, b.shape)
+            finite = np.isfinite(a) & np.isfinite(b)
+            if finite.any():
+                scale = max(1.0, float(np.abs(b[finite]).max()))
+                err = float(np.abs(a[finite].astype(np.float64) - b[finite]).max())
+                assert err <= 1e-4 * scale, (what, field, err, scale)
+            compared += 1
+    return compared
+
+
+def framework_model(transformers, torch, cfg: dict, case: str, directory):
+    """transformers' model for a (mutated) config and the case's tensors; None where transformers refuses it or does
+    not load every tensor exactly (it would run with random weights: no oracle then)."""
+    arch = (cfg.get("architectures") or [None])[0] if isinstance(cfg.get("architectures"), list) else None
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) and arch else None
+    if cls is None:
+        return None
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(cfg, allow_nan=True))
+    (directory / "model.safetensors").symlink_to(golden_case(case) / "model.safetensors")
+    try:
+        model, info = cls.from_pretrained(directory, output_loading_info=True, attn_implementation="eager",
+                                          dtype=torch.float32)
+    except Exception:  # noqa: BLE001 - transformers refusing (or crashing on) a config is no finding here
+        return None
+    if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        return None
+    return model.eval()
+
+
+def framework_forward(torch, model, x, options: dict):
+    """transformers' forward on the float32 pixel values refvit runs (it casts to the model dtype), or None if it
+    raises; options it does not take (CvT/BiT: interpolate_pos_encoding) are left out."""
+    accepted = inspect.signature(model.forward).parameters
+    kwargs = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in options.items() if k in accepted}
+    try:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), **kwargs)
+    except Exception:  # noqa: BLE001 - the framework refusing what refvit runs is reported as an event only
+        return None
+
+
+def run_model_config_example(cases, data):
+    """One example of the config property; returns (case, mutated config, options, numpy-backend output) when refvit
+    accepted the config and ran, else None."""
     case = data.draw(st.sampled_from(CASES), label="case")
     raw, tensors, x = cases[case]
     cfg = mutate_config(raw, data, extra_keys=("num_labels", "use_mask_token", "interpolate_pos_encoding"))
@@ -141,7 +207,7 @@ def test_fuzz_model_configs(cases, data):
         models, err = outcome(lambda: [refvit.from_state_dict(cfg, tensors, backend=b, source=f"{case}/config.json")
                                        for b in ("numba", "numpy")], f"{case}/config.json")
         if err is not None:
-            return
+            return None
         options = {"output_hidden_states": data.draw(st.booleans()), "output_attentions": data.draw(st.booleans()),
                    "interpolate_pos_encoding": data.draw(st.booleans())}
         outputs = []
@@ -149,9 +215,43 @@ def test_fuzz_model_configs(cases, data):
             out, err = outcome(lambda: model(x, **options))
             if err is not None:
                 assert isinstance(err, InputError), err
-                return
+                return None
             outputs.append(out)
-    compare_backends(*outputs, f"{case} {cfg}")
+    compare_backends(*outputs, f"{case} {cfg}")  # shared model code: a kernel check, not an oracle
+    return case, cfg, options, outputs[1]
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_fuzz_model_configs(cases, data):
+    run_model_config_example(cases, data)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """(transformers, torch) for the comparisons with the framework."""
+    transformers, torch = framework("transformers"), framework("torch")
+    transformers.logging.set_verbosity_error()
+    return transformers, torch
+
+
+@pytest.mark.needs_framework
+@fuzz_settings(40)
+@given(data=st.data())
+def test_fuzz_model_configs_vs_transformers(cases, hf, tmp_path_factory, data):
+    """The same examples' kind, with transformers as the oracle wherever it loads the mutated config completely."""
+    transformers, torch = hf
+    example = run_model_config_example(cases, data)
+    if example is None:
+        return
+    case, cfg, options, ours = example
+    model = framework_model(transformers, torch, cfg, case, tmp_path_factory.getbasetemp() / f"hf_{next(COUNTER)}")
+    theirs = None if model is None else framework_forward(torch, model, cases[case][2], options)
+    if theirs is None:
+        note_event("transformers refused")
+        return
+    assert compare_with_framework(ours, theirs, f"{case} {cfg}") > 0
+    note_event("compared with transformers")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +308,7 @@ BASES = base_processor_configs()
 
 @pytest.fixture(scope="module")
 def transformers_classes():
-    transformers = pytest.importorskip("transformers")
+    transformers = framework("transformers")
     transformers.logging.set_verbosity_error()
     return {cls.__name__: getattr(transformers, cls.__name__ + "Pil") for cls in PROCESSOR_CLASSES}
 
@@ -225,9 +325,9 @@ def random_image(data):
     return pixels
 
 
-@fuzz_settings(100)
-@given(data=st.data())
-def test_fuzz_preprocessor_configs(tmp_path_factory, transformers_classes, data):
+def run_preprocessor_example(tmp_path_factory, data):
+    """One example of the preprocessor property; returns (config, processor, image, kwargs, pixel values) when
+    refvit accepted the config and the image, else None."""
     config = mutate_config(data.draw(st.sampled_from(BASES), label="base"), data, extra_keys=PROCESSOR_KEYS)
     directory = tmp_path_factory.getbasetemp() / f"proc_{next(COUNTER)}"
     directory.mkdir()
@@ -246,10 +346,27 @@ def test_fuzz_preprocessor_configs(tmp_path_factory, transformers_classes, data)
             processor_kwargs = {}
         batch, err = outcome(lambda: processor(image, **processor_kwargs))
     if err is not None:
-        return
+        return None
     pixels = batch["pixel_values"]
     assert pixels.dtype == np.float32 and pixels.ndim == 4 and pixels.shape[:2] == (1, 3) and min(pixels.shape) >= 1
-    # the same settings through transformers' PIL processor, where it accepts them
+    return config, processor, image, processor_kwargs, pixels
+
+
+@fuzz_settings(100)
+@given(data=st.data())
+def test_fuzz_preprocessor_configs(tmp_path_factory, data):
+    run_preprocessor_example(tmp_path_factory, data)
+
+
+@pytest.mark.needs_framework
+@fuzz_settings(100)
+@given(data=st.data())
+def test_fuzz_preprocessor_configs_vs_transformers(tmp_path_factory, transformers_classes, data):
+    """The same examples, each also through transformers' PIL processor with the same settings, where it accepts them."""
+    example = run_preprocessor_example(tmp_path_factory, data)
+    if example is None:
+        return
+    config, processor, image, processor_kwargs, pixels = example
     upstream = transformers_classes[type(processor).__name__.replace("FeatureExtractor", "ImageProcessor")]
     settings = {k: v for k, v in config.items() if k in processor._keys()}
     try:

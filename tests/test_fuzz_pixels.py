@@ -3,9 +3,14 @@
 Property: a `RefvitError` (an `InputError` for arrays), or a correct result: for a model, the output shapes the input
 implies and — where the input is finite — the numba and numpy backends agreeing to the golden float32 tolerance; for
 a processor, (B, 3, H, W) float32; for load_image, an RGB image of the array's size.
+The two backends share all the model code (only the kernels differ), so their agreement is no oracle for the model.
+`test_fuzz_model_pixel_values_vs_transformers` (needs torch + transformers) uses one: the framework, on the same
+models (the golden cases' weights) and the same float32 pixel values, wherever transformers runs them.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -14,9 +19,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import refvit
-from conftest import golden_case
+from conftest import framework, golden_case
 from refvit.errors import InputError
-from test_fuzz_configs import compare_backends
+from test_fuzz_configs import compare_backends, compare_with_framework, framework_forward
 from test_fuzz_support import fuzz_settings, memory_cap, note_event, outcome, warm_up
 
 MODEL_CASES = ["deit_teacher", "vit_mim", "beit_classification", "beit_segmentation", "cvt_model", "bit_preact_model",
@@ -72,9 +77,9 @@ def arrays(draw, channels=st.sampled_from([3, 3, 3, 1, 4, 0, 2]), ranks=st.sampl
     return array
 
 
-@fuzz_settings(120)
-@given(data=st.data())
-def test_fuzz_model_pixel_values(models, data):
+def run_pixel_example(models, data):
+    """One example of the model property; returns (case, pixel values, options, numpy-backend output) when refvit ran
+    it on finite pixel values, else None."""
     case = data.draw(st.sampled_from(MODEL_CASES), label="case")
     x = data.draw(arrays(), label="pixel_values")
     options = {"interpolate_pos_encoding": data.draw(st.booleans()), "output_hidden_states": data.draw(st.booleans()),
@@ -89,7 +94,7 @@ def test_fuzz_model_pixel_values(models, data):
             if err is not None:
                 named = ("pixel_values", "input", "bool_masked_pos", "interpolate_pos_encoding", "shape", "tokens")
                 assert isinstance(err, InputError) and any(n in str(err) for n in named), err
-                return
+                return None
             outputs.append(out)
     a, b = outputs
     for field in ("logits", "last_hidden_state"):
@@ -97,7 +102,47 @@ def test_fuzz_model_pixel_values(models, data):
         if value is not None:
             assert value.shape[0] == x.shape[0] and value.dtype == np.float32, (field, value.shape, value.dtype)
     if np.all(np.isfinite(np.asarray(x, dtype=np.float64))):
-        compare_backends(a, b, f"{case} {x.dtype} {x.shape}")
+        compare_backends(a, b, f"{case} {x.dtype} {x.shape}")  # shared model code: a kernel check, not an oracle
+        return case, x, options, b
+    return None
+
+
+@fuzz_settings(120)
+@given(data=st.data())
+def test_fuzz_model_pixel_values(models, data):
+    run_pixel_example(models, data)
+
+
+@pytest.fixture(scope="module")
+def framework_models():
+    """torch, and transformers' model of each case (eager attention, float32), loaded from the same golden files."""
+    transformers, torch = framework("transformers"), framework("torch")
+    transformers.logging.set_verbosity_error()
+    out = Models()
+    for case in MODEL_CASES:
+        arch = json.loads((golden_case(case) / "config.json").read_text())["architectures"][0]
+        out[case] = getattr(transformers, arch).from_pretrained(golden_case(case), attn_implementation="eager",
+                                                                dtype=torch.float32).eval()
+    return torch, out
+
+
+@pytest.mark.needs_framework
+@fuzz_settings(60)
+@given(data=st.data())
+def test_fuzz_model_pixel_values_vs_transformers(models, framework_models, data):
+    """The same examples; where refvit ran finite pixel values, transformers on the same float32 values agrees."""
+    example = run_pixel_example(models, data)
+    if example is None:
+        return
+    case, x, options, ours = example
+    torch, theirs_models = framework_models
+    options = {k: v for k, v in options.items() if k not in ("output_hidden_states", "output_attentions")}
+    theirs = framework_forward(torch, theirs_models[case], x, options)
+    if theirs is None:
+        note_event("transformers refused")
+        return
+    assert compare_with_framework(ours, theirs, f"{case} {x.dtype} {x.shape} {sorted(options)}") > 0
+    note_event("compared with transformers")
 
 
 PROCESSORS = [refvit.ViTImageProcessor(size=16), refvit.DeiTImageProcessor(size=18, crop_size=16),

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import safetensors.numpy as safetensors_numpy  # the reference reader (the `test` extra): the oracle
 from conftest_checkpoint_helpers import safetensors_bytes
 from refvit.checkpoint import read_safetensors, read_safetensors_metadata, write_safetensors
 from refvit.checkpoint.safetensors import DTYPES
 from test_fuzz_support import fuzz_settings, outcome
 
-safetensors_numpy = pytest.importorskip("safetensors.numpy")
 COUNTER = itertools.count()
 
 BASE = {

@@ -29,10 +29,19 @@ from PIL import Image, ImageOps
 import refvit
 from refvit.errors import ImageError, InputError
 
-transformers = pytest.importorskip("transformers")
-from transformers.image_utils import load_image as hf_load_image  # noqa: E402
+from conftest import framework
 
-transformers.logging.set_verbosity_error()
+
+def hf():
+    """transformers, for the comparisons (marked needs_framework: they skip, saying why, where it is missing)."""
+    transformers = framework("transformers")
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def hf_load_image(image):
+    return framework("transformers.image_utils").load_image(image)
+
 
 RNG = np.random.default_rng(6)
 RGBA = RNG.integers(0, 256, (7, 5, 4), dtype=np.uint8)
@@ -69,6 +78,7 @@ def image_in_mode(mode: str) -> Image.Image:
     return base.convert(mode)
 
 
+@pytest.mark.needs_framework
 @pytest.mark.filterwarnings("ignore:Palette images with Transparency")
 @pytest.mark.parametrize("mode", SAME_AS_TRANSFORMERS)
 def test_modes_match_transformers_load_image(mode):
@@ -77,6 +87,7 @@ def test_modes_match_transformers_load_image(mode):
     np.testing.assert_array_equal(rgb(image), np.asarray(hf_load_image(image.copy())))
 
 
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("mode, fmt", [("1", "PNG"), ("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"),
                                        ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("YCbCr", "JPEG"), ("RGB", "TIFF"),
                                        ("LA", "TIFF"), ("P", "GIF"), ("RGBA", "WEBP")])
@@ -86,15 +97,19 @@ def test_modes_through_files_match_transformers(tmp_path, mode, fmt):
     np.testing.assert_array_equal(rgb(path), np.asarray(hf_load_image(str(path))))
 
 
-def test_premultiplied_la_is_a_clear_error_as_in_transformers():
+def test_premultiplied_la_is_a_clear_error():
     """Pillow cannot convert La (premultiplied L + alpha, an in-memory mode) to RGB: refvit says so, naming the mode."""
-    image = image_in_mode("La")
     with pytest.raises(ImageError, match="cannot convert PIL mode 'La' to RGB"):
-        refvit.load_image(image)
+        refvit.load_image(image_in_mode("La"))
+
+
+@pytest.mark.needs_framework
+def test_premultiplied_la_fails_in_transformers_too():
     with pytest.raises(ValueError):
-        hf_load_image(image)
+        hf_load_image(image_in_mode("La"))
 
 
+@pytest.mark.needs_framework
 def test_palette_with_transparency_drops_transparency_like_transformers():
     palette = Image.new("P", (3, 2))
     palette.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
@@ -122,8 +137,14 @@ def test_sixteen_bit_modes_scaled_not_clipped(mode):
     pixels = rgb(image)
     np.testing.assert_array_equal(pixels[..., 0], expected)
     assert (pixels[..., 0] == pixels[..., 2]).all()
-    theirs = np.asarray(hf_load_image(image))[..., 0]  # transformers: convert("RGB") clips at 255
-    assert (theirs[1] == 255).all() and not (expected[1] == 255).all()
+    assert not (expected[1] == 255).all()
+
+
+@pytest.mark.needs_framework
+def test_sixteen_bit_clips_in_transformers():
+    """What refvit deliberately departs from: transformers' convert("RGB") clips 16-bit values at 255."""
+    theirs = np.asarray(hf_load_image(Image.fromarray(sixteen_bit())))[..., 0]
+    assert (theirs[1] == 255).all()
 
 
 def test_sixteen_bit_png_and_tiff_files(tmp_path):
@@ -147,6 +168,7 @@ def test_float_mode_unit_range_scaled_other_ranges_clipped(tmp_path):
         refvit.load_image(Image.fromarray(np.array([[np.inf]], np.float32), "F"))
 
 
+@pytest.mark.needs_framework
 @pytest.mark.filterwarnings("ignore:Palette images with Transparency")
 @pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "YCbCr", "RGB"])
 def test_do_convert_rgb_in_processors_matches_transformers(mode):
@@ -154,7 +176,7 @@ def test_do_convert_rgb_in_processors_matches_transformers(mode):
     if mode == "P":
         image.info["transparency"] = 3
     ours = refvit.ViTImageProcessor(size=8, do_convert_rgb=True)(image)["pixel_values"]
-    theirs = transformers.ViTImageProcessorPil(size=8, do_convert_rgb=True)(image, return_tensors="np")
+    theirs = hf().ViTImageProcessorPil(size=8, do_convert_rgb=True)(image, return_tensors="np")
     np.testing.assert_array_equal(ours, theirs["pixel_values"])
 
 
@@ -187,15 +209,20 @@ def with_orientation(pixels: np.ndarray, orientation, fmt="PNG") -> bytes:
     return encoded(Image.fromarray(pixels), fmt, exif=exif)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])  # lossless formats: the geometry itself
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientations_turn_the_pixels(fmt, orientation):
+    pixels = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # not square: rotations change the size
+    np.testing.assert_array_equal(rgb(with_orientation(pixels, orientation, fmt)), ORIENTATIONS[orientation](pixels))
+
+
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF", "WEBP"])
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientations_like_transformers(fmt, orientation):
-    pixels = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)  # not square: rotations change the size
+    pixels = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)
     data = with_orientation(pixels, orientation, fmt)
-    ours = rgb(data)
-    np.testing.assert_array_equal(ours, np.asarray(hf_load_image(Image.open(io.BytesIO(data)))))
-    if fmt != "WEBP":  # lossless formats: check the geometry itself
-        np.testing.assert_array_equal(ours, ORIENTATIONS[orientation](pixels))
+    np.testing.assert_array_equal(rgb(data), np.asarray(hf_load_image(Image.open(io.BytesIO(data)))))
 
 
 @pytest.mark.parametrize("orientation", [0, 9, 255, 65535])
@@ -229,28 +256,49 @@ def frames():
     return [Image.new("RGB", (6, 4), colour) for colour in FRAME_COLOURS]
 
 
-@pytest.mark.parametrize("fmt, kwargs", [("GIF", {}), ("TIFF", {}), ("PNG", {}), ("WEBP", {"lossless": True})])
-def test_multi_frame_files_give_the_first_frame(tmp_path, fmt, kwargs):
+MULTI_FRAME = [("GIF", {}), ("TIFF", {}), ("PNG", {}), ("WEBP", {"lossless": True})]
+
+
+def multi_frame_file(tmp_path, fmt, kwargs):
     first, *rest = frames()
     path = tmp_path / f"anim.{fmt.lower()}"
     first.save(path, fmt, save_all=True, append_images=rest, **kwargs)
-    opened = Image.open(path)
-    assert getattr(opened, "n_frames", 1) == 3, fmt
-    pixels = rgb(path)
+    assert getattr(Image.open(path), "n_frames", 1) == 3, fmt
+    return path
+
+
+@pytest.mark.parametrize("fmt, kwargs", MULTI_FRAME)
+def test_multi_frame_files_give_the_first_frame(tmp_path, fmt, kwargs):
+    pixels = rgb(multi_frame_file(tmp_path, fmt, kwargs))
     assert pixels.shape == (4, 6, 3) and tuple(pixels[0, 0]) == FRAME_COLOURS[0]
-    np.testing.assert_array_equal(pixels, np.asarray(hf_load_image(str(path))))
+
+
+@pytest.mark.needs_framework
+@pytest.mark.parametrize("fmt, kwargs", MULTI_FRAME)
+def test_multi_frame_files_like_transformers(tmp_path, fmt, kwargs):
+    path = multi_frame_file(tmp_path, fmt, kwargs)
+    np.testing.assert_array_equal(rgb(path), np.asarray(hf_load_image(str(path))))
     batch = refvit.ViTImageProcessor(size=4, do_convert_rgb=True)(Image.open(path))
-    theirs = transformers.ViTImageProcessorPil(size=4, do_convert_rgb=True)(Image.open(path), return_tensors="np")
+    theirs = hf().ViTImageProcessorPil(size=4, do_convert_rgb=True)(Image.open(path), return_tensors="np")
     np.testing.assert_array_equal(batch["pixel_values"], theirs["pixel_values"])
 
 
-def test_pil_object_on_a_later_frame_is_taken_as_it_is(tmp_path):
+def gif_on_its_last_frame(tmp_path) -> Image.Image:
     first, *rest = frames()
     path = tmp_path / "anim.gif"
     first.save(path, "GIF", save_all=True, append_images=rest)
     image = Image.open(path)
     image.seek(2)
-    assert tuple(rgb(image)[0, 0]) == FRAME_COLOURS[2] == tuple(np.asarray(hf_load_image(image))[0, 0])
+    return image
+
+
+def test_pil_object_on_a_later_frame_is_taken_as_it_is(tmp_path):
+    assert tuple(rgb(gif_on_its_last_frame(tmp_path))[0, 0]) == FRAME_COLOURS[2]
+
+
+@pytest.mark.needs_framework
+def test_pil_object_on_a_later_frame_like_transformers(tmp_path):
+    assert tuple(np.asarray(hf_load_image(gif_on_its_last_frame(tmp_path)))[0, 0]) == FRAME_COLOURS[2]
 
 
 # ------------------------------------------------------------------------------------- tiny and extreme shapes
@@ -268,12 +316,13 @@ SHAPE_CASES = [(name, kwargs, h, w) for name, kwargs in PROCESSOR_PAIRS for h, w
                if kwargs or (h, w) in ((1, 1), (1, 2))]
 
 
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("name, kwargs, height, width", SHAPE_CASES,
                          ids=[f"{n}{k}-{h}x{w}" for n, k, h, w in SHAPE_CASES])
 def test_tiny_and_extreme_aspect_ratios_match_transformers(name, kwargs, height, width):
     image = Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8))
     ours = getattr(refvit, name)(**kwargs)(image)["pixel_values"]
-    theirs = getattr(transformers, name + "Pil")(**kwargs)(image, return_tensors="np")["pixel_values"]
+    theirs = getattr(hf(), name + "Pil")(**kwargs)(image, return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(ours, theirs)
 
 

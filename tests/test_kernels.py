@@ -171,6 +171,7 @@ def test_kernels_refuse_bad_input_with_input_error():
 # ----------------------------------------------------------------------------------- numpy vs torch
 
 
+@pytest.mark.needs_framework
 @FAST
 @given(dtype=dtypes, seed=seeds, lead=leading_shapes, C=st.integers(1, 70), eps=st.sampled_from([1e-12, 1e-6]))
 def test_layer_norm_matches_torch(dtype, seed, lead, C, eps):
@@ -183,6 +184,7 @@ def test_layer_norm_matches_torch(dtype, seed, lead, C, eps):
     assert_close(NP.layer_norm(x, w, b, eps), ref.numpy(), dtype, tol=tol)
 
 
+@pytest.mark.needs_framework
 @FAST
 @given(dtype=dtypes, seed=seeds, lead=leading_shapes, C=st.integers(1, 70))
 def test_gelu_and_softmax_match_torch(dtype, seed, lead, C):
@@ -195,6 +197,7 @@ def test_gelu_and_softmax_match_torch(dtype, seed, lead, C):
     assert_close(NP.softmax(x * 4), torch.softmax(tx * 4, dim=-1).numpy(), dtype)
 
 
+@pytest.mark.needs_framework
 @FAST
 @given(
     dtype=dtypes, seed=seeds, B=st.integers(1, 2), Nq=st.integers(1, 12), Nk=st.integers(1, 12),
@@ -221,6 +224,7 @@ def test_attention_matches_torch_eager_math(dtype, seed, B, Nq, Nk, H, D, with_b
 INTERP_TOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-12}
 
 
+@pytest.mark.needs_framework
 @settings(max_examples=60, deadline=None)
 @given(
     dtype=dtypes, seed=seeds, lead=st.sampled_from([(3,), (1, 2), (2, 3)]),
@@ -238,6 +242,7 @@ def test_interpolate_matches_torch(dtype, seed, lead, h, w, out_h, out_w, mode):
     assert_close(fn(x, out_h, out_w), ref, dtype, tol=INTERP_TOL[np.dtype(dtype)])
 
 
+@pytest.mark.needs_framework
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_interpolate_vit_position_grid_matches_torch(dtype):
     # the ViT/DeiT use: a (C, 14, 14) position table to 24 x 24 (384 px) and back down to 10 x 7

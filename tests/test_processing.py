@@ -484,6 +484,7 @@ def test_errors_are_refvit_errors():
 # Differential check against transformers itself (only where it is installed)
 
 
+@pytest.mark.needs_framework
 def test_random_inputs_match_transformers():
     transformers = pytest.importorskip("transformers")
     hypothesis = pytest.importorskip("hypothesis")
