@@ -107,7 +107,8 @@ class Model:
         opts = CallOptions(bool_masked_pos, bool(interpolate_pos_encoding), bool(output_hidden_states),
                            bool(output_attentions))
         rec = Recorder(bool(output_intermediates))
-        values = self.architecture.forward(self.params, x, self.config, self._K, rec, opts)
+        with kernels.forward_scope(self.backend):  # Numba's BLAS on one thread for the forward (kernels/threads.py)
+            values = self.architecture.forward(self.params, x, self.config, self._K, rec, opts)
         if output_intermediates:
             values["intermediates"] = rec.values
         out = self.architecture.output(**values)
