@@ -53,7 +53,8 @@ _numba = []  # (numba, numba.np.ufunc.parallel), imported on the first num_threa
 @functools.lru_cache(maxsize=1)
 def blas_threads() -> int:
     """The thread count numpy's and scipy's OpenBLAS started with: they read these variables once, at load, in this
-    order (so this reads them once too; `blas_threads.cache_clear()` to read them again)."""
+    order (so this reads them once too; `blas_threads.cache_clear()` to read them again). Used only where the BLAS
+    Numba calls cannot be found to be limited (`numba_blas()` None): then a threaded BLAS means serial blocks."""
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
