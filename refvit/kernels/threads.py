@@ -180,7 +180,9 @@ class _ForwardScope:
 
     Re-entrant and shared by every Python thread: the first thread in saves the library's thread count and sets 1,
     the last one out restores the saved count (a lock around a count of the threads inside). Costs two ctypes calls
-    on entry from outside (~1 µs each) and a lock; a blocked kernel inside a scope only reads a thread-local count."""
+    on entry from outside (~1 µs each) and a lock; a blocked kernel inside a scope only reads a thread-local count.
+    A thread count set on that library by someone else while a forward runs is replaced by the saved one when the
+    last forward leaves."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -189,7 +191,6 @@ class _ForwardScope:
         self.serial_blocks = False  # no library to limit and BLAS threaded: the blocks run serially
 
     def __enter__(self):
-        _inside.depth = getattr(_inside, "depth", 0) + 1
         with self._lock:
             if self._depth == 0:
                 blas = numba_blas()
@@ -201,6 +202,7 @@ class _ForwardScope:
                         blas[1](1)
                         self._restore = (blas[1], saved)
             self._depth += 1
+        _inside.depth = getattr(_inside, "depth", 0) + 1   # after the count: a failed entry leaves no trace
         return self
 
     def __exit__(self, *exc):
