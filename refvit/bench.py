@@ -384,11 +384,12 @@ def bench(models, batches, repeat: int = 3, threads: int | None = None, backends
                     skipped.append({"model": name, "impl": "onnxruntime", "reason": f"ONNX export failed: {e}"})
                     impls.remove("onnxruntime")
             times = {(impl, b): [] for impl in impls for b in batches}
-            for r in range(repeat):
-                for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-                    spec = {"impl": impl, "arch": arch, "model_dir": str(tmp / "model"), "onnx": str(tmp / "model.onnx"),
-                            "batches": list(batches), "inputs": inputs, "runs": RUNS_PER_PROCESS, "threads": threads,
-                            "logits": str(tmp / f"logits-{impl}-{{batch}}.npy") if r < len(impls) else None}
+            for r in range(repeat if impls else 0):
+                for impl in impls[r % len(impls):] + impls[:r % len(impls)]:   # rotated: no fixed neighbour
+                    spec = {"impl": impl, "arch": arch, "model_dir": str(tmp / "model"),
+                            "onnx": str(tmp / "model.onnx"), "batches": list(batches), "inputs": inputs,
+                            "runs": RUNS_PER_PROCESS, "threads": threads,
+                            "logits": str(tmp / f"logits-{impl}-{{batch}}.npy") if r == 0 else None}
                     try:
                         out = _worker(spec, impl_env(impl, threads))
                     except RuntimeError as e:
