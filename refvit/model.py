@@ -105,8 +105,9 @@ class Model:
         opts = CallOptions(bool_masked_pos, bool(interpolate_pos_encoding), bool(output_hidden_states),
                            bool(output_attentions))
         intermediates = {} if output_intermediates else None
-        values = run(self.architecture, self.params, self.config, self.kernels, self.dtype, pixel_values, opts,
-                     intermediates)
+        with kernels.forward_scope(self.backend):  # Numba's BLAS on one thread for the forward (kernels/threads.py)
+            values = run(self.architecture, self.params, self.config, self.kernels, self.dtype, pixel_values, opts,
+                         intermediates)
         if intermediates is not None:
             values["intermediates"] = intermediates
         out = self.architecture.output(**values)

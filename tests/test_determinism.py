@@ -86,9 +86,6 @@ def test_same_input_same_bits(models, case, backend):
 
 @pytest.mark.parametrize("case", CASES)
 def test_numba_thread_count_does_not_change_bits(models, case, monkeypatch):
-    from refvit.kernels import threads
-
-    monkeypatch.setattr(threads, "blas_threads", lambda: 1)  # as with OPENBLAS_NUM_THREADS=1: parallel kernels
     model, x = models[case, "numba"], inputs(case)
     previous = numba.get_num_threads()
     try:

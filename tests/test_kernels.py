@@ -126,6 +126,8 @@ def test_attention_twins(dtype, seed, B, Nq, Nk, H, D, with_bias, need_probs, fu
         assert probs is None
     _, np_probs = NP.attention(q, k, v, H, scale, bias=bias, need_probs=need_probs)
     assert (np_probs is None) == (not need_probs)
+    other, _ = NB.attention(q, k, v, H, scale, bias=bias, need_probs=not need_probs)
+    assert np.array_equal(context, other)   # writing the probs or a scratch: the same arithmetic, the same bits
 
 
 def test_attention_heads_use_their_own_channel_slices():

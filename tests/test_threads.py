@@ -22,8 +22,8 @@ FAST = settings(max_examples=20, deadline=None)
 
 @pytest.fixture
 def split(monkeypatch):
-    """split(n): run the Numba kernels on min(n, NUMBA_NUM_THREADS) Numba threads (1: the serial build) with BLAS
-    single-threaded, every block split (more blocks than threads, whatever this machine has)."""
+    """split(n): run the Numba kernels on min(n, NUMBA_NUM_THREADS) Numba threads (1: the serial build), every block
+    split (more blocks than threads, whatever this machine has)."""
     import numba
 
     before = numba.get_num_threads()
@@ -33,9 +33,14 @@ def split(monkeypatch):
         monkeypatch.setattr(threads, "MIN_WORK_PER_BLOCK", 1)
         monkeypatch.setattr(threads, "MIN_GEMM_BLOCK", 1)
         monkeypatch.setattr(threads, "MAX_BLOCKS", 8)
-        monkeypatch.setattr(threads, "blas_threads", lambda: 1)  # else every kernel runs serially
     yield set_threads
     numba.set_num_threads(before)
+
+
+def serial_fallback(monkeypatch):
+    """As where the BLAS Numba calls cannot be found and was started threaded: blocked kernels run serially."""
+    monkeypatch.setattr(threads, "numba_blas", lambda: None)
+    monkeypatch.setattr(threads, "blas_threads", lambda: 2)
 
 
 def run_all(rng, dtype):
@@ -68,7 +73,7 @@ def test_split_gives_the_same_bits_for_every_thread_count(split, monkeypatch, dt
     if numba.config.NUMBA_NUM_THREADS > 1:  # the parallel builds ran (not only the serial ones)
         assert linear_module._linear_blocks.parallel.signatures
         assert conv_module._conv_gemm_blocks.parallel.signatures
-    monkeypatch.setattr(threads, "blas_threads", lambda: 2)  # BLAS threaded: the same blocks, serially
+    serial_fallback(monkeypatch)                            # no BLAS to limit: the same blocks, serially
     outs[0] = run_all(np.random.default_rng(0), dtype)
     for n in (0, 2, 3, 5):
         for a, b in zip(outs[1], outs[n]):
@@ -208,3 +213,109 @@ def test_every_gemm_split_matches_the_twin(split, dtype):
         for bias in (cb, None):
             np.testing.assert_allclose(NB.conv2d(img, cw, bias, padding=1, groups=2),
                                        NP.conv2d(img, cw, bias, padding=1, groups=2), rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# forward_scope: the OpenBLAS Numba calls runs on one thread during refvit's forward, and only then
+
+TINY_VIT = {"model_type": "vit", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 256, "image_size": 64, "patch_size": 8, "id2label": {str(i): str(i) for i in range(5)},
+            "architectures": ["ViTForImageClassification"]}
+
+
+def tiny_model():
+    import refvit
+    from refvit import synthetic
+
+    tensors = synthetic.random_state_dict(synthetic.shapes_for(TINY_VIT, "ViTForImageClassification"), seed=0)
+    return refvit.from_state_dict(TINY_VIT, tensors), synthetic.random_pixel_values(4, 3, 64, 64, seed=1)
+
+
+@pytest.fixture
+def numba_blas_at_2():
+    """The BLAS Numba calls (scipy's OpenBLAS) set to 2 threads, as a default process on 2+ cores has it; restored."""
+    blas = threads.numba_blas()
+    if blas is None:
+        pytest.skip("scipy's BLAS here is not a bundled OpenBLAS that refvit can find (the serial fallback runs)")
+    before = blas[0]()
+    blas[1](2)
+    yield blas
+    blas[1](before)
+
+
+def numpy_blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import os
+    numpy_dir = os.path.dirname(np.__file__)
+    return [lib.num_threads for lib in threadpoolctl.ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and os.path.dirname(lib.filepath) in (numpy_dir, numpy_dir + ".libs")]
+
+
+def test_forward_limits_numba_blas_only_during_the_forward(numba_blas_at_2):
+    get = numba_blas_at_2[0]
+    model, x = tiny_model()
+    numpy_before = numpy_blas_threads()
+    seen = []
+    real = model._K if not hasattr(model, "kernels") else model.kernels
+    from types import SimpleNamespace
+
+    def spy_linear(*args, **kwargs):
+        seen.append((get(), numpy_blas_threads()))
+        return real.linear(*args, **kwargs)
+    from refvit.bench import set_model_kernels
+    set_model_kernels(model, SimpleNamespace(**{**vars(real), "linear": spy_linear}))
+    model(x)
+    assert seen and all(s == (1, numpy_before) for s in seen)   # scipy's BLAS at 1, numpy's as it was
+    assert get() == 2 and numpy_blas_threads() == numpy_before  # both as before after the forward
+
+
+def test_kernel_called_alone_limits_and_restores(numba_blas_at_2):
+    x, w = np.ones((300, 64), np.float32), np.ones((96, 64), np.float32)
+    NB.linear(x, w)
+    assert numba_blas_at_2[0]() == 2
+
+
+def test_results_bit_identical_with_and_without_the_limit(numba_blas_at_2, monkeypatch):
+    """The limit changes who runs the GEMMs (Numba's threads, BLAS single-threaded) and never the bits: against
+    the serial fallback, where OpenBLAS threads each GEMM itself."""
+    model, x = tiny_model()
+    rng = np.random.default_rng(0)
+    a, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((197, 384), (1152, 384), (1152,)))
+    limited = [model(x).logits, NB.linear(a, w, b), NB.linear(np.tile(a, (4, 1)), w, b)]
+    serial_fallback(monkeypatch)
+    threaded_blas = [model(x).logits, NB.linear(a, w, b), NB.linear(np.tile(a, (4, 1)), w, b)]
+    for one, other in zip(limited, threaded_blas):
+        assert np.array_equal(one, other)
+
+
+def test_two_python_threads_run_models_at_once(numba_blas_at_2):
+    """Two threads in forwards at once: the last one out restores the count; every result is the serial one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, x = tiny_model()
+    expected = model(x).logits
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: model(x).logits, range(12)))
+    assert all(np.array_equal(o, expected) for o in outs)
+    assert numba_blas_at_2[0]() == 2
+
+
+def test_scope_counts_threads_in_and_out(numba_blas_at_2):
+    import threading
+
+    get, scope = numba_blas_at_2[0], threads.forward_scope()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with scope:
+            inside.set()
+            release.wait(10)
+    t = threading.Thread(target=other)
+    with scope:
+        t.start()
+        inside.wait(10)
+        assert get() == 1
+    assert get() == 1                                       # the other thread is still inside
+    release.set()
+    t.join(10)
+    assert get() == 2

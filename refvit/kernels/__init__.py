@@ -78,6 +78,23 @@ def get(backend):
     return _NAMESPACES[backend]
 
 
+_NO_SCOPE = None
+
+
+def forward_scope(backend):
+    """The context a model's forward runs its kernels in (`with kernels.forward_scope(backend): ...`): for "numba",
+    `threads.forward_scope()` (the OpenBLAS Numba calls held at one thread, restored afterwards); for "numpy",
+    nothing (numpy's BLAS is the NumPy backend's only parallelism and stays as the user set it)."""
+    global _NO_SCOPE
+    if backend == "numba":
+        from refvit.kernels.threads import forward_scope as scope
+        return scope()
+    if _NO_SCOPE is None:
+        import contextlib
+        _NO_SCOPE = contextlib.nullcontext()
+    return _NO_SCOPE
+
+
 def __getattr__(name):
     """`kernels.NUMPY` / `kernels.NUMBA`: the namespaces, built (and their modules imported) on first use."""
     if name in ("NUMPY", "NUMBA"):

@@ -82,19 +82,22 @@ def _scale_bias_softmax(scores, scale, bias, has_bias):
 
 
 @blocked(fastmath=False, error_model="numpy")
-def _attention_blocks(q, k, v, num_heads, chunks, scale, bias, has_bias, scores, out, bounds):
-    # q (B, Nq, C), k and v (B, Nk, C), out (B, Nq, C); scores (B, H, Nq, Nk) becomes the probs; bias (H, Nq, Nk).
-    # Item t = (b·H + h)·chunks + r is one image b, head h and chunk r of its query rows: its q, k, v and out are
-    # the channel slice h·D:(h+1)·D (strided views, no copies); block i owns items bounds[i]:bounds[i + 1].
-    Nq = q.shape[1]
+def _attention_blocks(q, k, v, num_heads, chunks, scale, bias, has_bias, scores, keep, out, bounds):
+    # q (B, Nq, C), k and v (B, Nk, C), out (B, Nq, C); bias (H, Nq, Nk). keep: scores (B, H, Nq, Nk) becomes the
+    # probs; else each block reuses one (rows, Nk) scratch that stays in cache (same leading dimension Nk, so the
+    # same GEMM calls and bits). Item t = (b·H + h)·chunks + r is one image b, head h and chunk r of its query rows:
+    # its q, k, v and out are the channel slice h·D:(h+1)·D (strided views, no copies); block i owns items
+    # bounds[i]:bounds[i + 1].
+    Nq, Nk = q.shape[1], k.shape[1]
     D = q.shape[2] // num_heads
     for i in prange(len(bounds) - 1):
+        scratch = np.empty((0 if keep else Nq // chunks + 1, Nk), out.dtype)
         for t in range(bounds[i], bounds[i + 1]):
             bh, r = t // chunks, t % chunks
             b, h = bh // num_heads, bh % num_heads
             c0, c1 = h * D, (h + 1) * D
             r0, r1 = r * Nq // chunks, (r + 1) * Nq // chunks
-            s = scores[b, h, r0:r1]
+            s = scores[b, h, r0:r1] if keep else scratch[:r1 - r0]
             gemm(q[b, r0:r1, c0:c1], k[b, :, c0:c1].T, s, 0.0)       # (rows, D) @ (D, Nk)
             _scale_bias_softmax(s, scale, bias[h, r0:r1] if has_bias else bias[0], has_bias)
             gemm(s, v[b, :, c0:c1], out[b, r0:r1, c0:c1], 0.0)       # (rows, Nk) @ (Nk, D), into head h's channels
@@ -112,7 +115,8 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     """Numba twin of `attention_numpy`: per (image, head), q·kᵀ and p·v as BLAS GEMMs on strided views of q, k, v
     (refvit.kernels.blas), the scale, bias and softmax fused in one pass over that head's scores in between; the
     (image, head, query chunk) items are split into blocks across Numba's threads (BLAS single-threaded), each
-    block running its GEMMs and softmax without returning to Python. probs are the scores buffer, if asked."""
+    block running its GEMMs and softmax without returning to Python. The (B, H, Nq, Nk) probabilities are written
+    only if asked (need_probs); otherwise each block's scores live in a small scratch that stays in cache."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape
@@ -121,10 +125,10 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     q, k, v = (np.require(a, dt, ["C", "A"]) for a in (q, k, v))
     has_bias = bias is not None
     bias = np.require(bias if has_bias else np.zeros((1, 1, 1), dt), dt, ["C", "A"])
-    scores = np.empty((B, H, Nq, Nk), dt)               # (B, H, Nq, Nk), becomes the probs
+    scores = np.empty((B, H, Nq, Nk) if need_probs else (0, 0, 0, 0), dt)   # becomes the probs, if asked
     out = np.empty((B, Nq, C), dt)                      # (B, Nq, C): heads written straight into their channels
-    if scores.size:
+    if B * H * Nq * Nk:
         chunks = query_chunks(B * H, Nq)
         bounds = threads.blocks(B * H * chunks, Nq * Nk // chunks)  # work counted in scores elements
-        _attention_blocks(q, k, v, H, chunks, dt.type(scale), bias, has_bias, scores, out, bounds)
+        _attention_blocks(q, k, v, H, chunks, dt.type(scale), bias, has_bias, scores, bool(need_probs), out, bounds)
     return out, (scores if need_probs else None)

@@ -125,8 +125,8 @@ CHANNEL_SPLIT = 256  # at least this many output channels per group: blocks of c
 
 def _gemm_blocks(cols, weight, bias, groups, Ho, Wo, out=None):
     """`_gemm` with one GEMM per block of output pixels (few output channels) or of output channels (many), the
-    blocks chosen by the sizes alone, run across Numba's threads when BLAS is single-threaded
-    (see refvit.kernels.linear); the bias is BLAS's beta = 1 onto pre-filled output. `out`: a C-contiguous
+    blocks chosen by the sizes alone, run across Numba's threads with BLAS single-threaded
+    (refvit.kernels.threads.forward_scope); the bias is BLAS's beta = 1 onto pre-filled output. `out`: a C-contiguous
     (B, Cout, Ho, Wo) array to write into."""
     B, G, K, P = cols.shape
     Cout = weight.shape[0]

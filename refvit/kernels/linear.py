@@ -2,7 +2,7 @@
 
 The GEMM is BLAS's (numpy's matmul reads Wᵀ in place, no copy). The Numba-backend twin cuts the rows of x into
 blocks, one GEMM each onto rows pre-filled with the bias (BLAS's beta = 1: no second pass over y), run across
-Numba's threads (refvit.kernels.threads) when BLAS is single-threaded (OPENBLAS_NUM_THREADS=1).
+Numba's threads with the BLAS they call held at one thread (refvit.kernels.threads.forward_scope).
 """
 
 import numpy as np
@@ -53,9 +53,9 @@ COLUMN_SPLIT_ROWS = 512  # at most this many rows: split the output columns, not
 
 def linear_numba(x, weight, bias=None):
     """Twin of `linear_numpy`: one GEMM per block of rows (or, for few rows, of output columns), the blocks chosen
-    by the sizes alone (so the bits do not depend on any thread count), run across Numba's threads when BLAS is
-    single-threaded; when BLAS runs threads itself, one block after the other (two layers of threads would
-    oversubscribe the cores)."""
+    by the sizes alone (so the bits do not depend on any thread count), run across Numba's threads with BLAS held
+    at one thread (refvit.kernels.threads); one block after the other only where that BLAS cannot be limited and
+    runs threads itself (two layers of threads would oversubscribe the cores)."""
     _check_args(x, weight, bias)
     dtype = np.result_type(x, weight)
     x2 = np.require(x.reshape(-1, x.shape[-1]), dtype, ["C", "A"])     # (M, in)

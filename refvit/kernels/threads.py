@@ -10,12 +10,18 @@ that way, 175 this way, on 2 cores).
 The blocks depend on the sizes (and the machine's CPU count) only, never on the thread settings, so neither do the
 bits: a GEMM split into other row blocks can round differently (OpenBLAS picks kernels by shape).
 
-When BLAS was started with several threads (OPENBLAS_NUM_THREADS unset or > 1) every blocked kernel runs its
-blocks serially and BLAS threads the GEMMs: two pools of spinning threads on the same cores (OpenBLAS's and Numba's
-OpenMP) made DeiT-S batch 1 4.7× slower. Set OPENBLAS_NUM_THREADS=1 to let refvit thread them (README, Speed).
+BLAS itself runs single-threaded inside refvit: two pools of spinning threads on the same cores (OpenBLAS's and
+Numba's) made DeiT-S batch 1 2-4.7x slower. `forward_scope()` (which `Model.__call__` and every blocked kernel
+enter) sets the OpenBLAS that Numba calls, scipy's bundled one, found by its path, to one thread and restores its
+previous count when the last scope in the process leaves; numpy's own BLAS, and scipy's outside a forward, keep
+whatever the user set (no environment variable needed). Where that library cannot be found (scipy built against
+a shared system BLAS, or not OpenBLAS) and BLAS was started threaded, the blocks run one after the other and BLAS
+threads the GEMMs, as before.
 """
 
+import ctypes
 import functools
+import glob
 import os
 import threading
 import types
@@ -47,7 +53,8 @@ _numba = []  # (numba, numba.np.ufunc.parallel), imported on the first num_threa
 @functools.lru_cache(maxsize=1)
 def blas_threads() -> int:
     """The thread count numpy's and scipy's OpenBLAS started with: they read these variables once, at load, in this
-    order (so this reads them once too; `blas_threads.cache_clear()` to read them again)."""
+    order (so this reads them once too; `blas_threads.cache_clear()` to read them again). Used only where the BLAS
+    Numba calls cannot be found to be limited (`numba_blas()` None): then a threaded BLAS means serial blocks."""
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
@@ -89,7 +96,13 @@ class Blocked:
         self.__doc__, self.__name__ = fn.__doc__, fn.__name__
 
     def __call__(self, *args):
-        if blas_threads() > 1 or num_threads() == 1:
+        if getattr(_inside, "depth", 0):                    # in a model's forward: BLAS already on one thread
+            return self._run(args)
+        with _SCOPE:                                        # a kernel called on its own: BLAS on one thread for it
+            return self._run(args)
+
+    def _run(self, args):
+        if _SCOPE.serial_blocks or num_threads() == 1:
             return self.serial(*args)
         if _serialise_launches():
             with _launch_lock:
@@ -118,3 +131,97 @@ def _serialise_launches() -> bool:
         except Exception:  # an internal API changed: take turns, always safe
             _layer.append("unknown")
     return _layer[0] not in ("omp", "tbb")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The BLAS Numba calls: one thread while refvit's kernels run, restored afterwards
+
+
+def numba_blas():
+    """(get, set) of the thread count of the OpenBLAS Numba's BLAS calls go to (scipy's, through
+    scipy.linalg.cython_blas), or None when it cannot be found by its path: scipy's wheels bundle it as
+    scipy.libs/ or scipy/.dylibs/ *openblas*, exporting `[scipy_]openblas_{get,set}_num_threads[64_]`."""
+    if not _blas:
+        _blas.append(_find_numba_blas())
+    return _blas[0]
+
+
+_blas = []
+
+
+def _find_numba_blas():
+    try:
+        import scipy
+        import scipy.linalg.cython_blas  # noqa: F401 - loads the library (Numba's BLAS calls resolve through it)
+    except ImportError:
+        return None
+    root = os.path.dirname(scipy.__file__)
+    paths = [p for d in (root + ".libs", os.path.join(root, ".dylibs"), root)
+             for p in sorted(glob.glob(os.path.join(d, "*openblas*")))]
+    mode = getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LOCAL", 0)   # the copy already loaded, never a second
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=mode)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("", "64_"):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype, get.argtypes = ctypes.c_int, []
+                    put.restype, put.argtypes = None, [ctypes.c_int]
+                    return get, put
+    return None
+
+
+class _ForwardScope:
+    """The region where refvit's kernels run: Numba's BLAS on one thread, the blocks on Numba's threads.
+
+    Re-entrant and shared by every Python thread: the first thread in saves the library's thread count and sets 1,
+    the last one out restores the saved count (a lock around a count of the threads inside). Costs two ctypes calls
+    on entry from outside (~1 µs each) and a lock; a blocked kernel inside a scope only reads a thread-local count.
+    A thread count set on that library by someone else while a forward runs is replaced by the saved one when the
+    last forward leaves."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._restore = None        # (set, previous count) while the count is held at 1
+        self.serial_blocks = False  # no library to limit and BLAS threaded: the blocks run serially
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                blas = numba_blas()
+                self.serial_blocks = blas is None and blas_threads() > 1
+                self._restore = None
+                if blas is not None:
+                    saved = blas[0]()
+                    if saved != 1:
+                        blas[1](1)
+                        self._restore = (blas[1], saved)
+            self._depth += 1
+        _inside.depth = getattr(_inside, "depth", 0) + 1   # after the count: a failed entry leaves no trace
+        return self
+
+    def __exit__(self, *exc):
+        _inside.depth -= 1
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._restore is not None:
+                put, saved = self._restore
+                self._restore = None
+                put(saved)
+        return False
+
+
+_SCOPE = _ForwardScope()
+_inside = threading.local()  # .depth: how many scopes this Python thread is in (kernels skip the lock inside one)
+
+
+def forward_scope() -> _ForwardScope:
+    """`with forward_scope(): ...` runs refvit's kernels with Numba's BLAS single-threaded and the blocks on Numba's
+    threads; the previous BLAS thread count comes back when the last scope in the process leaves. `Model.__call__`
+    wraps its forward in it, so the switch costs once per call, not per kernel."""
+    return _SCOPE
