@@ -290,7 +290,8 @@ def _hub_errors(repo_id: str, revision: str, endpoint: str):
     except Exception as e:  # noqa: BLE001 - httpx2 transport errors, timeouts, truncated bodies, disk errors
         if isinstance(e, (CheckpointError, ConfigError)) or not _network_or_io_error(e):
             raise
-        raise CheckpointError(f"{where}: download from {endpoint} failed ({type(e).__name__}: {e}); nothing "
+        detail = (str(e).strip().splitlines() or [""])[0]  # one line (huggingface_hub's advice lines do not apply)
+        raise CheckpointError(f"{where}: download from {endpoint} failed ({type(e).__name__}: {detail}); nothing "
                               "partial was kept in the cache: check the network, proxy and HF_ENDPOINT and try "
                               "again, or set HF_HUB_OFFLINE=1 to use the cache only") from None
 
