@@ -154,7 +154,7 @@ def cached_snapshot(repo_id: str, revision: str, files: str, cache: str) -> tupl
 
 
 def complete_weights(snapshot: str) -> tuple[str | None, str]:
-    """(the weights file `load_state_dict` will read, "") when it and every shard it lists are present, else (None, why).
+    """(the weights file `load_state_dict` will read, "") when it and all its shards are present, else (None, why).
 
     Mirrors checkpoint/directory.py: the first present file of WEIGHTS is the one read, so an index whose shards are
     not all there makes the snapshot incomplete even when another weights file is whole."""
@@ -248,7 +248,7 @@ def download_snapshot(repo_id: str, revision: str, files: str, cache: str, missi
             if name in (SAFETENSORS_INDEX, TORCH_INDEX):
                 for shard in sorted(set(read_index(local).values())):  # plain file names only (checked there)
                     if shard not in listing:
-                        raise CheckpointError(f"{where}: {name} lists the shard {shard!r}, which the repo does not have")
+                        raise CheckpointError(f"{where}: {name} lists the shard {shard!r}, which the repo lacks")
                     fetch(shard)
     snapshot = os.path.join(storage, "snapshots", sha)
     if files == "model" and complete_weights(snapshot)[0] is None:  # never claim a snapshot that is not whole
