@@ -29,6 +29,10 @@ def needs_huggingface_hub():
 def hub_env(tmp_path, monkeypatch):
     """A FakeHub as HF_ENDPOINT, an empty cache, online, no token from the machine running the tests."""
     needs_huggingface_hub()
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: an offline CI environment must not leak into these tests
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     for var in ("HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored token file either
