@@ -199,8 +199,13 @@ def offline_snippet_env(snippet_cache, monkeypatch, golden_dir):
 
 
 def same_through_transformers(repo_dir, architecture: str, image, pixel_values, logits_or_hidden, field: str):
-    """transformers on the same snapshot: same pixel values (PIL backend) and same outputs (golden float32 tolerance)."""
-    transformers = pytest.importorskip("transformers")
+    """transformers on the same snapshot: same pixel values (PIL backend) and same outputs (golden float32 tolerance).
+
+    Only where transformers is installed; without it the snippet test still runs (it is must-run), minus this check."""
+    try:
+        import transformers
+    except ImportError:
+        return
     import torch
 
     hf_inputs = transformers.AutoImageProcessor.from_pretrained(repo_dir, backend="pil")(images=image,
