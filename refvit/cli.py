@@ -59,11 +59,11 @@ def cmd_classify(args) -> int:
     from . import from_pretrained, load_image
     from .processing import ImageProcessor
 
-    model = from_pretrained(args.model_dir, dtype=args.dtype, backend=args.backend)
+    model = from_pretrained(args.model_dir, dtype=args.dtype, backend=args.backend, revision=args.revision)
     if model.config.num_labels == 0 or "logits" not in model.architecture.output.FIELDS:
         print(f"refvit classify: {model.architecture.name} has no classification head", file=sys.stderr)
         return 2
-    processor = ImageProcessor.from_pretrained(args.model_dir)
+    processor = ImageProcessor.from_pretrained(args.model_dir, revision=args.revision)
     results = []
     for path in args.images:
         logits = model(**processor(load_image(path), return_tensors="np")).logits[0]
@@ -84,9 +84,9 @@ def cmd_classify(args) -> int:
 def cmd_inspect(args) -> int:
     from . import from_pretrained
 
-    model = from_pretrained(args.model_dir, dtype="float32", backend="numpy")
+    model = from_pretrained(args.model_dir, dtype="float32", backend="numpy", revision=args.revision)
     cfg = model.config
-    info = {"directory": os.path.abspath(args.model_dir), "architecture": model.architecture.name,
+    info = {"directory": os.path.abspath(model.source), "architecture": model.architecture.name,  # hub id: its snapshot
             "model_type": cfg.model_type, "parameters": model.num_parameters,
             "config": {k: v for k, v in cfg.to_dict().items() if k not in ("id2label", "label2id", "architectures")},
             "num_labels": cfg.num_labels, "ignored_tensors": model.ignored_tensors}
@@ -119,8 +119,8 @@ def cmd_segment(args) -> int:
     from . import from_pretrained, load_image
     from .processing import ImageProcessor
 
-    model = from_pretrained(args.model_dir, dtype=args.dtype, backend=args.backend)
-    processor = ImageProcessor.from_pretrained(args.model_dir)
+    model = from_pretrained(args.model_dir, dtype=args.dtype, backend=args.backend, revision=args.revision)
+    processor = ImageProcessor.from_pretrained(args.model_dir, revision=args.revision)
     if "auxiliary_logits" not in model.architecture.output.FIELDS or \
             not hasattr(processor, "post_process_semantic_segmentation"):
         print(f"refvit segment: {model.architecture.name} with {type(processor).__name__} is not a semantic "
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs preprocessor_config.json)")
     p.add_argument("model_dir")
+    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
+                   "with huggingface_hub); its branch, tag or commit sha (default main)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment an image with a semantic segmentation checkpoint (BEiT, data2vec-vision): "
                        "writes a colour-coded label map PNG and prints the label histogram")
     p.add_argument("model_dir")
+    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
+                   "with huggingface_hub); its branch, tag or commit sha (default main)")
     p.add_argument("image")
     p.add_argument("--out", default="mask.png", help="where to write the label map (PNG; default mask.png)")
     p.add_argument("--json", action="store_true", help="print the histogram as JSON")
@@ -221,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show architecture, parameter count and config of a checkpoint directory")
     p.add_argument("model_dir")
+    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
+                   "with huggingface_hub); its branch, tag or commit sha (default main)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
     return parser

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from . import kernels
+from . import hub, kernels
 from .architecture import Architecture, CallOptions, map_tensors, run
 from .checkpoint import load_state_dict
 from .config import read_config_json
@@ -136,10 +136,12 @@ def from_state_dict(config: dict, tensors: dict, architecture: str | None = None
     return model
 
 
-def from_pretrained(path, dtype="float32", backend="numba", architecture: str | None = None) -> Model:
-    """Load a directory written by transformers' `save_pretrained` (safetensors, sharded safetensors or .bin)."""
+def from_pretrained(path, dtype="float32", backend="numba", architecture: str | None = None,
+                    revision: str | None = None) -> Model:
+    """Load a directory written by transformers' `save_pretrained` (safetensors, sharded safetensors or .bin), or a
+    hub id (`"facebook/deit-small-distilled-patch16-224"`, `revision=` branch, tag or sha): refvit.hub."""
     dt = _check_options(dtype, backend)
-    path = os.fspath(path)
+    path = hub.resolve_model_dir(path, revision=revision)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory (expected one written by save_pretrained)")
     config_path = os.path.join(path, "config.json")
@@ -165,8 +167,8 @@ class PretrainedModel(Model):
     architecture_name = ""
 
     @classmethod
-    def from_pretrained(cls, path, dtype="float32", backend="numba"):
-        return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name)
+    def from_pretrained(cls, path, dtype="float32", backend="numba", revision=None):
+        return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name, revision=revision)
 
 
 class ViTModel(PretrainedModel):
@@ -277,7 +279,8 @@ class AutoModel:
     """transformers' AutoModel: the base model of config.json's model_type."""
 
     @staticmethod
-    def from_pretrained(path, dtype="float32", backend="numba"):
+    def from_pretrained(path, dtype="float32", backend="numba", revision=None):
+        path = hub.resolve_model_dir(path, revision=revision)
         raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
         if raw.get("model_type") not in BASE_MODELS:
             raise ConfigError(f"{path}/config.json: model_type {raw.get('model_type')!r} is not one of {sorted(BASE_MODELS)}")
@@ -288,7 +291,8 @@ class AutoModelForImageClassification:
     """transformers' AutoModelForImageClassification: config.json's classification architecture."""
 
     @staticmethod
-    def from_pretrained(path, dtype="float32", backend="numba"):
+    def from_pretrained(path, dtype="float32", backend="numba", revision=None):
+        path = hub.resolve_model_dir(path, revision=revision)
         raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
         archs = [a for a in raw.get("architectures") or [] if isinstance(a, str) and "ForImageClassification" in a]
         if archs:

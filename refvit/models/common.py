@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from ..errors import InputError
+from ..tensors import is_torch_tensor, to_numpy
 
 
 class Forward:
@@ -211,10 +212,8 @@ def fold_batch_norms(tensors: dict, pairs, eps: float = BN_EPS, dtype=None) -> d
 def check_pixel_values(pixel_values, num_channels: int, dtype: np.dtype) -> np.ndarray:
     """Validate (B, C, H, W) pixel values and cast them to the model's dtype."""
     if not isinstance(pixel_values, np.ndarray):
-        if hasattr(pixel_values, "numpy") and type(pixel_values).__module__.startswith("torch"):
-            raise InputError("pixel_values: got a torch tensor; refvit takes NumPy arrays (use return_tensors='np' or .numpy())")
-        try:
-            pixel_values = np.asarray(pixel_values)
+        try:  # a torch tensor is read in place through .numpy() (return_tensors="pt"); no torch import
+            pixel_values = to_numpy(pixel_values) if is_torch_tensor(pixel_values) else np.asarray(pixel_values)
         except Exception as e:  # noqa: BLE001 - any conversion failure is a bad input
             raise InputError(f"pixel_values: cannot convert {type(pixel_values).__name__} to an array ({e})") from None
     if pixel_values.dtype.kind not in "fiub":

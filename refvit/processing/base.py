@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import hub
 from ..errors import ConfigError, InputError
+from ..tensors import check_return_tensors, convert
 from .images import flat_list_of_images, to_hwc
 from .transforms import center_crop, normalize, rescale, resize
 
@@ -237,8 +239,9 @@ class ImageProcessor:
     # -- loading -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> ImageProcessor:
-        """Read `<path>/preprocessor_config.json` (or `path` itself if it is the JSON file).
+    def from_pretrained(cls, path: str | os.PathLike, revision: str | None = None, **overrides: Any) -> ImageProcessor:
+        """Read `<path>/preprocessor_config.json` (or `path` itself if it is the JSON file); `path` may be a hub id
+        (`"facebook/deit-small-distilled-patch16-224"`, `revision=` a branch, tag or sha: refvit.hub).
 
         On `ImageProcessor` / `AutoImageProcessor` the class comes from `image_processor_type`, else the
         legacy `feature_extractor_type` ("DeiTFeatureExtractor" -> DeiT), else `model_type` in a sibling
@@ -246,6 +249,7 @@ class ImageProcessor:
         """
         from .auto import AutoImageProcessor, class_for_config, read_processor_config  # auto.py imports the classes
 
+        path = hub.resolve_model_dir(path, revision=revision, files="processor")
         config, file = read_processor_config(path)
         target = class_for_config(config, file) if cls in (ImageProcessor, AutoImageProcessor) else cls
         settings = {k: v for k, v in config.items() if k in target._keys()}  # other keys are ignored, as upstream
@@ -274,8 +278,7 @@ class ImageProcessor:
         C in {1, 3, 4} (1 and 4 need `do_convert_rgb=True`), or a 4-D array (B, ...) as a batch.
         `overrides` replace this processor's settings for this call (same keys as the config).
         """
-        if return_tensors not in (None, "np"):
-            raise InputError(f"return_tensors={return_tensors!r}: refvit returns NumPy arrays only (use None or 'np')")
+        check_return_tensors(return_tensors)  # None / "np": NumPy; "pt": torch tensors (torch installed)
         unknown = sorted(set(overrides) - set(self._keys()))
         if unknown:
             raise InputError(f"unknown processor arguments {unknown}; valid: {sorted(self._keys())}")
@@ -283,7 +286,7 @@ class ImageProcessor:
         settings.update(overrides)  # quirk: an explicit None override disables the setting for this call
         s = self._check_settings(settings, InputError, "argument ")
         batch = [self._preprocess_one(image, s) for image in flat_list_of_images(images)]
-        return BatchFeature(pixel_values=np.stack(batch).astype(np.float32, copy=False))
+        return convert(BatchFeature(pixel_values=np.stack(batch).astype(np.float32, copy=False)), return_tensors)
 
     preprocess = __call__
 

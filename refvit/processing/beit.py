@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..tensors import convert
 from .base import BatchFeature, ImageProcessor, output_size
 from .images import decoded
 from .transforms import center_crop, check_output_size
@@ -55,7 +56,7 @@ class BeitImageProcessor(ImageProcessor):
             raise InputError(f"segmentation maps of different sizes {sorted({m.shape for m in maps})} cannot be "
                              "stacked (set do_resize or use maps of one size)")
         batch["labels"] = np.stack(maps)
-        return batch
+        return convert(batch, return_tensors)
 
     preprocess = __call__
 
