@@ -141,25 +141,37 @@ def with_kernels(model, **replacements):
     return clone
 
 
+def get_param(model, name: str) -> np.ndarray:
+    """A parameter of a refvit model by checkpoint name ("bit.embedder.convolution.weight"), as loaded (prepared)."""
+    node, last = _param_parent(model.params, name)
+    return node[last]
+
+
+def _param_parent(params, name: str):
+    node, parts = params, name.split(".")
+    try:
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        last = int(parts[-1]) if isinstance(node, list) else parts[-1]
+        node[last]
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise InputError(f"the model has no parameter {name!r}") from None
+    return node, last
+
+
 def with_params(model, replacements: dict):
-    """A copy of `model` with some parameters replaced, by checkpoint name ("bit.embedder.convolution.weight");
-    the original model and its arrays are unchanged."""
+    """A copy of `model` with some parameters replaced, by checkpoint name ("bit.embedder.convolution.weight"),
+    e.g. to put back raw weights where refvit prepares them at load time; the original model is unchanged."""
     import copy
 
     clone = copy.copy(model)
     clone.params = _copy_tree(model.params)
     for name, value in replacements.items():
-        node, parts = clone.params, name.split(".")
-        try:
-            for part in parts[:-1]:
-                node = node[int(part)] if isinstance(node, list) else node[part]
-            old = node[int(parts[-1])] if isinstance(node, list) else node[parts[-1]]
-        except (KeyError, IndexError, ValueError, TypeError):
-            raise InputError(f"with_params: the model has no parameter {name!r}") from None
-        value = np.asarray(value, dtype=old.dtype)
-        if value.shape != old.shape:
-            raise InputError(f"with_params: {name} has shape {old.shape}, the replacement {value.shape}")
-        node[parts[-1]] = value
+        node, last = _param_parent(clone.params, name)
+        value = np.asarray(value, dtype=node[last].dtype)
+        if value.shape != node[last].shape:
+            raise InputError(f"with_params: {name} has shape {node[last].shape}, the replacement {value.shape}")
+        node[last] = value
     return clone
 
 
