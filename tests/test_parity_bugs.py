@@ -175,7 +175,7 @@ def test_planted_bug_found_at_its_module(bug):
     assert block.verdict == "introduced"
     # everything before it matches the framework to float64 rounding
     before = [r for r in result.rows if r.step < first.step and r.status != "MISSING"]
-    assert before and all(r.status == "OK" for r in before)
+    assert len(before) == first.step and all(r.status == "OK" for r in before)
 
 
 def test_clean_models_pass_against_golden_float64():
