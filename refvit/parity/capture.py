@@ -26,6 +26,7 @@ from .names import record_points
 from .trace import Trace, sha256_array, sha256_json
 
 _ATTENTION_MODULE = re.compile(r"\.attention\.attention$")
+_INFERABLE = re.compile(r"(^|\.)(layer|layers)\.\d+$|(^|\.)embeddings$")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -474,10 +475,12 @@ def from_debugger(path, model_type: str | None = None) -> Trace:
     """A Trace from transformers' `model_addition_debugger_context(model, debug_path, use_repr=False)` output:
     `<Class>_debug_tree_FULL_TENSORS.json` (the call tree) and one safetensors file per tensor beside it.
 
-    Leaf modules' outputs (the debugger keeps outputs at the leaves only) and the inputs of the modules whose input
-    is a classic checkpoint module's output are named like refvit's (`model_type`, default: guessed from the names);
-    the top-level inputs give pixel_values and its outputs the model outputs. Layers the debugger pruned
-    (do_prune_layers=True keeps the first and last) are simply absent."""
+    Named like refvit's traces (`model_type`, default: guessed from the names): the leaf modules' outputs, and
+    the inputs of modules whose input is a classic checkpoint module's output (o_proj's input = the classic
+    self-attention output). The debugger keeps outputs at the leaves only, so a transformer layer's output (and the
+    embeddings') is taken from the input of the next module called, when the shapes say it is that module's input.
+    The model's outputs are pruned by the debugger too; layers it pruned (do_prune_layers=True keeps the first and
+    last) are absent: compare reports them as missing."""
     path = os.fspath(path)
     if os.path.isdir(path):
         found = sorted(f for f in os.listdir(path) if f.endswith("_debug_tree_FULL_TENSORS.json"))
@@ -508,25 +511,47 @@ def from_debugger(path, model_type: str | None = None) -> Trace:
         data = read_safetensors(os.path.join(base, node["value"]), mmap=False)
         return np.asarray(data["data"]) if "data" in data else None
 
-    modules: list[tuple[str, dict]] = []
+    calls: list = []  # (module name, node) in call order (pre-order: a parent is called before its children)
 
     def walk(node):
         for child in node.get("children", []):
             name = child.get("module_path", "")
-            modules.append((name[len(root) + 1:] if name.startswith(root + ".") else name, child))
+            calls.append((name[len(root) + 1:] if name.startswith(root + ".") else name, child))
             walk(child)
 
     walk(tree)
     if model_type is None:
-        model_type = _guess_model_type([n for n, _ in modules])
+        model_type = _guess_model_type([n for n, _ in calls])
+    position = {id(node): i for i, (_, node) in enumerate(calls)}
     store: dict = {}
-    for name, node in modules:  # pre-order: a module's input is seen before its children's outputs
-        for kind, classic in record_points(model_type, name):
-            value = tensor(node.get("inputs") if kind == "in" else node.get("outputs"), name)
-            if value is not None:
-                store[classic] = value
-    # store holds parents before children (pre-order); execution order puts outputs after their children
-    ordered = _post_order(store, modules, model_type)
+
+    def output_of(name, node):
+        value = tensor(node.get("outputs"), name)
+        if value is not None or not _INFERABLE.search(name):
+            return value
+        # the debugger keeps outputs at the leaves only: a layer's (or the embeddings') output is the input of the
+        # next module called outside it, when that has the layer's input shape (transformer layers keep it)
+        own = tensor(node.get("inputs"), name)
+        nxt = next((nd for n, nd in calls[position[id(node)] + 1:] if not n.startswith(name + ".")), None)
+        after = None if nxt is None else tensor(nxt.get("inputs"), name)
+        if after is None:
+            return None
+        ok = after.ndim == 3 if name.endswith("embeddings") else (own is not None and after.shape == own.shape)
+        return after if ok else None
+
+    def emit(name, node):  # execution order: a module's input, its children's outputs, then its own output
+        points = record_points(model_type, name)
+        for kind, classic in points:
+            if kind == "in" and (v := tensor(node.get("inputs"), name)) is not None:
+                store[classic] = v
+        for child in node.get("children", []):
+            emit(calls[position[id(child)]][0], child)
+        for kind, classic in points:
+            if kind == "out" and (v := output_of(name, node)) is not None:
+                store[classic] = v
+
+    for child in tree.get("children", []):
+        emit(calls[position[id(child)]][0], child)
     inputs = tree.get("inputs") or {}
     x = tensor((inputs.get("kwargs") or {}).get("pixel_values"), "pixel_values") if isinstance(inputs, dict) else None
     if x is None:
@@ -543,32 +568,7 @@ def from_debugger(path, model_type: str | None = None) -> Trace:
     meta = {"source": "transformers debugger", "path": path, "architecture": root, "model_type": model_type}
     if x is None:
         raise InputError(f"{path}: the tree has no top-level pixel_values input")
-    return arrange(x, ordered, (), (), fields, meta)
-
-
-def _post_order(store: dict, modules: list, model_type: str) -> dict:
-    """Execution order of module outputs: a module's output comes after its children's (inputs come before)."""
-    order: list = []
-    index = {name: i for i, (name, _) in enumerate(modules)}
-
-    def emit(name):
-        points = record_points(model_type, name)
-        for kind, classic in points:
-            if kind == "in" and classic in store:
-                order.append(classic)
-        prefix = name + "."
-        for child, _ in modules:
-            if child.startswith(prefix) and "." not in child[len(prefix):]:
-                emit(child)
-        for kind, classic in points:
-            if kind == "out" and classic in store:
-                order.append(classic)
-
-    tops = [n for n, _ in modules if "." not in n]
-    for top in sorted(tops, key=index.get):
-        emit(top)
-    seen = set()
-    return {k: store[k] for k in order if not (k in seen or seen.add(k))}
+    return arrange(x, store, (), (), fields, meta)
 
 
 def _guess_model_type(names: list[str]) -> str:
