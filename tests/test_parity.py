@@ -268,3 +268,39 @@ def test_cli_errors_are_one_line(tmp_path, model_dir, capsys):
     np.save(tmp_path / "x.npy", pixels("deit_teacher"))
     assert main(["compare", str(CASES / "deit_teacher"), str(tmp_path / "x.npy"), "--tolerance", "huge"]) == 2
     assert "tolerance" in capsys.readouterr().err
+
+
+# ---- the README walk-through: a NumPy port with one planted bug (tutorials/port/) ---------------------------------
+
+
+def load_port():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vit_port", ROOT / "tutorials" / "port" / "vit_port.py")
+    port = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(port)
+    return port
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_readme_port_walk_through(tmp_path, monkeypatch, capsys, dtype):
+    model = ROOT / "golden" / "models" / "digits-vit"
+    ref = tmp_path / "ref.safetensors"
+    assert main(["trace", str(model), str(ROOT / "tutorials" / "port" / "digit.png"), "--out", str(ref),
+                 "--dtype", dtype, "--backend", "numpy"]) == 0
+    port = load_port()
+    assert port.main([str(model), str(ref), "--out", str(tmp_path / "port.npz")]) == 0
+    names = str(ROOT / "tutorials" / "port" / "names.json")
+    capsys.readouterr()
+    assert main(["compare", str(ref), str(tmp_path / "port.npz"), "--map", names]) == 1
+    out = capsys.readouterr().out
+    assert "FIRST DIVERGENCE: vit.encoder.layer.0.intermediate (step 11, module), from candidate tensor " \
+           "blocks.0.mlp.act" in out
+    assert "block vit.encoder.layer.0: INTRODUCED" in out
+    # the fix: exact (erf) GELU, as config.json's hidden_act="gelu" says
+    from scipy.special import erf
+
+    monkeypatch.setattr(port, "gelu", lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))))
+    assert port.main([str(model), str(ref), "--out", str(tmp_path / "fixed.npz")]) == 0
+    assert main(["compare", str(ref), str(tmp_path / "fixed.npz"), "--map", names]) == 0
+    assert "OK: every compared tensor is within tolerance" in capsys.readouterr().out
