@@ -83,6 +83,13 @@ def test_trace_layout_places_maps_and_hidden_states(deit_trace):
     assert deit_trace.meta["input_sha256"] == parity.trace.sha256_array(pixels("deit_teacher"))
 
 
+def test_trace_records_hub_id_and_revision_of_a_cached_snapshot(tmp_path):
+    snapshot = tmp_path / "hub" / "models--facebook--deit-tiny" / "snapshots" / ("0123abcd" * 5)
+    shutil.copytree(CASES / "deit_teacher", snapshot)
+    trace = parity.capture(snapshot, pixels("deit_teacher"), backend="numpy")
+    assert trace.meta["hub_id"] == "facebook/deit-tiny" and trace.meta["revision"] == "0123abcd" * 5
+
+
 def test_trace_records_pre_or_post_final_norm():
     trace = parity.capture(CASES / "vit_model", pixels("vit_model"), backend="numpy")
     assert trace.meta["hidden_states_last"].startswith("before the final norm")
@@ -103,12 +110,13 @@ def test_trace_errors(tmp_path, deit_trace):
 # ---- refvit's own traces against the framework's golden tensors --------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["deit_teacher", "vit_classification", "beit_classification",
+@pytest.mark.parametrize("case", ["deit_teacher", "vit_classification", "beit_classification", "vit_mim",
                                   "data2vec_vision_segmentation", "cvt_classification", "bit_preact_model"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_refvit_trace_passes_against_golden(case, dtype):
     reference = parity.from_golden(CASES / case, dtype)
-    ours = parity.capture(CASES / case, pixels(case, dtype), dtype=dtype, backend="numpy")
+    call = {k: v for k, v in np.load(CASES / case / "inputs.npz").items() if k != "pixel_values"}  # bool_masked_pos
+    ours = parity.capture(CASES / case, pixels(case, dtype), dtype=dtype, backend="numpy", **call)
     result = parity.compare(reference, ours)
     assert result.ok, parity.format_report(result)
     assert not [r.name for r in result.rows if r.status == "MISSING"]

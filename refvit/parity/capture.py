@@ -228,11 +228,18 @@ def load_input(source, model_dir=None, processor=None, dtype="float32"):
     return x.astype(dtype, copy=False), info
 
 
-def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None) -> Trace:
+def _hub_origin(path: str) -> dict:
+    """Hub id and revision of a directory in the Hugging Face cache (models--org--name/snapshots/<sha>/)."""
+    m = re.search(r"models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})", path.replace(os.sep, "/"))
+    return {"hub_id": f"{m[1]}/{m[2]}", "revision": m[3]} if m else {}
+
+
+def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None, **call) -> Trace:
     """Run refvit once and record every module output, hidden state, attention map and output (a Trace).
 
     `inputs`: pixel_values (B, C, H, W), a .npy/.npz file, or an image file (preprocessed with the model
-    directory's preprocessor_config.json, or `processor`, a directory or JSON file)."""
+    directory's preprocessor_config.json, or `processor`, a directory or JSON file). `call`: other arguments of the
+    model call (bool_masked_pos, interpolate_pos_encoding)."""
     import refvit
 
     if isinstance(model_or_dir, (str, os.PathLike)):
@@ -244,13 +251,13 @@ def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None) -
             raise InputError(f"capture: the model runs in {model.dtype}, not {dtype} (load it with dtype={dtype!r})")
     x, info = load_input(inputs, model_dir if model_dir and os.path.isdir(model_dir) else None, processor,
                          dtype=model.dtype)
-    out = model(x, output_intermediates=True, output_hidden_states=True, output_attentions=True)
+    out = model(x, output_intermediates=True, output_hidden_states=True, output_attentions=True, **call)
     fields = {k: v for k, v in out.items() if k not in ("intermediates", "hidden_states", "attentions")}
     meta = {"source": "refvit", "model": os.path.abspath(model_dir) if model_dir and os.path.isdir(model_dir)
             else (model_dir or ""), "architecture": model.architecture.name, "model_type": model.config.model_type,
             "dtype": str(model.dtype), "backend": getattr(kernels_of(model), "name", str(model.backend)),
             "attention_implementation": f"refvit (eager formula, softmax in {model.dtype})",
-            "versions": _versions(), "input_sha256": sha256_array(x), **info}
+            "versions": _versions(), "input_sha256": sha256_array(x), **info, **_hub_origin(str(model_dir or ""))}
     eps = getattr(model.config, "layer_norm_eps", None)
     if eps is not None:
         meta["layer_norm_eps"] = eps
@@ -305,13 +312,14 @@ def _attention(model, implementation: str):
             config._attn_implementation = value
 
 
-def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax: bool = True) -> Trace:
+def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax: bool = True, **call) -> Trace:
     """Run a transformers model once with forward hooks on `named_modules` and return a Trace named like refvit's.
 
     `model_or_dir`: a transformers model (run in its own dtype unless `dtype` is given: then on a copy) or a
     `save_pretrained` directory (loaded with eager attention, in `dtype`, default float32). Attention is eager (sdpa
     returns no maps); in float64 the softmax stays float64 unless `float64_softmax=False` (transformers' eager
-    computes it in float32). transformers 5's renamed modules are recorded under checkpoint names (parity.names)."""
+    computes it in float32). transformers 5's renamed modules are recorded under checkpoint names (parity.names).
+    `call`: other arguments of the model call (bool_masked_pos, interpolate_pos_encoding; arrays become tensors)."""
     try:
         import torch
         import transformers
@@ -354,8 +362,9 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
     attention = _float64_eager(model) if exact64 else _attention(model, "eager")
     try:
         with attention, torch.no_grad():
+            extra = {k: torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v for k, v in call.items()}
             out = model(pixel_values=torch.from_numpy(pixel_values).to(tdtype), output_hidden_states=True,
-                        output_attentions=True, return_dict=True)
+                        output_attentions=True, return_dict=True, **extra)
     finally:
         for h in handles:
             h.remove()
@@ -364,7 +373,8 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
             "architecture": type(model).__name__, "model_type": model_type, "dtype": str(tdtype).replace("torch.", ""),
             "backend": "torch", "attention_implementation": "eager (softmax in float64)" if exact64 else "eager",
             "versions": _versions(torch=torch.__version__, transformers=transformers.__version__),
-            "input_sha256": sha256_array(pixel_values.astype(str(tdtype).replace("torch.", ""), copy=False))}
+            "input_sha256": sha256_array(pixel_values.astype(str(tdtype).replace("torch.", ""), copy=False)),
+            **_hub_origin(source)}
     eps = getattr(model.config, "layer_norm_eps", None)
     if eps is not None:
         meta["layer_norm_eps"] = eps
