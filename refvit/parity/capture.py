@@ -612,6 +612,4 @@ def load(path, dtype: str | None = None) -> Trace:
         return from_debugger(path)
     if path.endswith((".npz", ".npy")):
         return from_arrays(path)
-    from .trace import Trace
-
     return Trace.load(path)
