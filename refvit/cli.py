@@ -192,14 +192,17 @@ def cmd_compare(args) -> int:
     reference = parity.load(args.reference, dtype=str(candidate["pixel_values"].dtype)
                             if "pixel_values" in candidate else None)
     mapping = parity.load_mapping(args.map) if args.map else None
-    overrides = {}
-    for item in args.tolerance[1:]:
+    default, overrides = "refvit", {}
+    for item in args.tolerance or []:  # PRESET|VALUE sets the default; NAME_OR_GLOB=PRESET|VALUE one tensor's
         name, sep, value = item.rpartition("=")
-        if not sep or not name:
+        if sep and not name:
             print(f"refvit compare: --tolerance {item!r}: a per-tensor override is NAME_OR_GLOB=VALUE", file=sys.stderr)
             return 2
-        overrides[name] = value
-    result = parity.compare(reference, candidate, tolerance=args.tolerance[0], mapping=mapping, overrides=overrides,
+        if sep:
+            overrides[name] = value
+        else:
+            default = value
+    result = parity.compare(reference, candidate, tolerance=default, mapping=mapping, overrides=overrides,
                             reference_name=args.reference, candidate_name=args.candidate)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
@@ -291,12 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "transformers' model_addition_debugger_context output (use_repr=False)")
     p.add_argument("candidate", help="the same kinds of input: usually your port's tensors")
     p.add_argument("--map", help="JSON name mapping for ports that fuse, split or lay out tensors differently (README)")
-    p.add_argument("--tolerance", nargs="+", default=["refvit"], metavar="PRESET|VALUE",
+    p.add_argument("--tolerance", action="append", metavar="PRESET|VALUE|NAME=VALUE",
                    help="refvit (default: 1e-4·max(1,max|ref|) float32, 1e-10·… float64), transformers (1e-4), "
-                   "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; then optional "
-                   "per-tensor overrides NAME_OR_GLOB=PRESET|VALUE")
+                   "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; repeat with "
+                   "NAME_OR_GLOB=PRESET|VALUE for per-tensor overrides")
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
-    p.add_argument("--verbose", action="store_true", help="list every failing block")
+    p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
+                   "and every failing block")
     p.set_defaults(func=cmd_compare)
     return parser
 

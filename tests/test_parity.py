@@ -250,7 +250,7 @@ def test_cli_trace_and_compare(tmp_path, model_dir, capsys):
     out = capsys.readouterr().out
     assert "FIRST DIVERGENCE: deit.encoder.layer.1.layernorm_after" in out and "NOT OK  <-- first divergence" in out
     assert main(["compare", str(tmp_path / "ours.safetensors"), str(tmp_path / "bad.safetensors"), "--json",
-                 "--tolerance", "refvit", "deit.encoder.layer.1.layernorm_after=0.1"]) == 0
+                 "--tolerance", "refvit", "--tolerance", "deit.encoder.layer.1.layernorm_after=0.1"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["first_divergence"] is None and len(report["rows"]) == len(trace)
 
