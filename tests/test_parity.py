@@ -105,6 +105,13 @@ def test_trace_errors(tmp_path, deit_trace):
         parity.Trace.load(tmp_path / "junk.safetensors")
     with pytest.raises(refvit.InputError, match="dtype"):
         parity.Trace({"x": np.array(["a"])})
+    from refvit.checkpoint import write_safetensors
+
+    write_safetensors(tmp_path / "bad_order.safetensors", {"a": np.zeros(2)}, metadata={"order": '["b"]'})
+    with pytest.raises(refvit.CheckpointError, match="order"):
+        parity.Trace.load(tmp_path / "bad_order.safetensors")
+    write_safetensors(tmp_path / "plain.safetensors", {"b": np.ones(2), "a": np.zeros(2)})
+    assert parity.Trace.load(tmp_path / "plain.safetensors").names == ["a", "b"]  # no order list: header order
 
 
 # ---- refvit's own traces against the framework's golden tensors --------------------------------------------------
@@ -152,6 +159,24 @@ def test_compare_statistics():
     assert lg.top1 == 0.5  # row 1 unchanged, row 0's argmax moved
     assert lg.top5 == pytest.approx((0 + 1) / 2)  # 10 classes: the top 5 of -x are the bottom 5 of x
     assert result.block_of("b").verdict == "introduced"
+
+
+def test_non_finite_candidate_is_not_ok():
+    ref, cand = two_traces()
+    cand["a"][0, 0, 0] = np.nan
+    result = parity.compare(parity.Trace(ref), parity.Trace(cand), "llm.c")
+    row = {r.name: r for r in result.rows}["a"]
+    assert row.status == "NOT OK" and row.band == "wrong" and row.worst["index"] == [0, 0, 0]
+    assert result.first_divergence.name == "a"
+
+
+def test_parity_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, refvit.parity, refvit.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_tolerance_presets_and_overrides():
