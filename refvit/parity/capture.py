@@ -247,18 +247,22 @@ def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None, *
         model = refvit.from_pretrained(model_dir, dtype=dtype or "float32", backend=backend)
     else:
         model, model_dir = model_or_dir, getattr(model_or_dir, "source", None) or None
-        if dtype is not None and np.dtype(dtype) != model.dtype:
-            raise InputError(f"capture: the model runs in {model.dtype}, not {dtype} (load it with dtype={dtype!r})")
+    run_dtype = np.dtype(getattr(model, "dtype", None) or "float32")
+    if dtype is not None and np.dtype(dtype) != run_dtype:
+        raise InputError(f"capture: the model runs in {run_dtype}, not {dtype} (load it with dtype={dtype!r})")
     x, info = load_input(inputs, model_dir if model_dir and os.path.isdir(model_dir) else None, processor,
-                         dtype=model.dtype)
+                         dtype=run_dtype)
     out = model(x, output_intermediates=True, output_hidden_states=True, output_attentions=True, **call)
     fields = {k: v for k, v in out.items() if k not in ("intermediates", "hidden_states", "attentions")}
+    config = getattr(model, "config", None)
     meta = {"source": "refvit", "model": os.path.abspath(model_dir) if model_dir and os.path.isdir(model_dir)
-            else (model_dir or ""), "architecture": model.architecture.name, "model_type": model.config.model_type,
-            "dtype": str(model.dtype), "backend": getattr(kernels_of(model), "name", str(model.backend)),
-            "attention_implementation": f"refvit (eager formula, softmax in {model.dtype})",
+            else (model_dir or ""),
+            "architecture": getattr(getattr(model, "architecture", None), "name", None) or type(model).__name__,
+            "model_type": getattr(config, "model_type", ""), "dtype": str(run_dtype),
+            "backend": getattr(kernels_of(model), "name", None) or str(getattr(model, "backend", "")),
+            "attention_implementation": f"refvit (eager formula, softmax in {run_dtype})",
             "versions": _versions(), "input_sha256": sha256_array(x), **info, **_hub_origin(str(model_dir or ""))}
-    eps = getattr(model.config, "layer_norm_eps", None)
+    eps = getattr(config, "layer_norm_eps", None)
     if eps is not None:
         meta["layer_norm_eps"] = eps
     return arrange(x, out.intermediates, out.get("hidden_states") or (), out.get("attentions") or (), fields, meta)
