@@ -156,6 +156,61 @@ def cmd_bench(args) -> int:
     return run_cli(args)
 
 
+# --- parity toolkit (issue 16): `refvit trace`, `refvit compare` -------------------------------------------------------
+
+
+def cmd_trace(args) -> int:
+    from . import parity
+
+    if args.framework == "transformers":
+        x, info = parity.load_input(args.input, args.model if os.path.isdir(args.model) else None, args.processor,
+                                    dtype=args.dtype)
+        print(f"refvit trace: running transformers ({args.dtype}, eager attention) on {args.model} ...",
+              file=sys.stderr, flush=True)
+        trace = parity.capture_transformers(args.model, x, dtype=args.dtype)
+        trace.meta.update(info)
+    else:
+        print(f"refvit trace: running refvit ({args.dtype}, {args.backend}) on {args.model} ...", file=sys.stderr,
+              flush=True)
+        trace = parity.capture(args.model, args.input, dtype=args.dtype, backend=args.backend, processor=args.processor)
+    trace.save(args.out)
+    kinds = {}
+    for name in trace:
+        kinds[trace.kind(name)] = kinds.get(trace.kind(name), 0) + 1
+    size = sum(a.nbytes for a in trace.tensors.values())
+    print(f"wrote {args.out}: {len(trace)} tensors ({', '.join(f'{v} {k}' for k, v in kinds.items())}), "
+          f"{size / 2**20:.1f} MiB, {trace.meta.get('architecture')} {trace.meta.get('dtype')}")
+    print(f"  step 0: pixel_values {tuple(trace['pixel_values'].shape)} sha256 {trace.meta['input_sha256'][:16]}…; "
+          f"last: {trace.names[-1]} {tuple(trace[trace.names[-1]].shape)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import parity
+
+    candidate = parity.load(args.candidate)
+    reference = parity.load(args.reference, dtype=str(candidate["pixel_values"].dtype)
+                            if "pixel_values" in candidate else None)
+    mapping = parity.load_mapping(args.map) if args.map else None
+    default, overrides = "refvit", {}
+    for item in args.tolerance or []:  # PRESET|VALUE sets the default; NAME_OR_GLOB=PRESET|VALUE one tensor's
+        name, sep, value = item.rpartition("=")
+        if sep and not name:
+            print(f"refvit compare: --tolerance {item!r}: a per-tensor override is NAME_OR_GLOB=VALUE", file=sys.stderr)
+            return 2
+        if sep:
+            overrides[name] = value
+        else:
+            default = value
+    result = parity.compare(reference, candidate, tolerance=default, mapping=mapping, overrides=overrides,
+                            reference_name=args.reference, candidate_name=args.candidate)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(parity.format_report(result, verbose=args.verbose))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference forward passes of ViT, DeiT, "
                                      "BEiT, CvT and BiT, checked against Hugging Face transformers.")
@@ -229,6 +284,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "with huggingface_hub); its branch, tag or commit sha (default main)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    # --- parity toolkit (issue 16) ---
+    p = sub.add_parser("trace", help="run a model once and record every module output, hidden state and attention "
+                       "map, in execution order, as a trace (safetensors; README 'Checking your port')")
+    p.add_argument("model", help="save_pretrained directory")
+    p.add_argument("input", help="an image (preprocessed with the model's preprocessor_config.json or --processor) or "
+                   "pixel_values as .npy (B, C, H, W)")
+    p.add_argument("--out", default="trace.safetensors", help="where to write the trace (default trace.safetensors)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.add_argument("--processor", help="directory with preprocessor_config.json (or the JSON file) for an image input "
+                   "(default: the model directory)")
+    p.add_argument("--framework", choices=["refvit", "transformers"], default="refvit", help="who runs the model: "
+                   "refvit, or transformers with eager attention (needs torch + transformers)")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("compare", help="compare a candidate trace with a reference, tensor by tensor in execution "
+                       "order: OK / NOT OK per tensor, the first divergence, the block that introduced it "
+                       "(exit 1 on divergence)")
+    p.add_argument("reference", help="trace (.safetensors), golden case directory, .npz, .npy directory, or "
+                   "transformers' model_addition_debugger_context output (use_repr=False)")
+    p.add_argument("candidate", help="the same kinds of input: usually your port's tensors")
+    p.add_argument("--map", help="JSON name mapping for ports that fuse, split or lay out tensors differently (README)")
+    p.add_argument("--tolerance", action="append", metavar="PRESET|VALUE|NAME=VALUE",
+                   help="refvit (default: 1e-4·max(1,max|ref|) float32, 1e-10·… float64), transformers (1e-4), "
+                   "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; repeat with "
+                   "NAME_OR_GLOB=PRESET|VALUE for per-tensor overrides")
+    p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
+    p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
+                   "and every failing block")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

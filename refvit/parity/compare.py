@@ -1,0 +1,486 @@
+"""Compare a candidate trace with a reference, tensor by tensor in the reference's execution order.
+
+For each tensor: max |Δ| and where it sits, max |Δ| relative to max |ref|, NMSE = Σ(Δ²)/Σ(ref²), cosine similarity,
+and for logits the top-1 / top-5 agreement; OK or NOT OK under a tolerance. The first NOT OK tensor is the first
+divergence. Tensors are grouped into blocks (embeddings, each encoder layer, the head …): a block with a NOT OK
+tensor **introduced** the error when its output's NMSE is ≥ 100× its input's (the input: the last tensor before the
+block; the RMS error grew ≥ 10× inside the block), or when it is the first block; otherwise it **inherited** it.
+
+Tolerance presets (a max |Δ| bound unless said; |ref| elementwise, max|ref| over the tensor):
+    refvit        refvit's golden tolerance (default): 1e-4·max(1, max|ref|) in float32, 1e-10·max(1, max|ref|) when
+                  both traces are float64 (DESIGN §5)
+    transformers  |Δ| ≤ 1e-4 + 1e-4·|ref| elementwise (integration tests: torch.testing.assert_close(rtol=atol=1e-4))
+    conversion    |Δ| ≤ 1e-3 + 1e-5·|ref| elementwise (conversion scripts: torch.allclose(…, atol=1e-3))
+    llm.c         max |Δ| ≤ 2e-2 (llm.c test_gpt2's check_tensor)
+    nmse          NMSE ≤ 1e-7 (llama.cpp test-backend-ops' default max NMSE); "nmse:1e-5" sets the bound
+    a number      max |Δ| ≤ that number
+NMSE bands (reported for every tensor): exact (0), ≤1e-24 rounding64, ≤1e-10 rounding32, ≤1e-6 small, ≤1e-2 large,
+else wrong.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from refvit.errors import InputError
+
+from .trace import Trace
+
+PRESETS = ("refvit", "transformers", "conversion", "llm.c", "nmse")
+INTRODUCED_NMSE_RATIO = 100.0  # output NMSE ≥ 100× input NMSE (RMS error ≥ 10×): the block introduced the error
+# NMSE bands: a correct float64 port sits near 1e-30, a correct float32 one near 1e-14..1e-12 (measured on the golden
+# cases); a tanh GELU in float32 is ~1e-8 ("small"), q/k swapped ~1e-1 ("wrong").
+NMSE_BANDS = [(0.0, "exact"), (1e-24, "rounding64"), (1e-10, "rounding32"), (1e-6, "small"), (1e-2, "large")]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# tolerances
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """One pass rule: a preset name or "atol" with a value."""
+    rule: str
+    value: float | None = None
+
+    def describe(self) -> str:
+        if self.rule == "atol":
+            return f"max|Δ| ≤ {self.value:g}"
+        if self.rule == "nmse":
+            return f"nmse: NMSE ≤ {self.value:g}"
+        return {"refvit": "refvit: max|Δ| ≤ 1e-4·max(1, max|ref|) (float32), 1e-10·max(1, max|ref|) (both float64)",
+                "transformers": "transformers: |Δ| ≤ 1e-4 + 1e-4·|ref|", "conversion": "conversion: |Δ| ≤ 1e-3 + 1e-5·|ref|",
+                "llm.c": "llm.c: max|Δ| ≤ 2e-2"}[self.rule]
+
+
+def parse_tolerance(text) -> Tolerance:
+    """"refvit" | "transformers" | "conversion" | "llm.c" | "nmse" | "nmse:VALUE" | a number (max |Δ|)."""
+    if isinstance(text, Tolerance):
+        return text
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return Tolerance("atol", float(text))
+    t = str(text).strip()
+    if t in PRESETS:
+        return Tolerance(t, 1e-7 if t == "nmse" else None)
+    if t.startswith("nmse:"):
+        return Tolerance("nmse", _number(t[5:], text))
+    return Tolerance("atol", _number(t, text))
+
+
+def _number(t: str, text) -> float:
+    try:
+        v = float(t)
+    except ValueError:
+        raise InputError(f"tolerance {text!r}: expected one of {', '.join(PRESETS)}, nmse:VALUE, or a number") from None
+    if not v >= 0 or v == float("inf"):
+        raise InputError(f"tolerance {text!r}: must be a finite number ≥ 0")
+    return v
+
+
+def _bound(tol: Tolerance, ref: np.ndarray, both64: bool) -> float:
+    """The max |Δ| bound of the scalar rules (refvit, llm.c, atol)."""
+    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+    if tol.rule == "refvit":
+        return (1e-10 if both64 else 1e-4) * scale
+    if tol.rule == "llm.c":
+        return 2e-2
+    return tol.value
+
+
+def _passes(tol: Tolerance, ref, diff, nmse: float, both64: bool) -> tuple[bool, str]:
+    """(ok, the bound in words)."""
+    if tol.rule in ("transformers", "conversion"):
+        atol, rtol = (1e-4, 1e-4) if tol.rule == "transformers" else (1e-3, 1e-5)
+        excess = np.abs(diff) - (atol + rtol * np.abs(ref))
+        return bool(np.all(excess <= 0)), f"{atol:g}+{rtol:g}|ref|"
+    if tol.rule == "nmse":
+        return bool(nmse <= tol.value), f"nmse≤{tol.value:g}"
+    bound = _bound(tol, ref, both64)
+    return bool(np.max(np.abs(diff)) <= bound) if diff.size else True, f"{bound:.1e}"
+
+
+def band(nmse: float) -> str:
+    if not np.isfinite(nmse):
+        return "wrong"
+    for limit, name in NMSE_BANDS:
+        if nmse <= limit:
+            return name
+    return "wrong"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# name mapping (ports that fuse, split, transpose or lay out tensors differently)
+
+
+def load_mapping(path) -> dict:
+    """Read and check a mapping file (JSON; README "Checking your port" shows one):
+
+        {"tensors": [{"candidate": "blocks.{i}.attn.qkv", "split": {"axis": -1, "into": [REF_Q, REF_K, REF_V]}},
+                     {"candidate": "stem", "reference": "bit.embedder.convolution", "layout": "NHWC"},
+                     {"candidate": "blocks.{i}.mlp.h", "reference": "…intermediate", "transpose": [0, 2, 1]},
+                     {"candidate": "blocks.{i}.heads", "reference": "…attention.attention", "transpose": [0, 2, 1, 3],
+                      "reshape": [0, 0, -1]}],
+         "tolerances": {"*.attention.attention": 1e-3, "logits": "conversion"},
+         "ignore": ["deit.pooler"]}
+
+    `{i}` (any name in braces) matches one dotted component and is filled in the reference names. Applied in
+    order: layout (NHWC -> NCHW, BCN -> BNC), transpose, reshape (0 keeps an axis, -1 takes the rest), split.
+    The first entry whose pattern matches a candidate name is used; unmatched names are compared as they are."""
+    import os
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            mapping = json.load(f)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the mapping file ({e})") from None
+    except ValueError as e:
+        raise InputError(f"{path}: the mapping file is not valid JSON ({e})") from None
+    return check_mapping(mapping, path)
+
+
+_ENTRY_KEYS = {"candidate", "reference", "split", "layout", "transpose", "reshape"}
+_LAYOUTS = {"NHWC": (0, 3, 1, 2), "NCHW": None, "BNC": None, "BCN": (0, 2, 1)}
+
+
+def check_mapping(mapping, where: str = "mapping") -> dict:
+    if not isinstance(mapping, dict) or set(mapping) - {"tensors", "tolerances", "ignore"}:
+        raise InputError(f"{where}: expected a JSON object with keys tensors, tolerances, ignore")
+    entries = mapping.get("tensors", [])
+    if not isinstance(entries, list):
+        raise InputError(f"{where}: 'tensors' must be a list of objects")
+    for i, e in enumerate(entries):
+        bad = sorted(set(e) - _ENTRY_KEYS) if isinstance(e, dict) else None
+        if not isinstance(e, dict) or bad or not isinstance(e.get("candidate"), str):
+            raise InputError(f"{where}: tensors[{i}] must be an object with 'candidate' and 'reference' or 'split'"
+                             + (f" (unknown keys {bad})" if bad else ""))
+        if ("reference" in e) == ("split" in e):
+            raise InputError(f"{where}: tensors[{i}] ({e['candidate']}) needs exactly one of 'reference' or 'split'")
+        if "split" in e and not (isinstance(e["split"], dict) and isinstance(e["split"].get("into"), list)
+                                 and all(isinstance(n, str) for n in e["split"]["into"])):
+            raise InputError(f"{where}: tensors[{i}].split must be {{'axis': int, 'into': [reference names]}}")
+        if "layout" in e and e["layout"] not in _LAYOUTS:
+            raise InputError(f"{where}: tensors[{i}].layout {e['layout']!r}: one of {sorted(_LAYOUTS)}")
+        if "transpose" in e and not (isinstance(e["transpose"], list) and all(isinstance(a, int) for a in e["transpose"])):
+            raise InputError(f"{where}: tensors[{i}].transpose must be a list of axes, e.g. [0, 2, 1]")
+        if "reshape" in e and not (isinstance(e["reshape"], list) and all(isinstance(a, int) for a in e["reshape"])):
+            raise InputError(f"{where}: tensors[{i}].reshape must be a list of sizes (0 keeps an axis, -1 the rest)")
+    tolerances = mapping.get("tolerances", {})
+    if not isinstance(tolerances, dict):
+        raise InputError(f"{where}: 'tolerances' must map a name (or glob) to a preset or a number")
+    for k, v in tolerances.items():
+        parse_tolerance(v)
+    if not isinstance(mapping.get("ignore", []), list):
+        raise InputError(f"{where}: 'ignore' must be a list of names or globs")
+    return mapping
+
+
+def _pattern(template: str):
+    parts = re.split(r"\{(\w+)\}", template)
+    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^.]+)" for i, p in enumerate(parts))
+    return re.compile(rx + r"\Z")
+
+
+def apply_mapping(candidate: Trace, mapping: dict | None) -> tuple[dict, dict]:
+    """Candidate tensors under reference names: ({reference name: array}, {reference name: candidate name})."""
+    out, origin = {}, {}
+    entries = [(e, _pattern(e["candidate"])) for e in (mapping or {}).get("tensors", [])]
+    for name, arr in candidate.items():
+        for e, rx in entries:
+            m = rx.match(name)
+            if not m:
+                continue
+            x = np.asarray(arr)
+            axes = _LAYOUTS.get(e.get("layout")) if "layout" in e else None
+            try:
+                if axes is not None:
+                    x = x.transpose(axes)
+                if "transpose" in e:
+                    x = x.transpose(e["transpose"])
+                if "reshape" in e:  # 0 keeps that axis's size, -1 takes the rest (ONNX Reshape's rule)
+                    x = x.reshape([x.shape[j] if d == 0 else d for j, d in enumerate(e["reshape"])])
+                if "split" in e:
+                    targets = [t.format(**m.groupdict()) for t in e["split"]["into"]]
+                    pieces = np.split(x, len(targets), axis=e["split"].get("axis", -1))
+                else:
+                    targets, pieces = [e["reference"].format(**m.groupdict())], [x]
+            except (ValueError, IndexError, KeyError) as err:
+                raise InputError(f"mapping entry {e['candidate']!r} on candidate tensor {name} {tuple(x.shape)}: "
+                                 f"{err}") from None
+            for t, p in zip(targets, pieces):
+                out[t], origin[t] = p, name
+            break
+        else:
+            out.setdefault(name, arr)
+            origin.setdefault(name, name)
+    return out, origin
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the comparison
+
+
+@dataclass
+class Row:
+    step: int
+    name: str
+    kind: str
+    shape: list
+    status: str                 # "OK" | "NOT OK" | "MISSING"
+    max_abs: float | None = None
+    rel: float | None = None    # max|Δ| / max|ref|
+    nmse: float | None = None
+    cosine: float | None = None
+    band: str | None = None
+    worst: dict | None = None   # {"index": [...], "reference": r, "candidate": c}
+    bound: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    block: str = ""
+    candidate_name: str | None = None
+
+
+@dataclass
+class Block:
+    name: str
+    verdict: str                # "ok" | "introduced" | "inherited"
+    input: str | None
+    input_nmse: float | None
+    output: str
+    output_nmse: float | None
+    first_failing: str | None = None
+
+
+@dataclass
+class Comparison:
+    reference: str
+    candidate: str
+    tolerance: str
+    rows: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+    unmatched: list = field(default_factory=list)   # candidate tensors with no reference counterpart
+
+    @property
+    def ok(self) -> bool:
+        return not any(r.status == "NOT OK" for r in self.rows)
+
+    @property
+    def first_divergence(self) -> Row | None:
+        return next((r for r in self.rows if r.status == "NOT OK"), None)
+
+    def block_of(self, name: str) -> Block | None:
+        row = next((r for r in self.rows if r.name == name), None)
+        return next((b for b in self.blocks if row is not None and b.name == row.block), None)
+
+    def to_dict(self) -> dict:
+        first = self.first_divergence
+        block = self.block_of(first.name) if first else None
+        return {"reference": self.reference, "candidate": self.candidate, "tolerance": self.tolerance, "ok": self.ok,
+                "first_divergence": None if first is None else {**asdict(first), "verdict": block.verdict if block
+                                                                 else None},
+                "compared": sum(r.status != "MISSING" for r in self.rows),
+                "failed": sum(r.status == "NOT OK" for r in self.rows),
+                "missing": [r.name for r in self.rows if r.status == "MISSING"], "unmatched": self.unmatched,
+                "rows": [asdict(r) for r in self.rows], "blocks": [asdict(b) for b in self.blocks]}
+
+
+_LAYER = re.compile(r"^(.*?\.(?:layer|layers)\.\d+)(?:\.|$)")
+_STEM = re.compile(r"^(.*?\.(?:embeddings|embedder|embedding))(?:\.|$)")
+
+
+def block_of(name: str) -> str:
+    """The block a module belongs to: an encoder layer (`deit.encoder.layer.3`), an embedding, or itself."""
+    for rx in (_LAYER, _STEM):
+        m = rx.match(name)
+        if m:
+            return m.group(1)
+    return name
+
+
+def _stats(ref: np.ndarray, cand: np.ndarray) -> dict:
+    r = ref.astype(np.float64)
+    c = cand.astype(np.float64)
+    d = c - r
+    with np.errstate(invalid="ignore", over="ignore"):
+        ad = np.abs(d)
+        if ad.size == 0:
+            return {"max_abs": 0.0, "rel": 0.0, "nmse": 0.0, "cosine": 1.0, "worst": None, "diff": d}
+        bad = ~np.isfinite(ad)
+        flat = int(np.argmax(np.where(bad, np.inf, ad)))
+        idx = [int(i) for i in np.unravel_index(flat, d.shape)]
+        max_abs = float(ad.flat[flat]) if not bad.any() else float("nan")
+        ref_max = float(np.max(np.abs(r)))
+        denom = float(np.sum(r * r))
+        err = float(np.sum(d * d))
+        nmse = err / denom if denom > 0 else (0.0 if err == 0 else float("inf"))
+        norms = float(np.linalg.norm(r) * np.linalg.norm(c))
+        cosine = float(np.sum(r * c) / norms) if norms > 0 else (1.0 if err == 0 else 0.0)
+    return {"max_abs": max_abs, "rel": max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf")),
+            "nmse": nmse if np.isfinite(nmse) else float("nan"), "cosine": cosine,
+            "worst": {"index": idx, "reference": float(r.flat[flat]), "candidate": float(c.flat[flat])}, "diff": d}
+
+
+def _topk(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    """Top-1 agreement (share of rows with the same argmax) and top-5 overlap (mean |top5 ∩ top5| / 5)."""
+    axis = 1 if ref.ndim == 4 else -1
+    r = np.moveaxis(ref.astype(np.float64), axis, -1).reshape(-1, ref.shape[axis])
+    c = np.moveaxis(cand.astype(np.float64), axis, -1).reshape(-1, ref.shape[axis])
+    top1 = float(np.mean(r.argmax(-1) == c.argmax(-1)))
+    k = min(5, r.shape[-1])
+    rk = np.argsort(-r, axis=-1, kind="stable")[:, :k]
+    ck = np.argsort(-c, axis=-1, kind="stable")[:, :k]
+    top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(rk, ck)]))
+    return top1, top5
+
+
+def _is_float64(x: np.ndarray) -> bool:
+    return x.dtype == np.float64
+
+
+def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dict | None = None,
+            overrides: dict | None = None, reference_name: str = "reference",
+            candidate_name: str = "candidate") -> Comparison:
+    """Walk `reference` in execution order and compare each tensor with the candidate's of the same name (after
+    `mapping`, see load_mapping). `tolerance`: a preset or number; `overrides`: {name or glob: tolerance}, on top of
+    the mapping's "tolerances". Raises InputError when nothing matches or shapes differ in a way no mapping explains."""
+    default = parse_tolerance(tolerance)
+    rules = [(k, parse_tolerance(v)) for k, v in {**(mapping or {}).get("tolerances", {}), **(overrides or {})}.items()]
+    ignore = (mapping or {}).get("ignore", [])
+    cand, origin = apply_mapping(candidate, mapping)
+    result = Comparison(reference_name, candidate_name, default.describe())
+    for step, (name, ref) in enumerate(reference.items()):
+        if any(fnmatch.fnmatchcase(name, g) for g in ignore):
+            continue
+        row = Row(step, name, reference.kind(name), list(ref.shape), "MISSING", block=block_of(reference.module(name)))
+        result.rows.append(row)
+        if name not in cand:
+            continue
+        c = np.asarray(cand[name])
+        row.candidate_name = origin.get(name, name)
+        if c.shape != ref.shape:
+            hint = (" (same number of elements: a layout difference? add a 'layout'/'transpose' mapping entry)"
+                    if c.size == ref.size else "")
+            raise InputError(f"{name}: reference shape {tuple(ref.shape)}, candidate {tuple(c.shape)}"
+                             f"{'' if row.candidate_name == name else f' (from {row.candidate_name})'}{hint}; "
+                             "no mapping explains it (see --map and README 'Checking your port')")
+        tol = next((t for g, t in reversed(rules) if fnmatch.fnmatchcase(name, g)), default)
+        s = _stats(ref, c)
+        ok, bound = _passes(tol, ref.astype(np.float64), s["diff"], s["nmse"], _is_float64(ref) and _is_float64(c))
+        if ref.dtype.kind in "biu" or c.dtype.kind in "biu":
+            ok, bound = bool(np.array_equal(ref, c)), "exact"
+        ok = ok and np.isfinite(s["max_abs"])
+        row.status = "OK" if ok else "NOT OK"
+        row.max_abs, row.rel, row.nmse, row.cosine, row.worst, row.bound = (s["max_abs"], s["rel"], s["nmse"],
+                                                                             s["cosine"], s["worst"], bound)
+        row.band = band(s["nmse"])
+        if name.split(".")[-1].endswith("logits") and ref.ndim >= 2 and ref.dtype.kind == "f":
+            row.top1, row.top5 = _topk(ref, c)
+    matched = set(origin.get(n, n) for n in (r.name for r in result.rows if r.status != "MISSING"))
+    result.unmatched = [n for n in candidate if n not in matched]
+    if not any(r.status != "MISSING" for r in result.rows):
+        raise InputError(f"no tensor of the candidate ({len(candidate)}: {candidate.names[:4]}…) matches a reference "
+                         f"name ({reference.names[:4]}…): name them like the reference, or pass a mapping (--map)")
+    result.blocks = attribute(result.rows)
+    return result
+
+
+def attribute(rows: list) -> list:
+    """Per block (consecutive rows of one block): introduced, inherited or ok (see the module docstring)."""
+    blocks: list = []
+    groups: list = []
+    for r in rows:
+        if r.status == "MISSING":
+            continue
+        if not groups or groups[-1][0] != r.block:
+            groups.append((r.block, []))
+        groups[-1][1].append(r)
+    prev = None
+    for name, members in groups:
+        out = members[-1]
+        failing = next((r for r in members if r.status == "NOT OK"), None)
+        if failing is None:
+            verdict = "ok"
+        elif prev is None:
+            verdict = "introduced"
+        else:
+            worst = max((r.nmse for r in members if r.nmse is not None and np.isfinite(r.nmse)), default=out.nmse)
+            grew = _ratio(max(out.nmse if out.nmse is not None else 0, worst or 0), prev.nmse)
+            verdict = "introduced" if grew >= INTRODUCED_NMSE_RATIO else "inherited"
+        blocks.append(Block(name, verdict, prev.name if prev else None, prev.nmse if prev else None, out.name,
+                            out.nmse, failing.name if failing else None))
+        prev = out
+    return blocks
+
+
+def _ratio(a, b) -> float:
+    if a is None or b is None or not np.isfinite(a):
+        return float("inf")
+    if b <= 0 or not np.isfinite(b):
+        return float("inf") if a > 0 and np.isfinite(b) else 0.0
+    return a / b
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# report
+
+
+def _block_worst(result: Comparison, block: Block):
+    vals = [r.nmse for r in result.rows if r.block == block.name and r.nmse is not None]
+    return max(vals) if vals else None
+
+
+def _f(x, fmt="{:.1e}") -> str:
+    return "-" if x is None else ("nan" if x != x else fmt.format(x))
+
+
+def format_report(result: Comparison, verbose: bool = False) -> str:
+    """The table (one row per tensor, OK / NOT OK like llm.c), the first divergence, and the blocks that failed."""
+    first = result.first_divergence
+    width = max([len(r.name) for r in result.rows] + [6])
+    lines = [f"reference: {result.reference}", f"candidate: {result.candidate}", f"tolerance: {result.tolerance}", "",
+             f"{'step':>4}  {'tensor':<{width}}  {'max|Δ|':>8}  {'rel':>8}  {'NMSE':>8}  {'cosine':>9}  {'bound':>9}"
+             f"  status"]
+    for r in result.rows:
+        mark = "  <-- first divergence" if r is first else ""
+        extra = f"  top1 {r.top1:.0%} top5 {r.top5:.0%}" if r.top1 is not None else ""
+        if r.status == "MISSING":
+            if verbose:
+                lines.append(f"{r.step:>4}  {r.name:<{width}}  {'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}  "
+                             "missing in candidate")
+            continue
+        lines.append(f"{r.step:>4}  {r.name:<{width}}  {_f(r.max_abs):>8}  {_f(r.rel):>8}  {_f(r.nmse):>8}  "
+                     f"{_f(r.cosine, '{:.6f}'):>9}  {r.bound:>9}  {r.status}{mark}{extra}")
+    lines.append("")
+    compared = sum(r.status != "MISSING" for r in result.rows)
+    failed = sum(r.status == "NOT OK" for r in result.rows)
+    missing = [r.name for r in result.rows if r.status == "MISSING"]
+    lines.append(f"{compared} tensors compared, {failed} NOT OK; {len(missing)} reference tensors missing in the "
+                 f"candidate{'' if verbose or not missing else ' (--verbose lists them)'}, "
+                 f"{len(result.unmatched)} candidate tensors not in the reference"
+                 + (f": {', '.join(result.unmatched[:6])}{' …' if len(result.unmatched) > 6 else ''}"
+                    if result.unmatched else ""))
+    if first is None:
+        lines.append("OK: every compared tensor is within tolerance")
+        return "\n".join(lines)
+    w = first.worst or {}
+    block = result.block_of(first.name)
+    lines += ["", f"FIRST DIVERGENCE: {first.name} (step {first.step}, {first.kind})"
+              + (f", from candidate tensor {first.candidate_name}" if first.candidate_name != first.name else ""),
+              f"  max|Δ| {_f(first.max_abs)} at {tuple(w.get('index', ()))}: reference {w.get('reference', 0):.6g}, "
+              f"candidate {w.get('candidate', 0):.6g}; NMSE {_f(first.nmse)} ({first.band}), cosine "
+              f"{_f(first.cosine, '{:.6f}')}",
+              f"  block {block.name}: {block.verdict.upper()} the error" + (
+                  f" (input {block.input}: NMSE {_f(block.input_nmse)}; inside the block up to "
+                  f"{_f(_block_worst(result, block))})" if block.input else " (the first block)")]
+    bad = [b for b in result.blocks if b.verdict != "ok"]
+    lines += ["", "blocks with a NOT OK tensor (NMSE: block input -> block output):"]
+    for b in bad[: None if verbose else 12]:
+        lines.append(f"  {b.verdict:<10}  {b.name:<{width}}  {_f(b.input_nmse)} -> {_f(b.output_nmse)}")
+    if len(bad) > 12 and not verbose:
+        lines.append(f"  … {len(bad) - 12} more")
+    return "\n".join(lines)
