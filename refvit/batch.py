@@ -274,7 +274,7 @@ def worker_environment(threads: int) -> dict:
     its GEMM blocks itself; two spinning pools on the same cores are slower, DESIGN.md §8)."""
     n = str(threads)
     return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}  # this refvit, not another install
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:

@@ -402,7 +402,7 @@ def bench(model_dir, data, workers=(1, 2), batch_size: int = 16, repeat: int = 1
     rows = []
     configs = [("in-process", [])] + [(f"LocalCluster {n} worker{'s' * (n > 1)}", ["--workers", str(n)])
                                       for n in workers]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
     for name, extra in configs:
         for _ in range(repeat):
             with tempfile.TemporaryDirectory() as tmp:
