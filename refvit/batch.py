@@ -315,11 +315,12 @@ def run_on_dask(client, spec: ModelSpec, chunks: list[list[Item]], top_k: int,
 
 
 @contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None, spec: ModelSpec | None = None):
-    """A Dask client for `scheduler` (an existing cluster), or on a LocalCluster of `workers` processes (None: no
-    Dask, run in-process). The JIT cache is warmed first: in a child process before a LocalCluster starts, on one
-    worker and then the others of an existing cluster."""
-    if not scheduler and (not workers or workers <= 1):
+def dask_client(workers: int | None = None, scheduler: str | None = None, spec: ModelSpec | None = None,
+                local_cluster_of_one: bool = False):
+    """A Dask client for `scheduler` (an existing cluster), or on a LocalCluster of `workers` processes (None or 1:
+    no Dask, run in-process, unless `local_cluster_of_one`, for benchmarks). The JIT cache is warmed first: in a
+    child process before a LocalCluster starts, on one worker and then the others of an existing cluster."""
+    if not scheduler and (not workers or workers <= 1) and not (workers == 1 and local_cluster_of_one):
         yield None, None
         return
     if not dask_available():

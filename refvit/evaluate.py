@@ -393,30 +393,46 @@ def write_photo_imagefolder(out, count: int = 4000, size: int = 64, seed: int = 
     return {"images": str(out), "count": count}
 
 
-def bench(model_dir, data, workers=(1, 2), batch_size: int = 16, repeat: int = 1) -> list[dict]:
-    """images/s of `refvit classify MODEL DATA --out` in-process and on LocalClusters of each worker count, each
-    run in a fresh process (DESIGN.md §8: fair timing), start-up included and excluded."""
-    import subprocess
-    import tempfile
+def bench_one(model_dir, data, workers: int = 0, batch_size: int = 16) -> dict:
+    """One timed run of `refvit.batch` over `data` (workers 0: in-process; N: a LocalCluster of N processes, even for
+    N = 1): start-up (model load, JIT cache, cluster start) and the run itself timed apart."""
+    from contextlib import nullcontext
 
-    rows = []
-    configs = [("in-process", [])] + [(f"LocalCluster {n} worker{'s' * (n > 1)}", ["--workers", str(n)])
-                                      for n in workers]
+    from . import batch
+
+    spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)))
+    chunks = batch.chunked(batch.load_dataset(data).items, batch_size)
+    t0 = time.perf_counter()
+    if not workers:
+        batch.warm_up(spec)
+    context = batch.dask_client(workers, spec=spec, local_cluster_of_one=True) if workers else nullcontext((None, 0))
+    with context as (client, threads):
+        if client is not None:
+            client.run(batch.warm_up, spec, threads)  # each worker loads its model: start-up, not run time
+        t1 = time.perf_counter()
+        finished = batch.run_on_dask(client, spec, chunks, 5, threads) if client is not None else \
+            batch.run_in_process(spec, chunks, 5)
+        images = sum(len(records) for _, records in finished)
+        t2 = time.perf_counter()
+    return {"runner": f"LocalCluster, {workers} worker{'s' * (workers > 1)} x {threads} Numba thread"
+            f"{'s' * (threads > 1)}" if workers else "in-process", "images": images, "startup_s": t1 - t0,
+            "run_s": t2 - t1, "images_per_s": images / (t2 - t1), "overall_images_per_s": images / (t2 - t0)}
+
+
+def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
+    """`bench_one` in-process and on LocalClusters of each worker count, each in a fresh process (DESIGN.md §8:
+    fair timing), with the 1-minute load average when it ended (the machine may be shared)."""
+    import subprocess
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
-    for name, extra in configs:
-        for _ in range(repeat):
-            with tempfile.TemporaryDirectory() as tmp:
-                cmd = [sys.executable, "-m", "refvit.cli", "classify", os.fspath(model_dir), os.fspath(data),
-                       "--out", os.path.join(tmp, "p.jsonl"), "--batch-size", str(batch_size), "--json", *extra]
-                t0 = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                wall = time.perf_counter() - t0
-                if done.returncode:
-                    raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
-                summary = json.loads(done.stdout)
-            rows.append({"runner": name, "images": summary["computed"], "process_s": wall,
-                         "run_s": summary["seconds"], "images_per_s": summary["images_per_s"],
-                         "load": os.getloadavg()[0]})
+    rows = []
+    for n in [0, *workers]:
+        cmd = [sys.executable, "-m", "refvit.evaluate", "bench-one", os.fspath(model_dir), os.fspath(data),
+               "--workers", str(n), "--batch-size", str(batch_size)]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-800:]}")
+        rows.append({**json.loads(done.stdout), "load": os.getloadavg()[0]})
     return rows
 
 
@@ -438,19 +454,30 @@ def main(argv=None) -> int:
     p.add_argument("data")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench-one", help="one timed run (bench runs each in a fresh process); prints JSON")
+    p.add_argument("model_dir")
+    p.add_argument("data")
+    p.add_argument("--workers", type=int, default=0, help="0: in-process; N: a LocalCluster of N")
+    p.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     if args.what == "digits":
         print(json.dumps(write_digits_imagefolder(args.out, args.models), indent=1))
     elif args.what == "photos":
         print(json.dumps(write_photo_imagefolder(args.out, args.count, args.size), indent=1))
+    elif args.what == "bench-one":
+        print(json.dumps(bench_one(args.model_dir, args.data, args.workers, args.batch_size)))
     else:
         load = os.getloadavg()
-        rows = bench(args.model_dir, args.data, args.workers, args.batch_size, args.repeat)
-        print(f"| runner | images | images/s (run) | process wall s | load (1 min) |\n|---|---|---|---|---|")
+        rows = bench(args.model_dir, args.data, args.workers, args.batch_size)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print("| runner | images | start-up s | run s | images/s (run) | images/s (with start-up) | load (1 min) |\n"
+              "|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['runner']} | {r['images']} | {r['images_per_s']:.1f} | {r['process_s']:.1f} | "
-                  f"{r['load']:.2f} |")
+            print(f"| {r['runner']} | {r['images']} | {r['startup_s']:.1f} | {r['run_s']:.1f} | "
+                  f"{r['images_per_s']:.1f} | {r['overall_images_per_s']:.1f} | {r['load']:.2f} |")
         print(f"\n{os.cpu_count()} CPUs; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
 
