@@ -380,6 +380,9 @@ def predict(model, paths, *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int 
     {"index", "path", "label", "error"} for an unreadable image."""
     dataset = paths if isinstance(paths, Dataset) else from_paths(paths)
     spec, loaded = _spec_of(model, dtype, backend)
+    if loaded is not None and spec.path.startswith("<") and (client is not None or scheduler or (workers or 1) > 1):
+        raise InputError("this model was not loaded from a directory, so Dask workers cannot load it: pass the "
+                         "save_pretrained directory instead of the model object")
     if loaded is not None:
         if processor is None:
             import refvit

@@ -163,7 +163,7 @@ def test_resume_after_a_killed_run(tmp_path, digits):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "refvit.cli", "classify", str(model), str(data), "--batch-size", "2", "--out"]
-    child = subprocess.Popen(cmd + [str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(cmd + [str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
         if out.exists() and len(out.read_bytes().splitlines()) >= 5:  # header + at least 2 batches
