@@ -95,10 +95,10 @@ def _classify_is_batch(args) -> bool:
 
 
 def _scaling_options(p) -> None:
-    p.add_argument("--batch-size", type=int, default=16, help="images per task and per append to --out (default "
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per task and per append to --out (default "
                    "16); each image still gets its own forward, so results are bit-identical whatever this is")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, help="run on a Dask LocalCluster of N worker processes (refvit[dask]); "
+    where.add_argument("--workers", type=int, metavar="N", help="run on a Dask LocalCluster of N worker processes (refvit[dask]); "
                        "each gets cores // N Numba threads; 1 or no Dask: in-process")
     where.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--resume", action="store_true", help="continue the run whose results are in --out: only images "

@@ -424,23 +424,16 @@ def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
     fair timing), with the 1-minute load average when it ended (the machine may be shared)."""
     import subprocess
 
-    from .batch import threads_per_worker, worker_environment
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
-    cores = threads_per_worker(1)
-    # in-process twice: as a user's shell starts it, and with the workers' settings (BLAS on 1 thread, refvit
-    # threading its GEMM blocks on all cores; DESIGN.md §8), so that Dask's own cost shows apart from BLAS's
-    configs = [(0, env, None), (0, {**env, **worker_environment(cores)},
-                                f"in-process, OPENBLAS_NUM_THREADS=1, {cores} Numba threads")]
     rows = []
-    for n, run_env, name in configs + [(n, env, None) for n in workers]:
+    for n in [0, *workers]:
         cmd = [sys.executable, "-m", "refvit.evaluate", "bench-one", os.fspath(model_dir), os.fspath(data),
                "--workers", str(n), "--batch-size", str(batch_size)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-800:]}")
-        row = json.loads(done.stdout)
-        rows.append({**row, "runner": name or row["runner"], "load": os.getloadavg()[0]})
+        rows.append({**json.loads(done.stdout), "load": os.getloadavg()[0]})
+        print(f"  {rows[-1]['runner']}: {rows[-1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
     return rows
 
 
