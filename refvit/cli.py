@@ -285,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="print each run as it finishes (stderr)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs preprocessor_config.json); "
-                       "a folder or .csv/.jsonl list runs in batch mode (see --out)")
+    p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs "
+                       "preprocessor_config.json); a folder or .csv/.jsonl list runs in batch mode (see --out)")
     p.add_argument("model_dir")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or one folder / .csv / .jsonl list")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")

@@ -56,7 +56,7 @@ def read_results(path) -> dict:
     return {r["path"]: r for r in map(json.loads, lines[1:])}
 
 
-# ---- data sources -----------------------------------------------------------------------------------------------------
+# ---- data sources ----------------------------------------------------------------------------------------------------
 
 
 def test_png_round_trip_keeps_the_recorded_pixels(digits):
@@ -107,7 +107,7 @@ def test_missing_or_empty_data(tmp_path):
         batch.load_dataset(tmp_path)
 
 
-# ---- in-process -------------------------------------------------------------------------------------------------------
+# ---- in-process ------------------------------------------------------------------------------------------------------
 
 
 def test_predict_yields_input_order_and_batch_size_does_not_change_bits(digits):
