@@ -266,3 +266,14 @@ def test_threads_per_worker_never_oversubscribes():
     assert batch.threads_per_worker(3, cores=16) == 5 and batch.threads_per_worker(8, cores=2) == 1
     env = batch.worker_environment(3)
     assert env["NUMBA_NUM_THREADS"] == "3" and env["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_without_dask_workers_run_in_process(monkeypatch, digits, capsys):
+    paths = [i.file for i in batch.load_dataset(digits["images"]).items[:6]]
+    expected = list(batch.predict(FAST, paths))
+    monkeypatch.setattr(batch, "dask_available", lambda: False)
+    got = list(batch.predict(FAST, paths, workers=2))
+    assert "running in-process" in capsys.readouterr().err
+    assert all(same(a, b) for a, b in zip(expected, got)) and len(got) == 6
+    with pytest.raises(InputError, match="--scheduler needs Dask"):
+        list(batch.predict(FAST, paths, scheduler="tcp://127.0.0.1:1"))
