@@ -6,8 +6,11 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
+
+from . import hub
 
 
 def cmd_verify(args) -> int:
@@ -56,6 +59,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def cmd_classify(args) -> int:
+    if _classify_is_batch(args):
+        return cmd_classify_batch(args)
     from . import from_pretrained, load_image
     from .processing import ImageProcessor
 
@@ -79,6 +84,123 @@ def cmd_classify(args) -> int:
             for t in r["top"]:
                 print(f"  {t['probability']:7.2%}  {t['label']}  (class {t['index']})")
     return 0
+
+
+# ---- evaluate / batch classify (issue 18: refvit.batch, refvit.evaluate) ---------------------------------------------
+
+
+def _classify_is_batch(args) -> bool:
+    """`classify MODEL DIR_OR_LIST` (a folder or a .csv/.jsonl list), or any run with --out/--workers/--scheduler."""
+    one = args.images[0] if len(args.images) == 1 else None
+    return bool(args.out or args.workers or args.scheduler or args.resume or
+                (one and (os.path.isdir(one) or one.lower().endswith((".csv", ".jsonl", ".ndjson")))))
+
+
+def _scaling_options(p) -> None:
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per task and per append to --out (default "
+                   "16); each image still gets its own forward, so results are bit-identical whatever this is")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="run on a Dask LocalCluster of N worker processes (refvit[dask]); "
+                       "each gets cores // N Numba threads; 1 or no Dask: in-process")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--resume", action="store_true", help="continue the run whose results are in --out: only images "
+                   "missing there are computed")
+
+
+def cmd_classify_batch(args) -> int:
+    """Batch inference: every image of a folder / list file (or the images given), appended to --out as JSONL."""
+    from . import batch
+    from .evaluate import Progress
+
+    if args.resume and not args.out:
+        print("refvit classify: --resume needs --out (the predictions file to continue)", file=sys.stderr)
+        return 2
+    args.model_dir = hub.resolve_model_dir(args.model_dir, revision=args.revision)  # a hub id: its snapshot
+    spec = batch.ModelSpec(os.path.abspath(args.model_dir), args.dtype, args.backend)
+    one = args.images[0] if len(args.images) == 1 else ""
+    source = one and (os.path.isdir(one) or one.lower().endswith((".csv", ".jsonl", ".ndjson")))
+    dataset = batch.load_dataset(one) if source else batch.from_paths(args.images)
+    model, _ = batch._loaded(spec)
+    id2label = {int(k): str(v) for k, v in dict(model.config.id2label).items()}
+    header = {"model": spec.path, "dtype": spec.dtype, "backend": spec.backend, "top_k": args.top_k}
+    results = batch.ResultsFile(args.out, header, args.resume) if args.out else None
+    stream = None if args.out else sys.stdout
+
+    def finish(record):
+        record["top_labels"] = [id2label.get(i, str(i)) for i in record.get("top", [])]
+        if stream is not None:
+            stream.write(batch.record_json(record) + "\n")
+        return record
+
+    progress = Progress("classify")
+    resumed = len(results.done) if results else 0
+    t0 = time.perf_counter()
+    try:
+        done = batch.run_dataset(spec, dataset, batch_size=args.batch_size, top_k=args.top_k, workers=args.workers,
+                                 scheduler=args.scheduler, results=results, finish=finish, on_chunk=progress)
+    finally:
+        progress.close()
+        if results is not None:
+            results.close()
+    seconds = time.perf_counter() - t0
+    errors = [r for r in done.values() if "error" in r]
+    summary = {"images": len(dataset.items), "computed": len(dataset.items) - resumed, "resumed": resumed,
+               "unreadable": [{"path": r["path"], "error": r["error"]} for r in errors], "seconds": seconds,
+               "images_per_s": (len(dataset.items) - resumed) / seconds if seconds > 0 else 0.0, "out": args.out}
+    if args.json and args.out:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"{summary['images']} images ({resumed} resumed), {len(errors)} unreadable, "
+              f"{summary['images_per_s']:.1f} images/s" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
+        for r in errors[:20]:
+            print(f"unreadable: {r['path']}: {r['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import Progress, evaluate, format_report
+
+    args.model_dir = hub.resolve_model_dir(args.model_dir, revision=args.revision)  # a hub id: its snapshot
+    report = evaluate(args.model_dir, args.data, reference=args.reference, batch_size=args.batch_size,
+                      workers=args.workers, scheduler=args.scheduler, out=args.out, resume=args.resume,
+                      label_map=args.label_map, dtype=args.dtype, backend=args.backend, png=args.png,
+                      save_logits=args.save_logits, worst=args.worst, progress=Progress("evaluate"))
+    records = report.pop("records")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        from . import batch
+        model, _ = batch._loaded(batch.ModelSpec(os.path.abspath(args.model_dir), args.dtype, args.backend))
+        print(format_report(report, {int(k): str(v) for k, v in dict(model.config.id2label).items()}))
+    ref = report.get("reference")
+    failed = ref is not None and (ref["agree"] < ref["compared"] or ref["missing"] or ref["mismatched_shape"])
+    return 1 if failed and args.strict else 0
+
+
+def add_evaluate_parsers(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy of a classifier on a dataset (ImageFolder or CSV/JSONL list), "
+                       "agreement with reference logits; in-process or on Dask; resumable")
+    p.add_argument("model_dir")
+    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
+                   "with huggingface_hub); its branch, tag or commit sha (default main)")
+    p.add_argument("data", help="an ImageFolder tree (root/<class>/<image>), or a .csv/.jsonl list of path[,label]")
+    p.add_argument("--reference", metavar="REF", help=".npz/.safetensors of per-image logits keyed by path relative "
+                   "to DATA (or an .npz with `paths` and 2-D `logits`): top-1 agreement, max-abs error, worst images")
+    p.add_argument("--label-map", metavar="JSON", help="{dataset label: class id or class name}; default: the "
+                   "model's label2id (folder names as the model's class names)")
+    _scaling_options(p)
+    p.add_argument("--out", metavar="RESULTS.jsonl", help="append one JSON record per image, per finished batch "
+                   "(fsync'd): a killed run continues with --resume")
+    p.add_argument("--png", metavar="FILE", help="confusion matrix PNG (needs matplotlib; default with --out: "
+                   "RESULTS.confusion.png)")
+    p.add_argument("--save-logits", action="store_true", help="keep every image's full logits in --out")
+    p.add_argument("--worst", type=int, default=10, help="how many worst images to list against --reference")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any image disagrees with or is missing "
+                   "from --reference")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_inspect(args) -> int:
@@ -162,6 +284,7 @@ def cmd_bench(args) -> int:
 def cmd_trace(args) -> int:
     from . import parity
 
+    args.model = hub.resolve_model_dir(args.model, revision=args.revision)  # a hub id: its snapshot
     if args.framework == "transformers":
         x, info = parity.load_input(args.input, args.model if os.path.isdir(args.model) else None, args.processor,
                                     dtype=args.dtype)
@@ -224,16 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="print each run as it finishes (stderr)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs preprocessor_config.json)")
+    p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs "
+                       "preprocessor_config.json); a folder or .csv/.jsonl list runs in batch mode (see --out)")
     p.add_argument("model_dir")
     p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
                    "with huggingface_hub); its branch, tag or commit sha (default main)")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or one folder / .csv / .jsonl list")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.add_argument("--out", metavar="PREDICTIONS.jsonl", help="batch mode: one JSON record per image, appended per "
+                   "finished batch (a folder or .csv/.jsonl list as the only IMAGE is batch mode too; without --out "
+                   "the records go to stdout)")
+    _scaling_options(p)
     p.set_defaults(func=cmd_classify)
+    add_evaluate_parsers(sub)
 
     p = sub.add_parser("segment", help="segment an image with a semantic segmentation checkpoint (BEiT, data2vec-vision): "
                        "writes a colour-coded label map PNG and prints the label histogram")
@@ -288,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --- parity toolkit (issue 16) ---
     p = sub.add_parser("trace", help="run a model once and record every module output, hidden state and attention "
                        "map, in execution order, as a trace (safetensors; README 'Checking your port')")
-    p.add_argument("model", help="save_pretrained directory")
+    p.add_argument("model", help="save_pretrained directory, or a hub id (org/name)")
+    p.add_argument("--revision", help="the hub id's branch, tag or commit sha (default main)")
     p.add_argument("input", help="an image (preprocessed with the model's preprocessor_config.json or --processor) or "
                    "pixel_values as .npy (B, C, H, W)")
     p.add_argument("--out", default="trace.safetensors", help="where to write the trace (default trace.safetensors)")
