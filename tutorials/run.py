@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
 SOLUTIONS = HERE / "solutions"
 COMMON = HERE / "common.py"  # helpers imported by the notebooks (kernel cwd = tutorials/)
+STUDY = HERE.parent / "golden" / "distillation_study.json"  # written by golden/train_digits.py --distillation-study
 MODELS = HERE.parent / "golden" / "models"
 TIMEOUT_S = 300  # per cell
 # One BLAS thread in the kernels: on a small shared machine OpenBLAS's thread pool made the notebooks' many small
@@ -68,6 +69,8 @@ def build(source: Path, with_solutions: bool = False) -> nbformat.NotebookNode:
     nb.metadata["refvit"] = {"source": f"src/{source.name}", "golden_models_sha256": models_digest()}
     if COMMON.is_file() and "from common import" in source.read_text():
         nb.metadata["refvit"]["common_sha256"] = hashlib.sha256(COMMON.read_bytes()).hexdigest()
+    if STUDY.is_file() and STUDY.name in source.read_text():  # 02_deit shows the recorded distillation study
+        nb.metadata["refvit"]["distillation_study_sha256"] = hashlib.sha256(STUDY.read_bytes()).hexdigest()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell}
