@@ -94,19 +94,21 @@ def check(name: str, attempt, expected, tol=TOLERANCE) -> bool:
 
 
 def block_diagram(ax, steps, residuals=(), title=""):
-    """A vertical flow chart: `steps` are (label, shape) boxes from bottom to top; `residuals` are (from, to) index
-    pairs drawn as skip arrows on the right, joined by ⊕ at `to`."""
-    ax.set_xlim(0, 10), ax.set_ylim(-0.6, len(steps) - 0.4), ax.set_axis_off()
+    """A vertical flow chart: `steps` are (label, shape) boxes from bottom to top (blue: carries the shape shown on
+    the right; orange: a norm/activation that keeps it); `residuals` are (from, to) index pairs, drawn in red as a
+    skip path from the output of box `from` to the ⊕ next to box `to`."""
+    ax.set_xlim(0, 12), ax.set_ylim(-0.6, len(steps) - 0.4), ax.set_axis_off()
     for i, (label, shape) in enumerate(steps):
-        ax.text(4, i, label, ha="center", va="center", fontsize=8,
+        ax.text(3.6, i, label, ha="center", va="center", fontsize=8,
                 bbox=dict(boxstyle="round,pad=0.3", fc="#dbe9f6" if shape else "#fde2c8", ec="0.3"))
         if shape:
-            ax.text(7.3, i, shape, ha="left", va="center", fontsize=7, color="0.35", family="monospace")
+            ax.text(8.9, i, shape, ha="left", va="center", fontsize=7, color="0.35", family="monospace")
         if i:
-            ax.annotate("", (4, i - 0.28), (4, i - 0.72), arrowprops=dict(arrowstyle="->", color="0.3"))
+            ax.annotate("", (3.6, i - 0.28), (3.6, i - 0.72), arrowprops=dict(arrowstyle="->", color="0.3"))
     for k, (a, b) in enumerate(residuals):
-        x = 6.4 + 0.25 * k
-        ax.annotate("", (4.9, b), (x, b), arrowprops=dict(arrowstyle="->", color="C3"))
-        ax.plot([4.9, x, x], [a, a, b], color="C3", lw=1)
+        x = 8.1 + 0.25 * k
+        ax.text(7.4, b, "⊕", ha="center", va="center", fontsize=12, color="C3")
+        ax.plot([3.6, x, x], [a + 0.35, a + 0.35, b], color="C3", lw=1)
+        ax.annotate("", (7.6, b), (x, b), arrowprops=dict(arrowstyle="->", color="C3"))
     if title:
         ax.set_title(title, fontsize=9)

@@ -51,9 +51,9 @@ fig, ax = plt.subplots(figsize=(6.5, 4.6))
 block_diagram(ax, [("x", f"(B, {N + 1}, {C})"), ("LayerNorm (layernorm_before)", ""),
                    ("q, k, v = Linear(C→C) ×3", f"(B, {N + 1}, {C}) ×3"),
                    ("softmax(q kᵀ / √D) per head", f"(B, {H}, {N + 1}, {N + 1})"),
-                   ("A v, heads concatenated", f"(B, {N + 1}, {C})"), ("Linear C→C (attention.output) ⊕", ""),
+                   ("A v, heads concatenated", f"(B, {N + 1}, {C})"), ("Linear C→C (attention.output)", ""),
                    ("LayerNorm (layernorm_after)", ""), (f"Linear C→{I}, GELU (intermediate)", f"(B, {N + 1}, {I})"),
-                   (f"Linear {I}→C (output) ⊕", f"(B, {N + 1}, {C})")],
+                   (f"Linear {I}→C (output)", f"(B, {N + 1}, {C})")],
               residuals=[(0, 5), (5, 8)], title="one ViTLayer (pre-norm); red: residual paths")
 plt.show()
 
@@ -353,7 +353,8 @@ check("exercise 2 (parameters per layer)", exercise_2, layer_params)
 # %% [markdown]
 # **Exercise 3.** Classify with the *mean* of the final patch tokens instead of `[CLS]` (run `forward`'s steps, but
 # pool differently). Return the accuracy over the 360 digits. Why does it fall so far, when BEiT classifies from
-# exactly such a mean (notebook 03)? `check` compares with the same computation done from refvit's `vit.layernorm`.
+# exactly such a mean (notebook 03)? (Hint: what was the classifier trained on?) `check` compares with the same
+# computation done from refvit's `vit.layernorm`.
 
 # %%
 def exercise_3():

@@ -278,11 +278,12 @@ for ax in axes.flat:
     ax.set_axis_off()
 for ax, i in zip(axes.flat, odd):
     c, dd = stack[2, i], stack[3, i]
-    ax.imshow(student.scans[i], cmap="gray", vmin=0, vmax=16)
+    im = ax.imshow(student.scans[i], cmap="gray", vmin=0, vmax=16)
     ax.set_title(f"y={labels[i]} T={teacher_pred[i]}\nc={c} ({p_cls[i, c]:.0%})\nd={dd} ({p_dist[i, dd]:.0%})",
                  fontsize=7)
-fig.suptitle("y: label, T: teacher, c: class head, d: distillation head (its probability); scans 0..16", fontsize=9)
+fig.suptitle("y: label, T: teacher, c: class head, d: distillation head (its probability)", fontsize=9)
 fig.tight_layout()
+fig.colorbar(im, ax=axes, label="scan value (0..16, one scale)", shrink=0.8)
 plt.show()
 
 # %% [markdown]

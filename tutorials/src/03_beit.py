@@ -66,9 +66,9 @@ fig, ax = plt.subplots(figsize=(6.8, 4.8))
 block_diagram(ax, [("x", f"(B, {N + 1}, {C})"), ("LayerNorm (layernorm_before)", ""),
                    ("q, k (no bias), v = Linear(C→C)", f"(B, {N + 1}, {C}) ×3"),
                    ("softmax(q kᵀ/√D + table[index]) per head", f"(B, {Hh}, {N + 1}, {N + 1})"),
-                   ("A v, concat, Linear (attention.output)", f"(B, {N + 1}, {C})"), ("× λ₁ (lambda_1) ⊕", ""),
+                   ("A v, concat, Linear (attention.output)", f"(B, {N + 1}, {C})"), ("× λ₁ (lambda_1)", ""),
                    ("LayerNorm (layernorm_after)", ""), (f"Linear C→{I}, GELU; Linear →C", f"(B, {N + 1}, {C})"),
-                   ("× λ₂ (lambda_2) ⊕", "")], residuals=[(0, 5), (5, 8)],
+                   ("× λ₂ (lambda_2)", "")], residuals=[(0, 5), (5, 8)],
               title="one BeitLayer: pre-norm, relative bias, layer scale")
 plt.show()
 

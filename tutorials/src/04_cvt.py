@@ -69,8 +69,8 @@ block_diagram(ax, [("tokens x (grid h×w, + [CLS] in the last stage)", "(B, N, C
                    ("tokens → grid (B, C, h, w)", ""),
                    ("depthwise 3×3 conv + BatchNorm: q stride 1, k, v stride 2", "(B, N, C), (B, N_k, C) ×2"),
                    ("Linear q, k, v (projection_*)", ""), ("softmax(q kᵀ · C^-½) per head", "(B, H, N, N_k)"),
-                   ("A v, concat, Linear (attention.output) ⊕", "(B, N, C)"), ("LayerNorm (layernorm_after)", ""),
-                   ("Linear C→rC, GELU, Linear →C ⊕", "(B, N, C)")], residuals=[(0, 6), (6, 8)],
+                   ("A v, concat, Linear (attention.output)", "(B, N, C)"), ("LayerNorm (layernorm_after)", ""),
+                   ("Linear C→rC, GELU, Linear →C", "(B, N, C)")], residuals=[(0, 6), (6, 8)],
               title="one CvtLayer: the convolutional projection inside a pre-norm layer")
 plt.show()
 

@@ -46,7 +46,7 @@ fig, ax = plt.subplots(figsize=(6.8, 4.6))
 block_diagram(ax, [("x", "(B, Cin, h, w)"), ("GroupNorm + ReLU (norm1)", ""),
                    ("WS conv 1×1 → mid (conv1)", "(B, mid, h, w)"), ("GroupNorm + ReLU (norm2)", ""),
                    ("WS conv 3×3, stride s (conv2)", "(B, mid, h/s, w/s)"), ("GroupNorm + ReLU (norm3)", ""),
-                   ("WS conv 1×1 → Cout (conv3) ⊕", "(B, Cout, h/s, w/s)")], residuals=[(1, 6)],
+                   ("WS conv 1×1 → Cout (conv3)", "(B, Cout, h/s, w/s)")], residuals=[(1, 6)],
               title="BitPreActivationBottleneckLayer; shortcut = WS conv 1×1 / s of norm1's output (first layer)")
 plt.show()
 
