@@ -31,3 +31,8 @@ assert check("exercise 2 (parameters per layer)", exercise_2, layer_params)
 assert check("exercise 3 (mean-pooled accuracy)", exercise_3,
              float(np.mean(linear(final[:, 1:].mean(1), Wt, "classifier").argmax(-1) == labels)))
 print(f"mean-pooled accuracy {exercise_3():.2%} vs [CLS] {correct:.2%}")
+
+# %% [markdown]
+# Exercise 3, why: the classifier was trained on the final `[CLS]` state only. The patch tokens went through the same
+# layers but were never asked to carry the class in the directions the classifier reads, so their mean is a different
+# vector; BEiT's classifier is trained on the mean (after its own LayerNorm), which is why pooling works there.
