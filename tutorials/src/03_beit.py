@@ -16,7 +16,7 @@
 # configurations the digits model does not have.
 
 # %%
-from pathlib import Path
+import json
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,11 +39,21 @@ print("intermediates of layer 0:", *[n for n in inter if ".layer.0." in n], sep=
 
 
 def golden(case):
-    """A golden case: refvit's model, its raw weights, config, inputs and the framework's float32 outputs."""
+    """A golden case: refvit's model, its raw weights, config.json, inputs and the framework's float32 outputs."""
     path = ROOT / "golden" / "cases" / case
     model = refvit.from_pretrained(path, backend="numpy")
     ref = {k[len("float32/"):]: v for k, v in np.load(path / "outputs.npz").items() if k.startswith("float32/")}
-    return model, load_state_dict(path)[0], model.config, dict(np.load(path / "inputs.npz")), ref
+    config = json.loads((path / "config.json").read_text())
+    return model, load_state_dict(path)[0], config, dict(np.load(path / "inputs.npz")), ref
+
+
+def pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def grid_of(config):
+    """The configured window: image_size // patch_size per axis."""
+    return tuple(n // p for n, p in zip(pair(config["image_size"]), pair(config["patch_size"])))
 
 # %% [markdown]
 # ## 0. Shapes and the block
@@ -260,8 +270,8 @@ def resize_table(table, old, new, width_first=True):
 
 
 model_i, W_i, cfg_i, inputs_i, ref_i = golden("beit_classification_interpolate")
-new = tuple(n // p for n, p in zip(inputs_i["pixel_values"].shape[2:], cfg_i.patch_size))        # (6, 6)
-old = cfg_i.grid_size                                                                           # (4, 4)
+new = tuple(n // p for n, p in zip(inputs_i["pixel_values"].shape[2:], pair(cfg_i["patch_size"])))  # (6, 6)
+old = grid_of(cfg_i)                                                                                # (4, 4)
 table_i = W_i["beit.encoder.layer.0.attention.attention.relative_position_bias.relative_position_bias_table"]
 new_table = resize_table(table_i, old, new)
 new_bias = bias_of(new_table, relative_index(*new))
@@ -358,7 +368,7 @@ print(f"{'width_first':12s} {'none on digits (square window: both reads are the 
       f"{0:9.2e} {correct:9.2%} {0:+7.2%}")
 
 model_n, W_n, cfg_n, inputs_n, ref_n = golden("beit_classification_nonsquare")
-win = cfg_n.grid_size                                                                  # (4, 6)
+win = grid_of(cfg_n)                                                                   # (4, 6)
 name = "beit.encoder.layer.0.attention.attention.relative_position_bias"
 t_n = W_n[f"{name}.relative_position_bias_table"]
 right = bias_of(resize_table(t_n, win, win, width_first=True), relative_index(*win))[None]
