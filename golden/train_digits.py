@@ -6,6 +6,7 @@ scikit-learn):
     pip install -e ".[golden]"
     python golden/train_digits.py             # train all five (~5 min of CPU, one thread), write golden/models/
     python golden/train_digits.py --check     # framework inference only: re-run the saved models, compare records
+    python golden/train_digits.py --distillation-study golden/distillation_study.json   # DeiT study (~10 min CPU)
 
 Everything runs on CPU with one thread and fixed seeds. Each image is `refvit.datasets.digit_image(scan)` (the same
 function refvit's tests call) and goes through the model's own transformers image processor, upscaled to 32x32.
@@ -19,6 +20,14 @@ Written under golden/models/:
                                       indices into load_digits()
 DeiT is trained the DeiT way (Touvron et al. 2021, hard-label distillation):
     loss = 1/2 CE(cls_logits, y) + 1/2 CE(distillation_logits, argmax teacher(x)), the teacher being the BiT model.
+
+--distillation-study FILE (writes only FILE, never golden/models/): the same DeiT recipe and seed, trained with no
+teacher (both heads on the labels), hard and soft distillation (DeiT eq. 2: tau 3, lambda 0.1), from the saved BiT
+teacher (100% on the test split) and from a deliberately weak BiT teacher (the same BiT trained for WEAK_EPOCHS
+epochs without augmentation); records each student's test accuracy, both heads', and how often the teacher's hard
+labels differ from the true labels on the training images. Hard distillation from digits-bit is the golden
+digits-deit recipe, so that row is read from golden/models/digits-deit/logits.npz. Re-running with the same FILE
+resumes (keeps the rows already trained with the same versions and settings). tutorials/02_deit reads it.
 """
 
 from __future__ import annotations
@@ -139,8 +148,22 @@ def distillation_loss(out, labels, teacher_labels):
     return 0.5 * (F.cross_entropy(out.cls_logits, labels) + F.cross_entropy(out.distillation_logits, teacher_labels))
 
 
-def train(name, model, x, y, epochs, lr, teacher=None):
-    """AdamW + one-cycle schedule, random shifts; DeiT adds the hard-label distillation loss from `teacher`."""
+SOFT_TAU, SOFT_LAMBDA = 3.0, 0.1   # DeiT §5 soft distillation: the paper's temperature and weight
+WEAK_EPOCHS = 2                    # the study's weak teacher: BiT trained 2 epochs, no augmentation
+
+
+def soft_distillation_loss(out, labels, teacher_logits):
+    """DeiT eq. 2 with the distillation token: (1 − λ) CE(cls_logits, y) + λ τ² KL(softmax(t/τ) ‖ softmax(d/τ))."""
+    import torch.nn.functional as F
+
+    kl = F.kl_div(F.log_softmax(out.distillation_logits / SOFT_TAU, -1), F.log_softmax(teacher_logits / SOFT_TAU, -1),
+                  reduction="batchmean", log_target=True)
+    return (1 - SOFT_LAMBDA) * F.cross_entropy(out.cls_logits, labels) + SOFT_LAMBDA * SOFT_TAU ** 2 * kl
+
+
+def train(name, model, x, y, epochs, lr, teacher=None, mode="hard", augment=True):
+    """AdamW + one-cycle schedule, random shifts; DeiT adds the distillation loss from `teacher`: mode "hard" (the
+    golden recipe), "soft" (DeiT eq. 2) or "labels" (no teacher: both heads learn the labels)."""
     import torch
     import torch.nn.functional as F
 
@@ -159,15 +182,20 @@ def train(name, model, x, y, epochs, lr, teacher=None):
         for i in range(0, len(x), BATCH):
             idx = order[i:i + BATCH]
             offsets = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (len(idx), 2), generator=gen)
+            if not augment:
+                offsets = torch.zeros_like(offsets)
             xb, yb = shift(x[idx], background, offsets), y[idx]
             out = model(pixel_values=xb)
-            if teacher is None:
+            if mode == "labels" and hasattr(out, "distillation_logits"):
+                loss = distillation_loss(out, yb, yb)
+            elif teacher is None:
                 loss = F.cross_entropy(out.logits, yb)
             else:  # the teacher sees the same shifted digits, through its own processor
                 with torch.no_grad():
                     teacher_in = shift(teacher_x[idx], teacher_background, offsets)
-                    teacher_labels = teacher_model(pixel_values=teacher_in).logits.argmax(-1)
-                loss = distillation_loss(out, yb, teacher_labels)
+                    teacher_logits = teacher_model(pixel_values=teacher_in).logits
+                loss = (soft_distillation_loss(out, yb, teacher_logits) if mode == "soft"
+                        else distillation_loss(out, yb, teacher_logits.argmax(-1)))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -306,13 +334,87 @@ def check(names, out: Path) -> int:
     return 1 if problems else 0
 
 
+def distillation_study(path: Path, models: Path = MODELS_DIR) -> None:
+    """Train the DeiT student of specs() with no teacher, hard and soft distillation, from the saved BiT teacher and a
+    weak one; write the accuracies (and the teachers' disagreement with the labels on the training images) to path."""
+    import torch
+
+    setup_torch()
+    train_scans, train_labels, test_scans, test_labels, _ = load_split()
+    y = torch.from_numpy(train_labels)
+    table = specs()
+    bit_cls, bit_config, bit_processor, bit_epochs, bit_lr = table["bit"]
+    teacher_x = pixel_values(bit_processor, train_scans)
+    teacher_test = pixel_values(bit_processor, test_scans)
+    torch.manual_seed(SEED)
+    weak = bit_cls(bit_config)
+    train("weak bit", weak, teacher_x, y, WEAK_EPOCHS, bit_lr, augment=False)
+    teachers = {"digits-bit": bit_cls.from_pretrained(models / "digits-bit").eval(), "weak-bit": weak.eval()}
+    record = {"command": " ".join(["python", *sys.argv]), "versions": versions(), "seed": SEED,
+              "student": "digits-deit recipe (specs()['deit'], same epochs, lr, augmentation, seed)",
+              "soft": {"tau": SOFT_TAU, "lambda": SOFT_LAMBDA}, "weak_teacher": {"epochs": WEAK_EPOCHS,
+                                                                               "augmentation": "none"},
+              "teachers": {}, "students": []}
+    for tname, tmodel in teachers.items():
+        with torch.no_grad():
+            train_pred = torch.cat([tmodel(pixel_values=teacher_x[i:i + 256]).logits.argmax(-1)
+                                    for i in range(0, len(teacher_x), 256)])
+        test_acc = float((predict(tmodel, teacher_test)["logits"].argmax(-1) == test_labels).mean())
+        record["teachers"][tname] = {"test_accuracy": test_acc,
+                                     "train_disagrees_with_labels": int((train_pred != y).sum()),
+                                     "train_images": len(y)}
+        print(f"teacher {tname}: test {test_acc:.4f}, differs from the label on "
+              f"{int((train_pred != y).sum())}/{len(y)} training images (unshifted)", flush=True)
+    cls, config, processor, epochs, lr = table["deit"]
+    x = pixel_values(processor, train_scans)
+    x_test = pixel_values(processor, test_scans)
+    # hard distillation from digits-bit *is* the golden digits-deit recipe (same seed, one thread: deterministic):
+    # its row is read from the saved logits instead of being trained again
+    saved = dict(np.load(models / "digits-deit" / "logits.npz"))
+    record["students"].append({"distillation": "hard", "teacher": "digits-bit", "source": "golden/models/digits-deit",
+                               **{f"{k}_accuracy": float((saved[k].argmax(-1) == test_labels).mean())
+                                  for k in ("logits", "cls_logits", "distillation_logits")},
+                               "heads_disagree": int((saved["cls_logits"].argmax(-1)
+                                                      != saved["distillation_logits"].argmax(-1)).sum())})
+    done = {}
+    if path.is_file():  # resume: keep the rows of an earlier run of the same study (same versions and settings)
+        old = json.loads(path.read_text())
+        if all(old.get(k) == record[k] for k in ("versions", "seed", "soft", "weak_teacher", "teachers")):
+            done = {(r["distillation"], r["teacher"]): r for r in old["students"] if "seconds" in r}
+            record["command"] = old["command"] + " (resumed: " + record["command"] + ")"
+    runs = [("labels", None), ("hard", "weak-bit"), ("soft", "weak-bit"), ("soft", "digits-bit")]
+    for mode, tname in runs:
+        if (mode, tname) in done:
+            record["students"].append(done[(mode, tname)])
+            continue
+        torch.manual_seed(SEED)
+        model = cls(config)
+        t0 = time.perf_counter()
+        train(f"deit {mode} {tname or ''}", model, x, y, epochs, lr,
+              None if tname is None else (teachers[tname], teacher_x), mode)
+        outs = predict(model, x_test)
+        row = {"distillation": mode, "teacher": tname, "seconds": round(time.perf_counter() - t0, 1),
+               **{f"{k}_accuracy": float((outs[k].argmax(-1) == test_labels).mean())
+                  for k in ("logits", "cls_logits", "distillation_logits")},
+               "heads_disagree": int((outs["cls_logits"].argmax(-1) != outs["distillation_logits"].argmax(-1)).sum())}
+        record["students"].append(row)
+        print(row, flush=True)
+        path.write_text(json.dumps(record, indent=1) + "\n")   # after every run: partial results survive
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="re-run framework inference only and compare")
     parser.add_argument("--models", nargs="+", choices=ORDER, default=ORDER, help="which models (default: all)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every epoch count (for trials)")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help=f"models directory (default {MODELS_DIR})")
+    parser.add_argument("--distillation-study", type=Path, metavar="FILE",
+                        help="train DeiT students (no teacher / hard / soft, strong and weak BiT teacher) and write "
+                             "their accuracies to FILE; golden/models/ is only read")
     args = parser.parse_args(argv)
+    if args.distillation_study:
+        distillation_study(args.distillation_study, args.out)
+        return 0
     if args.check:
         return check(args.models, args.out)
     train_all(args.models, args.out, args.epochs_scale)

@@ -6,9 +6,10 @@
 Each `tutorials/src/NN_name.py` is a plain Python script in the "percent" format (`# %%` starts a code cell,
 `# %% [markdown]` a markdown cell whose lines are `# `-commented), runnable on its own; this script turns it into
 `tutorials/NN_name.ipynb` with nbformat and executes it with nbclient (cwd = tutorials/), so the stored notebook
-carries its outputs and figures, and the digest of golden/models/ it was run with. tests/test_tutorials.py checks
-that every stored notebook matches its source and the current models and has been executed, and executes each one
-again (matplotlib on Agg).
+carries its outputs and figures, and the digest of golden/models/ (and of tutorials/common.py, the helpers the
+notebooks import) it was run with. tests/test_tutorials.py checks that every stored notebook matches its source and
+the current models and has been executed, and executes each one again (matplotlib on Agg) with the solutions of its
+exercises appended (`tutorials/solutions/NN_name.py`, same format), so every exercise stays solvable.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
+SOLUTIONS = HERE / "solutions"
+COMMON = HERE / "common.py"  # helpers imported by the notebooks (kernel cwd = tutorials/)
+STUDY = HERE.parent / "golden" / "distillation_study.json"  # written by golden/train_digits.py --distillation-study
 MODELS = HERE.parent / "golden" / "models"
 TIMEOUT_S = 300  # per cell
 # One BLAS thread in the kernels: on a small shared machine OpenBLAS's thread pool made the notebooks' many small
@@ -53,14 +57,27 @@ def models_digest() -> str:
     return digest.hexdigest()
 
 
-def build(source: Path) -> nbformat.NotebookNode:
-    """The unexecuted notebook of one source file."""
+def solutions(source: Path) -> Path | None:
+    """tutorials/solutions/NN_name.py, the solved exercises of one notebook, if it has any."""
+    path = SOLUTIONS / source.name
+    return path if path.is_file() else None
+
+
+def build(source: Path, with_solutions: bool = False) -> nbformat.NotebookNode:
+    """The unexecuted notebook of one source file (with its solutions' cells appended when asked: the tests)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["refvit"] = {"source": f"src/{source.name}", "golden_models_sha256": models_digest()}
+    if COMMON.is_file() and "from common import" in source.read_text():
+        nb.metadata["refvit"]["common_sha256"] = hashlib.sha256(COMMON.read_bytes()).hexdigest()
+    if STUDY.is_file() and STUDY.name in source.read_text():  # 02_deit shows the recorded distillation study
+        nb.metadata["refvit"]["distillation_study_sha256"] = hashlib.sha256(STUDY.read_bytes()).hexdigest()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell}
-    nb.cells = [make[kind](src) for kind, src in parse_cells(source.read_text())]
+    text = source.read_text()
+    if with_solutions and solutions(source):
+        text += "\n" + solutions(source).read_text()
+    nb.cells = [make[kind](src) for kind, src in parse_cells(text)]
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem.replace('_', '-')}-{i:02d}"  # stable ids: rebuilding changes no diff
     return nb

@@ -1,68 +1,116 @@
 # %% [markdown]
-# # BEiT: relative position bias and masked image modeling
+# # BEiT: relative position bias, layer scale, mean pooling — and masked image modeling
 #
 # BEiT (Bao et al. 2021, *BEiT: BERT Pre-Training of Image Transformers*) is a ViT with three changes that matter for
-# a forward pass: a **relative position bias** added to every attention score (after T5), **layer scale**
-# (per-channel λ on each residual branch) and a **mean-pooled** head. It is pre-trained by **masked image modeling**:
-# some patches are replaced by a learned `[MASK]` embedding and the model predicts their visual tokens.
+# a forward pass: a **relative position bias** added to every attention score (after T5 / Swin), **layer scale**
+# (a learned per-channel λ on each residual branch, from CaiT) and a **mean-pooled** head. It is pre-trained by
+# **masked image modeling**: some patches are replaced by a learned `[MASK]` embedding and the model predicts their
+# visual tokens.
 #
-# This notebook builds the bias from scratch, checks it against the tensors transformers recorded
-# (`transformers/models/beit/modeling_beit.py`, `BeitRelativePositionBias`), shows what changing the resolution
-# does to it, and builds the masked-image-modeling input. Models: golden cases written by `golden/generate.py`
-# (random but non-degenerate weights, so the numbers are the framework's, not ours).
+# We build the bias from scratch, then one complete `BeitLayer`, then the whole trained digits model
+# (`golden/models/digits-beit`, 8×8 patches of 4×4 pixels, 4 layers, one bias table per layer) over the 360 test
+# digits, every step asserted against refvit's intermediates; then what changing the resolution does to the bias,
+# the masked-image-modeling input, three planted quirks and exercises. The framework code is
+# `transformers/models/beit/modeling_beit.py` (`BeitRelativePositionBias`, `BeitSelfAttention`, `BeitLayer`,
+# `BeitPooler`). Golden cases (random weights written by `golden/generate.py`, outputs the framework's) cover the
+# configurations the digits model does not have.
 
 # %%
-from pathlib import Path
+import json
 
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy.special import erf
 
 import refvit
+from common import ROOT, assert_close, block_diagram, check, digits, first_divergence
 from refvit import kernels
-from refvit.models import beit, vit
+from refvit.checkpoint import load_state_dict
 
-ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "golden" / "cases").is_dir())
-K = kernels.get("numpy")  # the readable NumPy twins
+K = kernels.get("numpy")                                   # refvit's NumPy kernels, for the index and resizing
+d = digits("digits-beit")
+cfg, Wt = d.config, d.weights
+pixel_values, labels = d.pixel_values, d.labels
+x = pixel_values[:8]
+out = d.model(x, output_intermediates=True, output_attentions=True)
+inter = out.intermediates
+print(d.model)
+print("intermediates of layer 0:", *[n for n in inter if ".layer.0." in n], sep="\n  ")
 
 
 def golden(case):
-    """A golden case: the refvit model (NumPy backend), its inputs and the framework's float32 outputs."""
-    d = ROOT / "golden" / "cases" / case
-    model = refvit.from_pretrained(d, backend="numpy")
-    inputs = dict(np.load(d / "inputs.npz"))
-    ref = {k[len("float32/"):]: v for k, v in np.load(d / "outputs.npz").items() if k.startswith("float32/")}
-    return model, inputs, ref
+    """A golden case: refvit's model, its raw weights, config.json, inputs and the framework's float32 outputs."""
+    path = ROOT / "golden" / "cases" / case
+    model = refvit.from_pretrained(path, backend="numpy")
+    ref = {k[len("float32/"):]: v for k, v in np.load(path / "outputs.npz").items() if k.startswith("float32/")}
+    config = json.loads((path / "config.json").read_text())
+    return model, load_state_dict(path)[0], config, dict(np.load(path / "inputs.npz")), ref
 
 
-model, inputs, ref = golden("beit_classification")
-cfg = model.config
-print(model, "\nimage", cfg.image_size, "patch", cfg.patch_size, "-> window", cfg.grid_size,
-      "| heads", cfg.num_attention_heads)
+def pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def grid_of(config):
+    """The configured window: image_size // patch_size per axis."""
+    return tuple(n // p for n, p in zip(pair(config["image_size"]), pair(config["patch_size"])))
+
+# %% [markdown]
+# ## 0. Shapes and the block
+
+# %%
+C, Hh, P, Himg = cfg["hidden_size"], cfg["num_attention_heads"], cfg["patch_size"], cfg["image_size"]
+D, I, L = C // Hh, cfg["intermediate_size"], cfg["num_hidden_layers"]
+h = w = Himg // P
+N, T = h * w, (2 * h - 1) * (2 * w - 1) + 3
+eps = cfg["layer_norm_eps"]
+for a, b in [("pixel_values", f"(B, 3, {Himg}, {Himg})"), ("patch embeddings + [CLS] + abs. positions",
+             f"(B, 1+N={N + 1}, C={C})"), ("relative bias table (per layer)", f"(T={T}, H={Hh})"),
+             ("relative position index", f"({N + 1}, {N + 1}) ints in 0..{T - 1}"),
+             ("bias = table[index]", f"(H, {N + 1}, {N + 1})"), ("attention map", f"(B, {Hh}, {N + 1}, {N + 1})"),
+             ("layer scale λ₁, λ₂", f"({C},) each"), ("MLP hidden", f"(B, {N + 1}, {I})"),
+             ("pooler: LayerNorm(mean of patch tokens)", f"(B, {C})"), ("logits", "(B, 10)")]:
+    print(f"{a:44s} {b}")
+
+fig, ax = plt.subplots(figsize=(6.8, 4.8))
+block_diagram(ax, [("x", f"(B, {N + 1}, {C})"), ("LayerNorm (layernorm_before)", ""),
+                   ("q, k (no bias), v = Linear(C→C)", f"(B, {N + 1}, {C}) ×3"),
+                   ("softmax(q kᵀ/√D + table[index]) per head", f"(B, {Hh}, {N + 1}, {N + 1})"),
+                   ("A v, concat, Linear (attention.output)", f"(B, {N + 1}, {C})"), ("× λ₁ (lambda_1)", ""),
+                   ("LayerNorm (layernorm_after)", ""), (f"Linear C→{I}, GELU; Linear →C", f"(B, {N + 1}, {C})"),
+                   ("× λ₂ (lambda_2)", "")], residuals=[(0, 5), (5, 8)],
+              title="one BeitLayer: pre-norm, relative bias, layer scale")
+plt.show()
 
 # %% [markdown]
 # ## 1. The relative position index
 #
 # For a window of `h × w` patches, a query patch at (r₁, c₁) and a key patch at (r₂, c₂) differ by
-# (dr, dc) ∈ [−(h−1), h−1] × [−(w−1), w−1]: `(2h−1)(2w−1)` possible offsets. Each offset gets one row of a learned
-# table of shape `(T, H)`; three more rows serve the `[CLS]` token (cls→patch, patch→cls, cls→cls), so
-# `T = (2h−1)(2w−1) + 3`. The index maps each (query, key) pair of the `N + 1` tokens to its table row:
+# (dr, dc) = (r₁ − r₂, c₁ − c₂) ∈ [−(h−1), h−1] × [−(w−1), w−1]: `(2h−1)(2w−1)` possible offsets. Each offset gets
+# one row of a learned table of shape `(T, H)`; three more rows serve the `[CLS]` token (cls→patch, patch→cls,
+# cls→cls), so `T = (2h−1)(2w−1) + 3`. The index maps each (query, key) pair of the `N + 1` tokens to its table row.
+# `sign=-1` builds the *wrong* index (key − query) used in §6.
 
 # %%
-h, w = cfg.grid_size
-coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)  # (2, N): row, col
-rel = coords[:, :, None] - coords[:, None, :]                                             # (2, N, N): query − key
-T = (2 * h - 1) * (2 * w - 1) + 3
-index = np.empty((h * w + 1, h * w + 1), np.int64)
-index[1:, 1:] = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)  # shift offsets to start at 0, row-major
-index[0, :], index[:, 0], index[0, 0] = T - 3, T - 2, T - 1       # cls→patch, patch→cls, cls→cls
+def relative_index(h, w, sign=1):
+    """(N+1, N+1) table row of every (query, key) pair: offsets shifted to start at 0, read row-major."""
+    coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).reshape(2, -1)   # (2, N): row, col
+    rel = sign * (coords[:, :, None] - coords[:, None, :])                                    # (2, N, N)
+    T = (2 * h - 1) * (2 * w - 1) + 3
+    index = np.empty((h * w + 1, h * w + 1), np.int64)
+    index[1:, 1:] = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)
+    index[0, :], index[:, 0], index[0, 0] = T - 3, T - 2, T - 1                # cls→patch, patch→cls, cls→cls
+    return index
 
-np.testing.assert_array_equal(index, K.relative_position_index(h, w))  # refvit's kernel builds the same index
+
+index = relative_index(h, w)
+np.testing.assert_array_equal(index, K.relative_position_index(h, w))        # refvit's kernel builds the same index
 print("index", index.shape, "uses", len(np.unique(index)), "of", T, "table rows")
 
-fig, ax = plt.subplots(figsize=(4.5, 4))
+fig, ax = plt.subplots(figsize=(4.8, 4))
 im = ax.imshow(index, cmap="viridis")
 ax.set(title=f"relative position index ({h}×{w} window + [CLS])", xlabel="key token", ylabel="query token")
-fig.colorbar(im, ax=ax)
+fig.colorbar(im, ax=ax, label="table row")
 plt.show()
 
 # %% [markdown]
@@ -71,94 +119,175 @@ plt.show()
 #
 # ## 2. From table to bias, per head
 #
-# `bias[head, i, j] = table[index[i, j], head]`, added to the scaled scores `q·kᵀ/√D` before the softmax.
-# transformers records it as `beit.encoder.layer.0.attention.attention.relative_position_bias`
-# (shape `(1, H, N+1, N+1)`): our gather must reproduce it exactly.
+# `bias[head, i, j] = table[index[i, j], head]`, added to the scaled scores `q·kᵀ/√D` before the softmax; refvit
+# records it as `beit.encoder.layer.0.attention.attention.relative_position_bias` (shape `(1, H, N+1, N+1)`). For
+# a **square** window at the configured size this plain gather is exactly what transformers computes. For a
+# non-square window it is not: transformers first reads the table *width first* (§6 shows the difference on a golden
+# case), so a port must reproduce that reshape, not this gather.
 
 # %%
-table = model.params["beit"]["encoder"]["layer"][0]["attention"]["attention"]["relative_position_bias"][
-    "relative_position_bias_table"]                                                   # (T, H)
-bias = table[index].transpose(2, 0, 1)                                                # (H, N+1, N+1)
-framework = ref["intermediates/beit.encoder.layer.0.attention.attention.relative_position_bias"]
-np.testing.assert_allclose(bias[None], framework, rtol=0, atol=1e-6)
-print("table", table.shape, "-> bias", bias.shape, "= the framework's", framework.shape)
+def bias_of(table, index):
+    """(T, H) table, (N+1, N+1) index -> (H, N+1, N+1)."""
+    return table[index].transpose(2, 0, 1)
 
-H = cfg.num_attention_heads
-fig, axes = plt.subplots(2, H, figsize=(2.6 * H, 5.2))
-centre = (h // 2) * w + w // 2                                                         # a patch near the middle
-for head in range(H):
-    grid = table[: (2 * h - 1) * (2 * w - 1), head].reshape(2 * h - 1, 2 * w - 1)       # bias by offset (dr, dc)
-    axes[0, head].imshow(grid, cmap="coolwarm", extent=(-(w - .5), w - .5, h - .5, -(h - .5)))
-    axes[0, head].set_title(f"head {head}: table by (dr, dc)", fontsize=9)
-    axes[1, head].imshow(bias[head, 1 + centre, 1:].reshape(h, w), cmap="coolwarm")
-    axes[1, head].plot(centre % w, centre // w, "k*")
-    axes[1, head].set_title(f"bias of query ★ to each key", fontsize=9)
-fig.tight_layout()
-plt.show()
 
-# %% [markdown]
-# Top: each head's table laid out by offset (the centre is offset (0, 0), "attend to yourself"). Bottom: the same
-# numbers seen from one query patch (★): the bias it adds to its score for every key patch. In a trained BEiT, heads
-# specialise (some local, some directional); here the table is random, so the pictures show the *mechanics*.
+tables = [Wt[f"beit.encoder.layer.{i}.attention.attention.relative_position_bias.relative_position_bias_table"]
+          for i in range(L)]                                                         # L × (T, H), trained
+bias = bias_of(tables[0], index)
+assert_close(bias[None], inter["beit.encoder.layer.0.attention.attention.relative_position_bias"], "bias")
+print("table", tables[0].shape, "-> bias", bias.shape, "= refvit's")
 
-# %% [markdown]
-# In a *trained* BEiT the tables carry structure. `golden/models/digits-beit` (trained on handwritten digits by
-# `golden/train_digits.py`, 8×8 patches of 4×4 pixels, one table per layer) — every layer's table, by offset:
-
-# %%
-trained = refvit.from_pretrained(ROOT / "golden" / "models" / "digits-beit", backend="numpy")
-th, tw = trained.config.grid_size
-layers = trained.params["beit"]["encoder"]["layer"]
-fig, axes = plt.subplots(len(layers), trained.config.num_attention_heads, figsize=(8, 2 * len(layers)))
-for i, lp in enumerate(layers):
-    t = lp["attention"]["attention"]["relative_position_bias"]["relative_position_bias_table"]          # (T, H)
-    for head in range(t.shape[1]):
-        grid = t[: (2 * th - 1) * (2 * tw - 1), head].reshape(2 * th - 1, 2 * tw - 1)
-        lim = np.abs(grid).max()
-        axes[i, head].imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim)
+lim = max(np.abs(t[:T - 3]).max() for t in tables)
+fig, axes = plt.subplots(L, Hh, figsize=(8.5, 2 * L))
+for i, t in enumerate(tables):
+    for head in range(Hh):
+        grid = t[:T - 3, head].reshape(2 * h - 1, 2 * w - 1)
+        im = axes[i, head].imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim,
+                                  extent=(-(w - .5), w - .5, h - .5, -(h - .5)))
         axes[i, head].set_xticks([]), axes[i, head].set_yticks([])
         axes[i, head].set_title(f"layer {i}, head {head}", fontsize=8)
-fig.suptitle(f"digits-beit: bias by offset (dr, dc), centre = same patch; {2 * th - 1}×{2 * tw - 1} offsets")
-fig.tight_layout()
+fig.colorbar(im, ax=axes, label="bias added to the score", shrink=0.6)
+fig.suptitle(f"digits-beit (trained): bias by offset (dr, dc), centre = same patch; one shared scale")
 plt.show()
 
 # %% [markdown]
-# Rows are dr = query row − key row, from −(h−1) at the top to h−1 at the bottom; columns likewise dc. Trained tables
-# are structured, unlike random ones: red in the lower half means "prefer keys *above* the query", a red vertical
-# stripe "prefer keys at that horizontal offset, at any height", a blue border "ignore far-away patches".
-
-# %% [markdown]
-# ## 3. A new resolution: resizing the table
+# Rows are dr = query row − key row, from −(h−1) at the top to h−1 at the bottom; columns likewise dc. The trained
+# tables are structured: red in the lower half means "prefer keys *above* the query", a red vertical stripe "prefer
+# keys at that horizontal offset, at any height", a blue border "ignore far-away patches".
 #
-# The table is sized for the training window. At another input size (`interpolate_pos_encoding=True`, or any size
-# for BEiT) transformers resizes the offset grid of each head bilinearly, from `(2h−1, 2w−1)` to `(2h'−1, 2w'−1)`,
-# keeps the three `[CLS]` rows, and builds the index of the new window. Golden case
-# `beit_classification_interpolate` runs a model made for 32×32 (4×4 patches) on 48×48 images (6×6 patches).
+# ## 3. One complete `BeitLayer`, then the whole model
+#
+# Pre-norm attention with the relative bias, then **layer scale**: the attention branch is multiplied per channel by
+# `lambda_1` before the residual add, the MLP branch by `lambda_2`. `key` has no bias in BEiT. With
+# `use_mean_pooling` the final `beit.layernorm` is an identity and the pooler is `LayerNorm(mean of the patch
+# tokens)` — `[CLS]` is left out of the mean. `quirk` is for §6.
 
 # %%
-model_i, inputs_i, ref_i = golden("beit_classification_interpolate")
-cfg_i = model_i.config
-new_h, new_w = (n // p for n, p in zip(inputs_i["pixel_values"].shape[2:], cfg_i.patch_size))          # 6×6 patches
-table_i = model_i.params["beit"]["encoder"]["layer"][0]["attention"]["attention"]["relative_position_bias"][
-    "relative_position_bias_table"]
-h0, w0 = cfg_i.grid_size
-grid = table_i[: (2 * h0 - 1) * (2 * w0 - 1)].reshape(2 * h0 - 1, 2 * w0 - 1, -1).transpose(2, 0, 1)   # (H, 7, 7)
-resized = K.interpolate_bilinear(np.ascontiguousarray(grid), 2 * new_h - 1, 2 * new_w - 1)            # (H, 11, 11)
-new_table = np.concatenate([resized.transpose(1, 2, 0).reshape(-1, grid.shape[0]),
-                            table_i[(2 * h0 - 1) * (2 * w0 - 1):]])                                  # (T', H)
-new_bias = new_table[K.relative_position_index(new_h, new_w)].transpose(2, 0, 1)                    # (H, 37, 37)
+def layer_norm(x, name, W=Wt):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * W[f"{name}.weight"] \
+        + W[f"{name}.bias"]
 
+
+def linear(x, name, W=Wt):
+    y = x @ W[f"{name}.weight"].T
+    return y + W[f"{name}.bias"] if f"{name}.bias" in W else y                     # BEiT's key has no bias
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def beit_layer(x, bias, name, rec, W=Wt):
+    """BeitLayer: x + λ₁·attention(LN(x), bias), then + λ₂·MLP(LN(·))."""
+    hdn = rec[f"{name}.layernorm_before"] = layer_norm(x, f"{name}.layernorm_before", W)
+    q, k, v = (linear(hdn, f"{name}.attention.attention.{n}", W) for n in ("query", "key", "value"))
+    for n, t in zip(("query", "key", "value"), (q, k, v)):
+        rec[f"{name}.attention.attention.{n}"] = t
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], Hh, D).transpose(0, 2, 1, 3)     # (B, H, N+1, D)
+    probs = softmax(split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(D) + bias)        # (B, H, N+1, N+1)
+    ctx = rec[f"{name}.attention.attention"] = (probs @ split(v)).transpose(0, 2, 1, 3).reshape(x.shape)
+    hdn = rec[f"{name}.attention.output"] = linear(ctx, f"{name}.attention.output.dense", W)
+    x = x + W[f"{name}.lambda_1"] * hdn                                                    # layer scale
+    hdn = rec[f"{name}.layernorm_after"] = layer_norm(x, f"{name}.layernorm_after", W)
+    hdn = linear(hdn, f"{name}.intermediate.dense", W)
+    hdn = rec[f"{name}.intermediate"] = 0.5 * hdn * (1 + erf(hdn / np.sqrt(2)))           # exact GELU
+    hdn = rec[f"{name}.output"] = linear(hdn, f"{name}.output.dense", W)
+    x = rec[name] = x + W[f"{name}.lambda_2"] * hdn
+    return x, probs
+
+
+def embed(x, W=Wt, prefix="beit.embeddings", mask=None):
+    """BeitEmbeddings: patches (masked ones -> mask_token), [CLS] in front, + absolute positions if the model has them."""
+    proj = W[f"{prefix}.patch_embeddings.projection.weight"]                           # (C, 3, p, p)
+    B, _, Hi, Wi = x.shape
+    p = proj.shape[-1]
+    patches = x.reshape(B, 3, Hi // p, p, Wi // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(B, (Hi // p) * (Wi // p), -1)
+    tokens = patches @ proj.reshape(proj.shape[0], -1).T + W[f"{prefix}.patch_embeddings.projection.bias"]
+    if mask is not None:                                                              # masked -> [MASK] (§5)
+        tokens = tokens * (1 - mask[:, :, None]) + W[f"{prefix}.mask_token"] * mask[:, :, None]
+    cls = np.broadcast_to(W[f"{prefix}.cls_token"], (B, 1, proj.shape[0]))
+    x = np.concatenate([cls, tokens], axis=1)                                         # (B, 1 + N, C)
+    return x + W[f"{prefix}.position_embeddings"] if f"{prefix}.position_embeddings" in W else x
+
+
+def forward(x, quirk=None, rec=None):
+    """BeitForImageClassification (digits-beit) by hand -> logits."""
+    rec = {} if rec is None else rec
+    hidden = rec["beit.embeddings"] = embed(x.astype(np.float64))
+    idx = relative_index(h, w, sign=-1 if quirk == "sign" else 1)
+    for i in range(L):
+        name = f"beit.encoder.layer.{i}"
+        bias = rec[f"{name}.attention.attention.relative_position_bias"] = bias_of(tables[i], idx)[None]
+        hidden, _ = beit_layer(hidden, bias, name, rec)
+    rec["beit.layernorm"] = hidden                                                    # nn.Identity (mean pooling)
+    pooled = hidden.mean(1) if quirk == "cls_in_mean" else hidden[:, 1:].mean(1)
+    pooled = rec["beit.pooler"] = layer_norm(pooled, "beit.pooler.layernorm")
+    return linear(pooled, "classifier")
+
+
+mine = {}
+logits = forward(x, rec=mine)
+for n, t in mine.items():
+    assert_close(t, inter[n], n)
+assert_close(logits, out.logits, "logits")
+missing = [n for n in inter if n not in mine and n != "classifier"]
+print(f"{len(mine)} hand-built intermediates match refvit's; not rebuilt: {missing}")
+
+all_logits = forward(pixel_values)
+assert_close(all_logits, d.recorded["logits"], "logits vs PyTorch")
+assert (all_logits.argmax(-1) == np.array(d.meta["test_predictions"])).all()
+correct = d.accuracy(all_logits)
+print(f"360 digits by hand: accuracy {correct:.2%}, PyTorch's class on every image")
+
+lam = np.stack([[Wt[f"beit.encoder.layer.{i}.lambda_{j}"] for j in (1, 2)] for i in range(L)])   # (L, 2, C)
+fig, ax = plt.subplots(figsize=(6.5, 2.6))
+ax.boxplot([lam[i, j] for i in range(L) for j in (0, 1)], tick_labels=[f"L{i} λ{j + 1}" for i in range(L)
+                                                                        for j in (0, 1)])
+ax.axhline(cfg["layer_scale_init_value"], color="0.6", ls=":", label="initial value")
+ax.set(title="layer scale after training: per-channel λ of each branch", ylabel="λ"), ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# ## 4. A new resolution: resizing the table
+#
+# The table is sized for the training window. At another input size transformers resizes each head's offset grid
+# bilinearly to `(2h'−1, 2w'−1)`, keeps the three `[CLS]` rows, and builds the index of the new window. It reads the
+# old grid **width first**: the `(2h−1)(2w−1)` rows are reshaped to `(2w−1, 2h−1)`. Golden case
+# `beit_classification_interpolate` runs a model made for 32×32 (4×4 patches) on 48×48 images (6×6 patches); its
+# weights are random (written by `golden/generate.py`), so the picture shows the mechanics, not learned structure.
+
+# %%
+def resize_table(table, old, new, width_first=True):
+    """BeitRelativePositionBias: the grid rows of `table` (T, H) resized from window `old` to `new`, [CLS] rows kept.
+    width_first: transformers' reshape to (2w−1, 2h−1); False: the row-major read a port might write."""
+    (oh, ow), (nh, nw) = [(2 * a - 1, 2 * b - 1) for a, b in (old, new)]
+    H = table.shape[1]
+    shape = (ow, oh) if width_first else (oh, ow)
+    grid = table[: oh * ow].reshape(*shape, H).transpose(2, 0, 1)                      # (H, ·, ·)
+    grid = K.interpolate_bilinear(np.ascontiguousarray(grid), nh, nw)                 # (H, 2h'−1, 2w'−1)
+    return np.concatenate([grid.transpose(1, 2, 0).reshape(nh * nw, H), table[oh * ow:]])
+
+
+model_i, W_i, cfg_i, inputs_i, ref_i = golden("beit_classification_interpolate")
+new = tuple(n // p for n, p in zip(inputs_i["pixel_values"].shape[2:], pair(cfg_i["patch_size"])))  # (6, 6)
+old = grid_of(cfg_i)                                                                                # (4, 4)
+table_i = W_i["beit.encoder.layer.0.attention.attention.relative_position_bias.relative_position_bias_table"]
+new_table = resize_table(table_i, old, new)
+new_bias = bias_of(new_table, relative_index(*new))
 framework_i = ref_i["intermediates/beit.encoder.layer.0.attention.attention.relative_position_bias"]
-np.testing.assert_allclose(new_bias[None], framework_i, rtol=0, atol=1e-5)
-# refvit's own step (with the width-first reshape transformers does, a no-op for square windows) agrees too
-np.testing.assert_allclose(beit.resize_relative_table(table_i, cfg_i, (new_h, new_w), K), new_table, atol=1e-7)
-print(f"window {h0}×{w0} -> {new_h}×{new_w}: table {table_i.shape} -> {new_table.shape}, bias {framework_i.shape}")
+assert_close(new_bias[None], framework_i, "resized bias")
+print(f"window {old[0]}×{old[1]} -> {new[0]}×{new[1]}: table {table_i.shape} -> {new_table.shape}, "
+      f"bias {framework_i.shape} = the framework's")
 
-fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
-axes[0].imshow(grid[0], cmap="coolwarm")
-axes[0].set_title(f"head 0, {2 * h0 - 1}×{2 * w0 - 1} offsets (trained)")
-axes[1].imshow(resized[0], cmap="coolwarm")
-axes[1].set_title(f"resized to {2 * new_h - 1}×{2 * new_w - 1} (bilinear)")
+(oh, ow), (nh, nw) = (2 * old[0] - 1, 2 * old[1] - 1), (2 * new[0] - 1, 2 * new[1] - 1)
+lim = np.abs(table_i[: oh * ow, 0]).max()
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+axes[0].imshow(table_i[: oh * ow, 0].reshape(oh, ow), cmap="coolwarm", vmin=-lim, vmax=lim)
+axes[0].set_title(f"head 0, {oh}×{ow} offsets (random golden weights)", fontsize=9)
+im = axes[1].imshow(new_table[: nh * nw, 0].reshape(nh, nw), cmap="coolwarm", vmin=-lim, vmax=lim)
+axes[1].set_title(f"resized to {nh}×{nw} (bilinear)", fontsize=9)
+fig.colorbar(im, ax=axes, label="bias (shared scale)")
 plt.show()
 
 # %% [markdown]
@@ -166,12 +295,12 @@ plt.show()
 # 4.5 patches to the right, and the new far offsets repeat the old border values (bilinear with
 # `align_corners=False` clamps). That is why fine-tuning at the new resolution is usual.
 #
-# ## 4. Masked image modeling input: `bool_masked_pos`
+# ## 5. Masked image modeling input: `bool_masked_pos`
 #
 # `BeitForMaskedImageModeling` takes `bool_masked_pos` of shape `(B, num_patches)`. Masked patch embeddings are
 # replaced by the learned `mask_token` *before* `[CLS]` and positions are added (`BeitEmbeddings.forward`:
-# `embeddings * (1 − w) + mask_tokens * w`). BEiT masks ~40% of the patches in *blocks* ("blockwise
-# masking", the paper's Algorithm 1); a small version of that sampler:
+# `embeddings * (1 − w) + mask_tokens * w`). BEiT masks ~40% of the patches in *blocks* ("blockwise masking", the
+# paper's Algorithm 1); a small version of that sampler:
 
 # %%
 def blockwise_mask(h, w, ratio, rng, min_block=2):
@@ -184,46 +313,110 @@ def blockwise_mask(h, w, ratio, rng, min_block=2):
     return mask
 
 
-from refvit.datasets import digit_image
-
 rng = np.random.default_rng(0)
-scans = np.load(ROOT / "golden" / "models" / "digits_test.npz")["images"][:4]
-processor = refvit.AutoImageProcessor.from_pretrained(ROOT / "golden" / "models" / "digits-beit")
-digits = processor(images=[digit_image(s) for s in scans], return_tensors="np")["pixel_values"]   # (4, 3, 32, 32)
-P = trained.config.patch_size[0]
 fig, axes = plt.subplots(2, 4, figsize=(9, 4.6))
 for i in range(4):
-    axes[0, i].imshow(blockwise_mask(14, 14, 0.4, rng), cmap="gray_r")
-    mask = blockwise_mask(th, tw, 0.4, rng)                                          # one digit's bool_masked_pos
-    shown = np.where(np.kron(mask, np.ones((P, P))).astype(bool), np.nan, digits[i, 0])  # masked patches blanked
-    axes[1, i].imshow(shown, cmap="gray")
+    axes[0, i].imshow(blockwise_mask(14, 14, 0.4, rng), cmap="gray_r", vmin=0, vmax=1)
+    mask = blockwise_mask(h, w, 0.4, rng)                                            # one digit's bool_masked_pos
+    shown = np.where(np.kron(mask, np.ones((P, P))).astype(bool), np.nan, x[i, 0])  # masked patches blanked
+    im = axes[1, i].imshow(shown, cmap="gray", vmin=x[:4, 0].min(), vmax=x[:4, 0].max())
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-axes[0, 0].set_ylabel("14×14 grid (224²)"), axes[1, 0].set_ylabel(f"a digit, {th}×{tw} patches")
+fig.colorbar(im, ax=axes[1], label="processed value", shrink=0.8)
+axes[0, 0].set_ylabel("14×14 grid (224²)"), axes[1, 0].set_ylabel(f"a digit, {h}×{w} patches")
 fig.suptitle("blockwise masks, ~40% of the patches (masked = black above, blank below)")
 plt.show()
 
 # %% [markdown]
-# Now the embeddings of golden case `beit_mim` by hand — patches, mask tokens, `[CLS]` — against the framework's
+# The embeddings of golden case `beit_mim` by hand — patches, mask tokens, `[CLS]` — against the framework's
 # `beit.embeddings`, and the head: `lm_head` scores every patch over the visual-token vocabulary (the loss, in
 # training, reads only the masked positions).
 
 # %%
-model_m, inputs_m, ref_m = golden("beit_mim")
-cfg_m, p = model_m.config, model_m.params["beit"]["embeddings"]
-x, m = inputs_m["pixel_values"], inputs_m["bool_masked_pos"]                           # (B, 3, H, W), (B, N)
-tokens, _ = vit.patch_embeddings(p["patch_embeddings"], x, cfg_m)                        # (B, N, C)
-tokens = tokens * (1 - m[:, :, None]) + p["mask_token"] * m[:, :, None]                  # masked -> [MASK]
-cls = np.broadcast_to(p["cls_token"], (x.shape[0], 1, cfg_m.hidden_size))
-embedded = np.concatenate([cls, tokens], axis=1)                                         # (B, 1 + N, C)
-np.testing.assert_allclose(embedded, ref_m["intermediates/beit.embeddings"], rtol=0, atol=1e-5)
-
-out = model_m(x, bool_masked_pos=m)
-np.testing.assert_allclose(out.logits, ref_m["logits"], rtol=0, atol=1e-4 * max(1, np.abs(ref_m["logits"]).max()))
-print("mask", m.shape, f"({m.mean():.0%} masked); logits", out.logits.shape, "= (B, N, vocab_size)")
-print("predicted visual tokens at the masked patches of image 0:", out.logits[0].argmax(-1)[m[0]])
+model_m, W_m, cfg_m, inputs_m, ref_m = golden("beit_mim")
+xm, m = inputs_m["pixel_values"], inputs_m["bool_masked_pos"]                          # (B, 3, H, W), (B, N)
+embedded = embed(xm.astype(np.float64), W_m, mask=m)                                   # (B, 1 + N, C)
+assert_close(embedded, ref_m["intermediates/beit.embeddings"], "beit_mim embeddings")
+out_m = model_m(xm, bool_masked_pos=m)
+assert_close(out_m.logits, ref_m["logits"], "beit_mim logits")
+print("mask", m.shape, f"({m.mean():.0%} masked); logits", out_m.logits.shape, "= (B, N, vocab_size)")
 
 # %% [markdown]
-# **Take-aways.** The relative bias is a table lookup, indexed by offset; refvit's
-# `kernels.relative_position_index` / `relative_position_bias` and `models.beit.resize_relative_table` are these cells
-# in function form. Masking happens on patch embeddings, before `[CLS]` and positions.
+# ## 6. Planted quirks
+#
+# * `sign`: the index built from key − query instead of query − key. Every pair then reads the bias of the
+#   *mirrored* offset: "prefer keys above" becomes "prefer keys below".
+# * `cls_in_mean`: the pooler averages all tokens, `[CLS]` included, instead of the patch tokens only.
+# * `width_first`: reading the table row-major instead of transformers' width-first reshape. For the square digits
+#   window this is the same read (the check below proves it: no module diverges); golden case
+#   `beit_classification_nonsquare` (32×48 input, a 4×6 window, random weights) shows it on a non-square window at
+#   its *configured* size, where a port that skips the resize step gets every bias wrong.
+
+# %%
+print(f"{'quirk':12s} {'first diverging module':64s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+for quirk in ("sign", "cls_in_mean"):
+    rec = {}
+    forward(x, quirk, rec)
+    first, err = first_divergence(rec, inter)
+    acc = d.accuracy(forward(pixel_values, quirk))
+    print(f"{quirk:12s} {str(first):64s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+
+square = [np.array_equal(resize_table(t, (h, w), (h, w), True), resize_table(t, (h, w), (h, w), False))
+          for t in tables]
+assert all(square)
+print(f"{'width_first':12s} {'none on digits (square window: both reads are the same table)':64s} "
+      f"{0:9.2e} {correct:9.2%} {0:+7.2%}")
+
+model_n, W_n, cfg_n, inputs_n, ref_n = golden("beit_classification_nonsquare")
+win = grid_of(cfg_n)                                                                   # (4, 6)
+name = "beit.encoder.layer.0.attention.attention.relative_position_bias"
+t_n = W_n[f"{name}.relative_position_bias_table"]
+right = bias_of(resize_table(t_n, win, win, width_first=True), relative_index(*win))[None]
+naive = bias_of(t_n, relative_index(*win))[None]                                       # row-major, no resize
+assert_close(right, ref_n[f"intermediates/{name}"], "width-first bias")
+first, err = first_divergence({name: naive}, {n[len("intermediates/"):]: v for n, v in ref_n.items()
+                                              if n.startswith("intermediates/")})
+print(f"non-square {win[0]}×{win[1]} window, row-major read: first diverging {first}, max error {err:.2e}")
+
+# %% [markdown]
+# The sign error makes every bias wrong from layer 0 on (the learned offsets point the wrong way), yet costs only a
+# couple of digits: this model also has absolute position embeddings, which still say where each patch is. The
+# `[CLS]`-in-the-mean error is one token of 65 in the average: no digit changes class, but the pooler leaves the
+# tolerance. Accuracy is a blunt instrument for parity; the first diverging module is not.
+#
+# ## 7. Exercises
+#
+# Solutions: `tutorials/solutions/03_beit.py`.
+#
+# **Exercise 1.** The relative position bias of layer 2, `(1, H, N+1, N+1)`, from its table (check: refvit's
+# `beit.encoder.layer.2.attention.attention.relative_position_bias`).
+
+# %%
+def exercise_1():
+    raise NotImplementedError
+
+
+check("exercise 1 (layer 2 bias)", exercise_1, inter["beit.encoder.layer.2.attention.attention.relative_position_bias"])
+
+# %% [markdown]
+# **Exercise 2.** How many rows `T` has the table of a 6×10 window, and which row does the pair (query patch at
+# (0, 0), key patch at (5, 9)) read? Return `(T, row)`; `check` compares with refvit's index kernel.
+
+# %%
+def exercise_2():
+    raise NotImplementedError
+
+
+ref_index = K.relative_position_index(6, 10)
+check("exercise 2 (table size and row)", exercise_2, (int(ref_index.max()) + 1, int(ref_index[1, 1 + 5 * 10 + 9])))
+
+# %% [markdown]
+# **Exercise 3.** The pooled output `beit.pooler` of the first 8 digits from refvit's output of the last layer
+# (`beit.encoder.layer.3`).
+
+# %%
+def exercise_3():
+    raise NotImplementedError
+
+
+check("exercise 3 (mean pooling)", exercise_3, inter["beit.pooler"])

@@ -1,0 +1,25 @@
+# %% [markdown]
+# # Solutions to the exercises of 03_beit
+
+# %%
+def exercise_1():
+    return bias_of(tables[2], relative_index(h, w))[None]
+
+
+def exercise_2():
+    """T = (2·6−1)(2·10−1) + 3; the offset (0 − 5, 0 − 9) shifted by (5, 9) is (0, 0): row 0."""
+    hh, ww = 6, 10
+    T = (2 * hh - 1) * (2 * ww - 1) + 3
+    dr, dc = 0 - 5, 0 - 9
+    return T, (dr + hh - 1) * (2 * ww - 1) + (dc + ww - 1)
+
+
+def exercise_3():
+    last = inter["beit.encoder.layer.3"].astype(np.float64)
+    return layer_norm(last[:, 1:].mean(1), "beit.pooler.layernorm")
+
+
+assert check("exercise 1 (layer 2 bias)", exercise_1,
+             inter["beit.encoder.layer.2.attention.attention.relative_position_bias"])
+assert check("exercise 2 (table size and row)", exercise_2, (int(ref_index.max()) + 1, int(ref_index[1, 1 + 5 * 10 + 9])))
+assert check("exercise 3 (mean pooling)", exercise_3, inter["beit.pooler"])
