@@ -9,7 +9,8 @@
 #    `pixel_values` first;
 # 2. **compare** your port's tensors in that order and report the **first** one that diverges, and whether its block
 #    introduced the error or inherited it;
-# 3. use **float64 as the judge**: a float64 run shows bugs smaller than float32 rounding.
+# 3. use **float64 as the judge**: its tolerance (1e-10) is far tighter than float32's (1e-4), so a small bug that
+#    hides under the float32 tolerance stands out there.
 #
 # The model is golden case `deit_teacher` (a small `DeiTForImageClassificationWithTeacher`,
 # `transformers/models/deit/modeling_deit.py`); "your port" is refvit, then broken copies of it, then a small NumPy
@@ -120,8 +121,8 @@ assert found["eps", "float64"] == "deit.encoder.layer.0.layernorm_before"   # ..
 
 # %% [markdown]
 # The tanh GELU and the q/k swap are caught at their first use. The eps bug is **not** caught by the float32
-# tolerance: its effect (about 1e-5 relative here) hides under 1e-4. In float64, where rounding is ~1e-16, it is
-# the first thing that differs. A correct float64 port matches the framework's float64 run to ~1e-15.
+# tolerance: its effect (about 1e-5 relative here, ≈ Δeps/(2·var)) is a hundred times float32 rounding (~6e-8) but
+# still under the 1e-4 tolerance. In float64, held to 1e-10, it is the first thing that differs. A correct float64 port matches the framework's float64 run to ~1e-15.
 #
 # ## 4. A port written from scratch
 #
@@ -208,5 +209,6 @@ assert max(curves["refvit float32"].values()) < 1e-10 and max(curves["refvit flo
 # transformers [--dtype float64]`, or refvit's own trace, which matches it). Save your port's activations on the
 # trace's own `pixel_values`, write a mapping for the names that differ, and run `refvit compare REF PORT --map
 # names.json`: the first NOT OK tensor is the suspect, and its block says whether it introduced the error. Run your
-# port in float64 too when it can: bugs smaller than float32 rounding (eps, a variance off by C/(C−1), a softmax in
-# the wrong dtype) are only visible there. `refvit verify` runs the same comparison over every golden case.
+# port in float64 too when it can: bugs whose effect is above float32 rounding but under the float32 tolerance (a
+# small eps change, a softmax in the wrong dtype) are caught only there. (A variance off by C/(C−1) is not that
+# small: ~1/(2C), 6.5e-4 at C = 768, fails float32's 1e-4 too.) `refvit verify` runs the same comparison over every golden case.
