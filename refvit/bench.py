@@ -712,12 +712,12 @@ def profile(models, batches, repeat: int = 7, backends=("numba",)) -> list[dict]
 
 
 def set_model_kernels(model, namespace) -> None:
-    """Give one model instance its own kernel namespace (`model.kernels`, `model._K` before the redesign)."""
-    setattr(model, "kernels" if hasattr(model, "kernels") else "_K", namespace)
+    """Give one model instance its own kernel namespace (`model.kernels`; no other model sees it)."""
+    model.kernels = namespace
 
 
 def model_kernels(model):
-    return getattr(model, "kernels", None) or model._K
+    return model.kernels
 
 
 def _profile_runs(model, namespace, forward, repeat: int) -> dict:

@@ -256,7 +256,7 @@ def test_forward_limits_numba_blas_only_during_the_forward(numba_blas_at_2):
     model, x = tiny_model()
     numpy_before = numpy_blas_threads()
     seen = []
-    real = model._K if not hasattr(model, "kernels") else model.kernels
+    real = model.kernels
     from types import SimpleNamespace
 
     def spy_linear(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""Kernels: each Numba kernel beside a same-signature NumPy twin (DESIGN §3.7).
+"""Kernels: each Numba kernel beside a same-signature NumPy twin (docs/DESIGN.md §6).
 
 `get("numpy")` returns the twins (the teaching path: plain array code, one line per formula);
 `get("numba")` returns the fast path. Both namespaces carry the same names with the same
@@ -57,6 +57,9 @@ KERNELS = {
     "relative_position_index": "relative_position", "relative_position_bias": "relative_position",
     "conv_transpose2d": "resample", "adaptive_avg_pool2d": "resample", "linear": "linear",
 }
+# Kernels with no Numba build: both backends run the NumPy code (separable resizes of small grids, a few calls per
+# model; see interpolate.py). Listed here rather than aliased, so that no `*_numba` name pretends otherwise.
+NUMPY_ONLY = {"interpolate_bicubic", "interpolate_bilinear"}
 _NAMESPACES = {}
 
 
@@ -64,7 +67,8 @@ def _namespace(backend):
     """SimpleNamespace(name=backend, layer_norm=norm.layer_norm_<backend>, …): every kernel of one backend."""
     import importlib
 
-    found = {name: getattr(importlib.import_module(f"refvit.kernels.{module}"), f"{name}_{backend}")
+    found = {name: getattr(importlib.import_module(f"refvit.kernels.{module}"),
+                           f"{name}_numpy" if name in NUMPY_ONLY else f"{name}_{backend}")
              for name, module in KERNELS.items()}
     return SimpleNamespace(name=backend, **found)
 

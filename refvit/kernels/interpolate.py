@@ -126,7 +126,3 @@ def interpolate_bilinear_numpy(x, out_h, out_w):
     ix, wx = linear_indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, 2)
     return _separable_resize(x, iy, wy, ix, wx)
 
-
-# The numba backend shares the NumPy code (see the module docstring): same function, same results.
-interpolate_bicubic_numba = interpolate_bicubic_numpy
-interpolate_bilinear_numba = interpolate_bilinear_numpy

@@ -105,22 +105,17 @@ def _versions(**extra) -> dict:
 
 
 def kernels_of(model):
-    """The model instance's kernel namespace (`model.kernels`, or `model._K` before the models' redesign)."""
-    for attr in ("kernels", "_K"):
-        ns = getattr(model, attr, None)
-        if ns is not None and not callable(ns):
-            return ns
-    raise RefvitError(f"{model!r} has no kernel namespace (model.kernels / model._K)")
+    """The model instance's kernel namespace (`model.kernels`)."""
+    ns = getattr(model, "kernels", None)
+    if ns is None or callable(ns):
+        raise RefvitError(f"{model!r} has no kernel namespace (model.kernels): pass a refvit model")
+    return ns
 
 
 def _set_kernels(model, ns) -> None:
-    """Give one model instance its own kernel namespace (handles both the current and the redesigned attribute)."""
-    if hasattr(model, "kernels"):
-        model.kernels = ns
-    elif hasattr(model, "_K"):
-        model._K = ns
-    else:
-        raise RefvitError(f"{model!r} has no kernel namespace to replace")
+    """Give one model instance its own kernel namespace; no other model sees it."""
+    kernels_of(model)
+    model.kernels = ns
 
 
 def with_kernels(model, **replacements):
