@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from refvit.parity.names import BEIT_POINTS, BEIT_WHOLE
+
 
 def tiny(**overrides) -> dict:
     """A small BEiT (C=32, 2 layers, 4 heads, 32×32 images of 8×8 patches = a 4×4 window) with 5 labels."""
@@ -123,23 +125,9 @@ def classic_name(module_name: str) -> str:
     return re.sub(r"^decode_head\.psp_modules\.blocks\.(\d+)\.conv$", r"decode_head.psp_modules.\1.1", n)
 
 
-# transformers-5 module suffix -> (kind, classic suffix) recorded for it
-POINTS = [
-    (".attention.q_proj", [("out", ".attention.attention.query")]),
-    (".attention.k_proj", [("out", ".attention.attention.key")]),
-    (".attention.v_proj", [("out", ".attention.attention.value")]),
-    # the classic BeitSelfAttention output is the per-head context = o_proj's input; BeitSelfOutput = o_proj's output
-    (".attention.o_proj", [("in", ".attention.attention"), ("out", ".attention.output")]),
-    # classic BeitIntermediate = fc1 + activation = fc2's input; BeitOutput = fc2 alone (no residual, no lambda_2)
-    (".mlp.fc2", [("in", ".intermediate"), ("out", ".output")]),
-]
-WHOLE = re.compile(r"^(beit\.)?(embeddings|layernorm|pooler|encoder\.relative_position_bias"
-                   r"|encoder\.layer\.\d+(\.(layernorm_before|layernorm_after|attention\.attention"
-                   r"\.relative_position_bias))?)$"
-                   r"|^(classifier|layernorm|lm_head|fpn1|fpn1\.[12]|fpn2|fpn4|decode_head|auxiliary_head)$"
-                   r"|^decode_head\.(lateral_convs\.\d+|fpn_convs\.\d+|psp_modules\.\d+\.1|bottleneck|fpn_bottleneck"
-                   r"|classifier)$"
-                   r"|^auxiliary_head\.(convs\.\d+|conv_cat|classifier)$")
+# transformers-5 module suffix -> (kind, classic suffix) recorded for it, and the modules recorded whole: the
+# same tables refvit.parity.capture_transformers uses (one copy, refvit/parity/names.py)
+POINTS, WHOLE = BEIT_POINTS, BEIT_WHOLE
 
 
 def record_points(module_name: str) -> list[tuple[str, str]]:

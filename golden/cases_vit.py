@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from refvit.parity.names import VIT_POINTS, VIT_WHOLE
+
 
 def tiny(model_type: str, **overrides) -> dict:
     """A small config (C=32, 2 layers, 4 heads, 32×32 images of 8×8 patches) with non-default eps and labels."""
@@ -61,17 +63,9 @@ def classic_name(module_name: str) -> str:
     return re.sub(r"(^|\.)layers\.(\d+)", r"\1encoder.layer.\2", module_name)
 
 
-# transformers-5 module suffix -> (kind, classic suffix) recorded for it
-POINTS = [
-    (".attention.q_proj", [("out", ".attention.attention.query")]),
-    (".attention.k_proj", [("out", ".attention.attention.key")]),
-    (".attention.v_proj", [("out", ".attention.attention.value")]),
-    # the classic ViTSelfAttention output is the per-head context = o_proj's input; ViTSelfOutput = o_proj's output
-    (".attention.o_proj", [("in", ".attention.attention"), ("out", ".attention.output")]),
-    (".mlp.fc2", [("in", ".intermediate")]),  # classic ViTIntermediate = dense + activation = fc2's input
-]
-WHOLE = re.compile(r"(^|\.)(embeddings|layernorm|pooler|classifier|cls_classifier|distillation_classifier|decoder"
-                   r"|decoder\.0|layers\.\d+\.(layernorm_before|layernorm_after))$")
+# transformers-5 module suffix -> (kind, classic suffix) recorded for it, and the modules recorded whole: the
+# same tables refvit.parity.capture_transformers uses (one copy, refvit/parity/names.py)
+POINTS, WHOLE = VIT_POINTS, VIT_WHOLE
 
 
 def record_points(module_name: str) -> list[tuple[str, str]]:

@@ -92,19 +92,11 @@ def attach_hooks(model, store: dict, family):
 
 
 def register_float64_attention():
-    """Eager attention with the softmax kept in the input dtype (see module docstring)."""
-    import torch
+    """Eager attention with the softmax kept in the input dtype (see module docstring; the function is refvit.parity's,
+    whose framework capture uses it too)."""
     from transformers import AttentionInterface
 
-    def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if scaling is None:
-            scaling = query.size(-1) ** -0.5
-        attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            attn_weights = attn_weights + attention_mask
-        attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)  # eager: dtype=torch.float32 here
-        attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
-        return attn_output, attn_weights
+    from refvit.parity.capture import eager_same_dtype
 
     AttentionInterface.register("eager_same_dtype", eager_same_dtype)
 

@@ -267,22 +267,26 @@ def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None, *
 # transformers (torch imported inside the functions only)
 
 
+def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention (`eager_attention_forward`) with the softmax left in the input dtype: eager computes
+    it in float32 even in a float64 model, so a float64 reference would be float32-accurate there. golden/generate.py
+    registers this same function for its float64 runs."""
+    import torch
+
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)  # eager: dtype=torch.float32 here
+    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
+
+
 @contextlib.contextmanager
 def _float64_eager(model):
-    """Eager attention whose softmax stays in the input dtype (transformers' eager computes it in float32 even in a
-    float64 model, so a float64 reference would be float32-accurate there). Registered under a refvit name for the
-    call and removed afterwards; the model's config is restored."""
-    import torch
+    """`eager_same_dtype` registered under a refvit name for the call and removed afterwards; the model's config is
+    restored."""
     from transformers import AttentionInterface
-
-    def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if scaling is None:
-            scaling = query.size(-1) ** -0.5
-        attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            attn_weights = attn_weights + attention_mask
-        attn_weights = torch.nn.functional.softmax(attn_weights, dim=-1)  # eager: dtype=torch.float32 here
-        return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
 
     with _attention(model, "refvit_eager_float64"):
         registry = AttentionInterface._global_mapping

@@ -19,7 +19,7 @@ import re
 from refvit.errors import InputError
 
 # ---- ViT / DeiT (modeling_vit.py, modeling_deit.py: layers.N.attention.{q,k,v,o}_proj, layers.N.mlp.fc{1,2})
-_VIT_POINTS = [
+VIT_POINTS = [
     (".attention.q_proj", [("out", ".attention.attention.query")]),
     (".attention.k_proj", [("out", ".attention.attention.key")]),
     (".attention.v_proj", [("out", ".attention.attention.value")]),
@@ -27,26 +27,26 @@ _VIT_POINTS = [
     (".attention.o_proj", [("in", ".attention.attention"), ("out", ".attention.output")]),
     (".mlp.fc2", [("in", ".intermediate")]),  # classic ViTIntermediate = dense + activation = fc2's input
 ]
-_VIT_WHOLE = re.compile(r"(^|\.)(embeddings|layernorm|pooler|classifier|cls_classifier|distillation_classifier"
+VIT_WHOLE = re.compile(r"(^|\.)(embeddings|layernorm|pooler|classifier|cls_classifier|distillation_classifier"
                         r"|decoder|decoder\.0|layers\.\d+\.(layernorm_before|layernorm_after))$")
 
 
 def _vit(module: str) -> list:
     n = re.sub(r"(^|\.)layers\.(\d+)", r"\1encoder.layer.\2", module)
-    for suffix, points in _VIT_POINTS:
+    for suffix, points in VIT_POINTS:
         if n.endswith(suffix):
             return [(kind, n[: -len(suffix)] + classic) for kind, classic in points]
     if re.search(r"encoder\.layer\.\d+$", n):
         return [("out", n + ".output"), ("out", n)]  # classic ViTOutput adds the residual: its output is the layer's
-    return [("out", n)] if _VIT_WHOLE.search(module) else []
+    return [("out", n)] if VIT_WHOLE.search(module) else []
 
 
 # ---- BEiT (modeling_beit.py: layers.N, relative_position_bias per layer or shared_position_bias, fpn.*, psp blocks)
-_BEIT_POINTS = _VIT_POINTS[:4] + [
+BEIT_POINTS = VIT_POINTS[:4] + [
     # classic BeitIntermediate = fc1 + activation = fc2's input; BeitOutput = fc2 alone (no residual, no lambda_2)
     (".mlp.fc2", [("in", ".intermediate"), ("out", ".output")]),
 ]
-_BEIT_WHOLE = re.compile(r"^(beit\.)?(embeddings|layernorm|pooler|encoder\.relative_position_bias"
+BEIT_WHOLE = re.compile(r"^(beit\.)?(embeddings|layernorm|pooler|encoder\.relative_position_bias"
                          r"|encoder\.layer\.\d+(\.(layernorm_before|layernorm_after|attention\.attention"
                          r"\.relative_position_bias))?)$"
                          r"|^(classifier|layernorm|lm_head|fpn1|fpn1\.[12]|fpn2|fpn4|decode_head|auxiliary_head)$"
@@ -69,10 +69,10 @@ def _beit_classic(module: str) -> str:
 
 def _beit(module: str) -> list:
     n = _beit_classic(module)
-    for suffix, points in _BEIT_POINTS:
+    for suffix, points in BEIT_POINTS:
         if n.endswith(suffix):
             return [(kind, n[: -len(suffix)] + classic) for kind, classic in points]
-    return [("out", n)] if _BEIT_WHOLE.search(n) else []
+    return [("out", n)] if BEIT_WHOLE.search(n) else []
 
 
 # ---- data2vec-vision (modeling_data2vec_vision.py keeps the classic module tree)
