@@ -4,6 +4,9 @@ This is the only writer of golden data (DESIGN.md §5). It needs the `golden` ex
     pip install -e ".[golden]"          # torch==2.13.0 (CPU) + transformers==5.23.0
     python golden/generate.py           # (re)write golden/cases/ and golden/processing/
     python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
+    python golden/generate.py --processing   # only golden/processing/, for the installed Pillow: run under another
+                                             # Pillow X.Y it writes golden/processing/<case>/pillow-X.Y/ (see
+                                             # golden/processing_cases.py); --check compares that Pillow's files only
 
 A case directory holds:
     config.json          as save_pretrained writes it
