@@ -15,8 +15,9 @@ Pillow: resizing (and JPEG decoding, through the libjpeg it bundles) differs bet
 arrays are only the truth for the Pillow that wrote them. OUT_DIR/<case>/expected.npz is Pillow PRIMARY_PILLOW's.
 Run under another Pillow X.Y (a venv with transformers 5.23, torch 2.13.0 and pillow==X.Y.*), this script writes
 OUT_DIR/<case>/pillow-X.Y/meta.json for every case, and OUT_DIR/<case>/pillow-X.Y/expected.npz only where that
-Pillow's arrays differ from the committed PRIMARY_PILLOW ones (meta.json's "expected_file" names the file that
-holds them). refvit.verify.processing_golden picks the file for the installed Pillow at run time.
+Pillow's arrays differ from every committed one of the case (the PRIMARY_PILLOW one and other Pillows'); meta.json's
+"expected_file" names the file, relative to the case folder, that holds them. refvit.verify.processing_golden
+picks the file for the installed Pillow at run time. Regenerate the PRIMARY_PILLOW golden first, then the others.
 
 Determinism: no timestamps anywhere; expected.npz is a zip written with fixed member order, fixed
 1980-01-01 timestamps and zlib level 6, so regenerating with the same versions gives identical bytes.
@@ -256,9 +257,14 @@ def generate(out_dir: pathlib.Path) -> list[str]:
             raise RuntimeError(f"{name}: unexpected dtypes {pixel_values.dtype}, {pixels_uint8.dtype}")
         extra, extra_meta = segmentation_extras(name, processor, loaded) if family == "beit" else ({}, {})
         arrays = {"pixel_values": pixel_values, "pixels_uint8": pixels_uint8, **extra}
-        if key != PRIMARY_PILLOW and _same_arrays(GOLDEN / "processing" / name / "expected.npz", arrays):
-            expected_file = "expected.npz"  # this Pillow gives the primary's arrays bit for bit: no copy
-            same = f"identical to Pillow {PRIMARY_PILLOW}'s arrays (compared with the committed expected.npz)"
+        # another Pillow's committed arrays, bit for bit the same as this one's (the primary's first): no copy
+        committed = GOLDEN / "processing" / name
+        same_as = [] if key == PRIMARY_PILLOW else [
+            f for f in [committed / "expected.npz", *sorted(committed.glob("pillow-*/expected.npz"))]
+            if f.parent.name != target.name and _same_arrays(f, arrays)]
+        if same_as:
+            expected_file = str(same_as[0].relative_to(committed))
+            same = f"identical arrays to the committed {expected_file} (written under another Pillow)"
         else:
             expected_file = str((target / "expected.npz").relative_to(case_dir))
             same = None
