@@ -4,6 +4,9 @@ This is the only writer of golden data (DESIGN.md §5). It needs the `golden` ex
     pip install -e ".[golden]"          # torch==2.13.0 (CPU) + transformers==5.23.0
     python golden/generate.py           # (re)write golden/cases/ and golden/processing/
     python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
+    python golden/generate.py --processing   # only golden/processing/, for the installed Pillow: run under another
+                                             # Pillow X.Y it writes golden/processing/<case>/pillow-X.Y/ (see
+                                             # golden/processing_cases.py); --check compares that Pillow's files only
 
 A case directory holds:
     config.json          as save_pretrained writes it
@@ -232,8 +235,7 @@ def generate(out: Path, only: list[str] | None = None) -> None:
     if not only:
         import processing_cases
         proc_dir = out / "processing"
-        if proc_dir.exists():
-            shutil.rmtree(proc_dir)
+        processing_cases.clean(proc_dir)  # only what the installed Pillow writes: other Pillows' folders stay
         for case in processing_cases.generate(proc_dir):
             print(f"processing/{case}")
 
@@ -257,14 +259,15 @@ def allowed_difference(reference: np.ndarray) -> float:
     return rel * max(1.0, float(np.abs(reference).max(initial=0)))
 
 
-def compare_trees(committed: Path, fresh: Path, worst: dict | None = None) -> list[str]:
+def compare_trees(committed: Path, fresh: Path, worst: dict | None = None, keep=lambda rel: True) -> list[str]:
     """Differences between two golden trees: file sets, JSON (minus versions) and arrays (FLOAT*_REGENERATION_TOL).
 
     `worst`, when given, receives for each top-level directory (a case) its worst float ratio
     max|committed - regenerated| / allowed, with the array it came from: `{case: (ratio, "file:key")}`.
+    `keep(relative path)`: which committed files a regeneration here writes (processing: this Pillow's only).
     """
     problems = []
-    files_a = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file()}
+    files_a = {p.relative_to(committed) for p in committed.rglob("*") if p.is_file() and keep(p.relative_to(committed))}
     files_b = {p.relative_to(fresh) for p in fresh.rglob("*") if p.is_file()}
     for rel in sorted(files_a ^ files_b):
         problems.append(f"{rel}: only in {'committed' if rel in files_a else 'regenerated'} tree")
@@ -329,8 +332,7 @@ def main(argv=None) -> int:
     if args.processing:
         import processing_cases
         proc_dir = args.out / "processing"
-        if proc_dir.exists():
-            shutil.rmtree(proc_dir)
+        processing_cases.clean(proc_dir)  # only what the installed Pillow writes: other Pillows' folders stay
         print("\n".join(f"processing/{c}" for c in processing_cases.generate(proc_dir)))
         return 0
     if not args.check:
@@ -351,13 +353,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def processing_owned():
+    """The committed processing files the installed Pillow writes (other Pillows' goldens are not regenerated here)."""
+    import processing_cases
+
+    return processing_cases.owned
+
+
 def check_against(fresh: Path, committed: Path = ROOT) -> int:
     """Compare a regenerated tree with the committed one; print each case's worst ratio and every mismatch."""
     problems, worst = [], {}
     print(f"golden --check on {cpu_model()} ({platform.machine()})")
     for sub in ("cases", "processing"):
         ratios: dict = {}
-        problems += [f"{sub}/{p}" for p in compare_trees(committed / sub, fresh / sub, ratios)]
+        keep = processing_owned() if sub == "processing" else (lambda rel: True)
+        problems += [f"{sub}/{p}" for p in compare_trees(committed / sub, fresh / sub, ratios, keep)]
         worst.update({f"{sub}/{case}": value for case, value in ratios.items()})
     print(f"worst max|committed - regenerated| / allowed per case (allowed: float32 {FLOAT32_REGENERATION_TOL:g}, "
           f"float64 {FLOAT64_REGENERATION_TOL:g}, each x max(1, max|ref|)):")

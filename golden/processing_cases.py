@@ -8,7 +8,16 @@ Each case is a folder OUT_DIR/<case>/ with
   expected.npz              pixel_values (B, 3, H, W) float32 from `AutoImageProcessor.from_pretrained(
                             case_dir, backend="pil")`, and pixels_uint8 (B, 3, H, W) uint8 from the same
                             processor with do_rescale=False, do_normalize=False (the resized/cropped pixels),
-  meta.json                 versions, the images used (sha256 of the file and of the decoded pixels), command.
+  meta.json                 versions (transformers, Pillow, libjpeg), the images used (sha256 of the file and of
+                            the decoded pixels), command.
+
+Pillow: resizing (and JPEG decoding, through the libjpeg it bundles) differs between Pillow releases, so the
+arrays are only the truth for the Pillow that wrote them. OUT_DIR/<case>/expected.npz is Pillow PRIMARY_PILLOW's.
+Run under another Pillow X.Y (a venv with transformers 5.23, torch 2.13.0 and pillow==X.Y.*), this script writes
+OUT_DIR/<case>/pillow-X.Y/meta.json for every case, and OUT_DIR/<case>/pillow-X.Y/expected.npz only where that
+Pillow's arrays differ from every committed one of the case (the PRIMARY_PILLOW one and other Pillows'); meta.json's
+"expected_file" names the file, relative to the case folder, that holds them. refvit.verify.processing_golden
+picks the file for the installed Pillow at run time. Regenerate the PRIMARY_PILLOW golden first, then the others.
 
 Determinism: no timestamps anywhere; expected.npz is a zip written with fixed member order, fixed
 1980-01-01 timestamps and zlib level 6, so regenerating with the same versions gives identical bytes.
@@ -29,6 +38,7 @@ import numpy as np
 GOLDEN = pathlib.Path(__file__).resolve().parent
 IMAGES = GOLDEN / "images"
 COMMAND = "python golden/generate.py  (golden/processing_cases.py:generate)"
+PRIMARY_PILLOW = "13.0"  # major.minor of the Pillow whose arrays are <case>/expected.npz; others: <case>/pillow-X.Y/
 
 IMAGENET_DEFAULT = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 LANDSCAPE, PORTRAIT = "chelsea_landscape.jpg", "astronaut_portrait.jpg"
@@ -136,9 +146,85 @@ def segmentation_extras(name: str, processor, images) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def generate(out_dir: pathlib.Path) -> list[str]:
-    """Write every case under `out_dir`; returns the case names written."""
+def pillow_key(version: str | None = None) -> str:
+    """major.minor of a Pillow version (default: the installed one): the unit goldens are kept for."""
+    if version is None:
+        import PIL
+
+        version = PIL.__version__
+    return ".".join(version.split(".")[:2])
+
+
+def pillow_meta() -> dict:
+    """The Pillow and the JPEG library it decodes with (JPEG decoding differs between libjpeg builds)."""
     import PIL
+    from PIL import features
+
+    return {"pillow_version": PIL.__version__, "libjpeg_version": features.version("jpg"),
+            "libjpeg_turbo_version": features.version("libjpeg_turbo")}
+
+
+def clean(out_dir: pathlib.Path) -> None:
+    """Remove what a run under the installed Pillow writes: the primary files (keeping every pillow-X.Y/ folder,
+    and every case folder that still holds one) or, under another Pillow, its own pillow-X.Y/ folders."""
+    import shutil
+
+    out_dir = pathlib.Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    key = pillow_key()
+    for case_dir in (p for p in out_dir.iterdir() if p.is_dir()):
+        if key != PRIMARY_PILLOW:
+            shutil.rmtree(case_dir / f"pillow-{key}", ignore_errors=True)
+            continue
+        for path in case_dir.iterdir():
+            if path.is_dir() and path.name.startswith("pillow-"):
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not any(case_dir.iterdir()):
+            case_dir.rmdir()
+
+
+def owned(relative: pathlib.Path) -> bool:
+    """Whether a file (path relative to OUT_DIR) is written by a run under the installed Pillow (for --check)."""
+    parts = pathlib.Path(relative).parts
+    key = pillow_key()
+    variant = [p for p in parts[1:-1] if p.startswith("pillow-")]
+    if key == PRIMARY_PILLOW:
+        return not variant
+    return variant == [f"pillow-{key}"] or parts[1:] == ("preprocessor_config.json",)
+
+
+def _write_config(case_dir: pathlib.Path, processor_class, settings, legacy) -> None:
+    """The case's preprocessor_config.json. Under a non-primary Pillow an existing one must be what this
+    transformers writes (the config is Pillow-independent; a difference means: regenerate the primary first)."""
+    import tempfile
+
+    target = case_dir / "preprocessor_config.json"
+    with tempfile.TemporaryDirectory() as tmp:
+        if legacy is None:
+            processor_class(**settings).save_pretrained(tmp)
+        else:
+            _write_json(pathlib.Path(tmp) / "preprocessor_config.json", legacy)
+        fresh = (pathlib.Path(tmp) / "preprocessor_config.json").read_text()
+    if pillow_key() != PRIMARY_PILLOW and target.exists():
+        if json.loads(target.read_text()) != json.loads(fresh):
+            raise RuntimeError(f"{target} differs from what transformers writes now: regenerate the Pillow "
+                               f"{PRIMARY_PILLOW} golden first")
+        return
+    target.write_text(fresh)
+
+
+def _same_arrays(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> bool:
+    if not path.is_file():
+        return False
+    with np.load(path) as z:
+        return set(z.files) == set(arrays) and all(
+            z[k].dtype == v.dtype and z[k].shape == v.shape and np.array_equal(z[k], v) for k, v in arrays.items())
+
+
+def generate(out_dir: pathlib.Path) -> list[str]:
+    """Write every case under `out_dir` for the installed Pillow (see the module docstring); returns the names."""
     import transformers
     from PIL import Image
     from transformers import AutoImageProcessor, ConvNextImageProcessorPil, DeiTImageProcessorPil, ViTImageProcessorPil
@@ -151,14 +237,14 @@ def generate(out_dir: pathlib.Path) -> list[str]:
     from transformers import BitImageProcessorPil
     classes["bit"] = BitImageProcessorPil
     out_dir = pathlib.Path(out_dir)
+    key = pillow_key()
     written = []
     for name, (family, settings, legacy, images) in CASES.items():
         case_dir = out_dir / name
-        case_dir.mkdir(parents=True, exist_ok=True)
-        if legacy is None:
-            classes[family](**settings).save_pretrained(case_dir)
-        else:
-            _write_json(case_dir / "preprocessor_config.json", legacy)
+        # primary Pillow: the case folder itself; any other: its own subfolder (expected.npz only if it differs)
+        target = case_dir if key == PRIMARY_PILLOW else case_dir / f"pillow-{key}"
+        target.mkdir(parents=True, exist_ok=True)
+        _write_config(case_dir, classes[family], settings, legacy)
         # the config file is the only source of truth: reload it the way users do, forcing the PIL backend
         processor = AutoImageProcessor.from_pretrained(case_dir, backend="pil")
         if type(processor) is not classes[family]:
@@ -170,21 +256,35 @@ def generate(out_dir: pathlib.Path) -> list[str]:
         if pixel_values.dtype != np.float32 or pixels_uint8.dtype != np.uint8:
             raise RuntimeError(f"{name}: unexpected dtypes {pixel_values.dtype}, {pixels_uint8.dtype}")
         extra, extra_meta = segmentation_extras(name, processor, loaded) if family == "beit" else ({}, {})
-        _write_npz(case_dir / "expected.npz", {"pixel_values": pixel_values, "pixels_uint8": pixels_uint8, **extra})
-        _write_json(case_dir / "meta.json", {
+        arrays = {"pixel_values": pixel_values, "pixels_uint8": pixels_uint8, **extra}
+        # another Pillow's committed arrays, bit for bit the same as this one's (the primary's first): no copy
+        committed = GOLDEN / "processing" / name
+        same_as = [] if key == PRIMARY_PILLOW else [
+            f for f in [committed / "expected.npz", *sorted(committed.glob("pillow-*/expected.npz"))]
+            if f.parent.name != target.name and _same_arrays(f, arrays)]
+        if same_as:
+            expected_file = str(same_as[0].relative_to(committed))
+            same = f"identical arrays to the committed {expected_file} (written under another Pillow)"
+        else:
+            expected_file = str((target / "expected.npz").relative_to(case_dir))
+            same = None
+            _write_npz(target / "expected.npz", arrays)
+        _write_json(target / "meta.json", {
             "case": name,
             "command": COMMAND,
             "transformers_version": transformers.__version__,
-            "pillow_version": PIL.__version__,
+            **pillow_meta(),
             "numpy_version": np.__version__,
             "processor_class": type(processor).__name__,
             "loaded_with": 'transformers.AutoImageProcessor.from_pretrained(case_dir, backend="pil")',
             "pixels_uint8": "same processor with do_rescale=False, do_normalize=False",
+            "expected_file": expected_file,  # relative to the case folder
+            **({"expected_note": same} if same else {}),
             "images": [_image_meta(f, how, img) for (f, how), img in zip(images, loaded)],
             "pixel_values_shape": list(pixel_values.shape),
             **extra_meta,
         })
-        written.append(name)
+        written.append(str(target.relative_to(out_dir)))
     return written
 
 
@@ -218,4 +318,5 @@ def _write_npz(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
 
 if __name__ == "__main__":
     target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else GOLDEN / "processing"
+    clean(target)
     print("\n".join(generate(target)))

@@ -67,6 +67,7 @@ class CaseResult:
     seconds: float
     errors: dict = field(default_factory=dict)     # key -> (max abs error, allowed)
     problems: list = field(default_factory=list)   # missing outputs etc.
+    not_verified: str = ""                         # why nothing was compared (no golden for this Pillow): not a failure
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,9 @@ def format_table(results: list[CaseResult]) -> str:
     rows = []
     for r in results:
         parts = [f"{g} {e:.1e}" for g, (e, tol) in sorted(r.by_output().items())]
+        if r.not_verified:
+            rows.append((r.case, r.architecture, r.backend, r.dtype, "", "--", r.not_verified))
+            continue
         status = "ok" if r.ok else "FAIL"
         rows.append((r.case, r.architecture, r.backend, r.dtype, f"{r.seconds * 1e3:9.1f}", status, ", ".join(parts)))
     head = ("case", "architecture", "backend", "dtype", "fwd ms", "", "max abs error per output")
@@ -146,24 +150,91 @@ def list_processing_cases(golden_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "meta.json").is_file()) if root.is_dir() else []
 
 
+@dataclass
+class ProcessingGolden:
+    """The expected arrays of a processing case for one Pillow, or why there are none.
+
+    golden/processing_cases.py writes <case>/expected.npz with its PRIMARY Pillow and, run under another Pillow
+    X.Y, <case>/pillow-X.Y/meta.json (+ expected.npz where that Pillow's arrays differ). Resampling and the
+    bundled libjpeg change between Pillow releases, so a golden is only the truth for the Pillow (major.minor)
+    that wrote it."""
+    pillow: str                  # the installed (or given) Pillow, major.minor
+    meta: dict                   # the meta.json of the chosen golden (the primary one when there is none)
+    expected: Path | None        # the expected.npz to compare with; None: not verifiable under this Pillow
+    reason: str = ""             # why not, when expected is None
+
+    @property
+    def not_verified(self) -> str:
+        return f"not verified for Pillow {self.pillow}: {self.reason}" if self.expected is None else ""
+
+
+def _pillow_key(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def processing_golden(case_dir: Path, pillow_version: str | None = None) -> ProcessingGolden:
+    """The golden of `case_dir` for `pillow_version` (default: the installed Pillow)."""
+    if pillow_version is None:
+        import PIL
+
+        pillow_version = PIL.__version__
+    case_dir = Path(case_dir)
+    key = _pillow_key(pillow_version)
+    primary = json.loads((case_dir / "meta.json").read_text())
+    candidates = {_pillow_key(primary["pillow_version"]): (case_dir, primary)}
+    for variant in sorted(case_dir.glob("pillow-*/meta.json")):
+        meta = json.loads(variant.read_text())
+        candidates[_pillow_key(meta["pillow_version"])] = (variant.parent, meta)
+    if key not in candidates:
+        return ProcessingGolden(key, primary, None, f"its resampling may differ from the Pillows the goldens were "
+                                f"written with ({', '.join(sorted(candidates, key=_version_tuple))}); write one "
+                                f"with golden/generate.py --processing run under Pillow {key}")
+    _, meta = candidates[key]
+    return ProcessingGolden(key, meta, case_dir / meta.get("expected_file", "expected.npz"))
+
+
+def _version_tuple(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in key.split("."))
+
+
+def _decoded_sha256(image) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(image)).tobytes()).hexdigest()
+
+
 def run_processing_case(case_dir: Path) -> CaseResult:
-    """Run refvit's processor on a golden processing case's photos; compare with transformers' PIL backend."""
+    """Run refvit's processor on a golden processing case's photos; compare with transformers' PIL backend.
+
+    Under a Pillow with no golden (or one whose JPEG decoder gives other pixels than the golden's), the result
+    is `not_verified` with the reason: refvit cannot be checked there, which is neither a pass nor a failure."""
     from PIL import Image
 
     from .processing import ImageProcessor, load_image
 
     case_dir = Path(case_dir)
-    meta = json.loads((case_dir / "meta.json").read_text())
+    golden = processing_golden(case_dir)
+    meta = golden.meta
     golden_dir = case_dir.parent.parent
     images = [load_image(golden_dir / e["file"]) if e["load"] == "load_image" else Image.open(golden_dir / e["file"])
               for e in meta["images"]]
     processor = ImageProcessor.from_pretrained(case_dir)
+    result = CaseResult(case_dir.name, type(processor).__name__, "pil", "float32", 0.0)
+    if golden.expected is None:
+        result.not_verified = golden.not_verified
+        return result
+    for entry, image in zip(meta["images"], images):
+        if _decoded_sha256(image) != entry["decoded_sha256"]:
+            result.not_verified = (f"not verified for Pillow {golden.pillow}: this Pillow decodes {entry['file']} "
+                                   f"differently from the one that wrote the golden (Pillow {meta['pillow_version']}, "
+                                   f"libjpeg {meta.get('libjpeg_version')}, libjpeg-turbo "
+                                   f"{meta.get('libjpeg_turbo_version')})")
+            return result
     t0 = time.perf_counter()
     out = processor(images, return_tensors="np")
-    seconds = time.perf_counter() - t0
+    result.seconds = time.perf_counter() - t0
     uint8 = processor(images, do_rescale=False, do_normalize=False).pixel_values
-    result = CaseResult(case_dir.name, type(processor).__name__, "pil", "float32", seconds)
-    with np.load(case_dir / "expected.npz") as z:
+    with np.load(golden.expected) as z:
         for key, ours, tol in (("pixel_values", out.pixel_values, PROCESSING_TOLERANCE), ("pixels_uint8", uint8, 0.0)):
             ref = z[key]
             if ours.shape != ref.shape:
