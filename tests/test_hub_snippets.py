@@ -155,6 +155,11 @@ def run_doctest_source(text: str, namespace: dict) -> str:
     return out.getvalue()
 
 
+# Every test here runs the snippets as written: return_tensors="pt" and a pytorch_model.bin need torch, so CI runs
+# them in its framework stage (REFVIT_CI_STAGE=framework), where none may skip.
+pytestmark = pytest.mark.needs_framework
+
+
 @pytest.fixture(scope="session")
 def snippet_cache(tmp_path_factory):
     """The two repos' cache entries, as a transformers run leaves them (see the module docstring)."""

@@ -22,6 +22,7 @@ def needs_torch():
     return pytest.importorskip("torch", reason="torch tensors need torch")
 
 
+@pytest.mark.needs_framework
 def test_processors_return_torch_tensors_for_pt():
     torch = needs_torch()
     processor = refvit.DeiTImageProcessor(size=36, crop_size=32)
@@ -35,6 +36,7 @@ def test_processors_return_torch_tensors_for_pt():
     assert seg["labels"].dtype == torch.int64 and tuple(seg["labels"].shape) == (1, 32, 32)
 
 
+@pytest.mark.needs_framework
 def test_transformers_tensor_type_is_accepted():
     needs_torch()
     transformers = pytest.importorskip("transformers")
@@ -42,6 +44,7 @@ def test_transformers_tensor_type_is_accepted():
     assert type(out["pixel_values"]).__module__.startswith("torch")
 
 
+@pytest.mark.needs_framework
 def test_models_read_torch_tensors_in_place():
     torch = needs_torch()
     model = refvit.from_pretrained(golden_case("deit_teacher"))

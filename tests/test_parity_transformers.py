@@ -15,6 +15,8 @@ import refvit
 from refvit import parity
 from refvit.cli import main
 
+pytestmark = pytest.mark.needs_framework  # every test here runs transformers (CI stage 2 runs them all)
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "golden" / "cases"
 
