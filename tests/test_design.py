@@ -70,13 +70,14 @@ def test_every_gemm_and_conv_runs_on_the_instance_kernels(name):
 
 
 def test_patch_embedding_and_heads_are_kernel_gemms():
-    """DeiT with teacher: the patch embedding, 6 projections per layer and both classifier heads are kernels.linear
-    calls (no GEMM of the model's own)."""
+    """DeiT with teacher: the patch embedding, 4 GEMMs per layer (q/k/v fused into one at load, the attention
+    output, the two MLP projections) and both classifier heads are kernels.linear calls (no GEMM of the model's
+    own)."""
     model, _ = load_case_model(GOLDEN / "deit_teacher", "float32", "numba")
     calls = {}
     model.kernels = counting(model.kernels, calls)
     model(**case_inputs("deit_teacher"))
-    assert calls["linear"] == 1 + 6 * model.config.num_hidden_layers + 2
+    assert calls["linear"] == 1 + 4 * model.config.num_hidden_layers + 2
 
 
 def test_architectures_are_data_and_tables_derive_from_them():

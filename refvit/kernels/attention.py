@@ -122,7 +122,8 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     B, Nq, C = q.shape
     Nk = k.shape[1]
     H = num_heads
-    q, k, v = (np.require(a, dt, ["C", "A"]) for a in (q, k, v))
+    q, k, v = (a if a.strides[-1] == dt.itemsize and a.flags.aligned else np.ascontiguousarray(a)
+               for a in (q, k, v))  # strided views (q, k, v split from one fused projection) are read in place
     has_bias = bias is not None
     bias = np.require(bias if has_bias else np.zeros((1, 1, 1), dt), dt, ["C", "A"])
     scores = np.empty((B, H, Nq, Nk) if need_probs else (0, 0, 0, 0), dt)   # becomes the probs, if asked

@@ -32,7 +32,7 @@ from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig
 from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import BN_EPS, fold_batch_norm, fold_batch_norms, rename_modules  # noqa: F401 (fold_batch_norm: API)
+from .common import BN_EPS, fold_batch_norm, fold_batch_norms, fuse_qkv, rename_modules  # noqa: F401 (fold_batch_norm: API)
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
 
 
@@ -279,7 +279,7 @@ def relative_position_bias(ctx, inputs, seq_len):
 
 def self_attention(ctx, x, bias, need_probs):
     """BeitSelfAttention: q, k (no bias), v; softmax(q kᵀ · D^-½ + relative bias) v per head (fused kernel)."""
-    q, k, v = ctx.linear("query", x), ctx.linear("key", x), ctx.linear("value", x)   # (B, N, C) each
+    q, k, v = ctx.linear_qkv(x)                      # (B, N, C) each: one GEMM, weights concatenated at load
     cfg = ctx.cfg
     context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, bias=bias,
                                            need_probs=need_probs)
@@ -500,7 +500,7 @@ def optional_groups(cfg, arch) -> list:
 
 def family(prefix):
     return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
-                  optional_groups=optional_groups, prepare=prepare_tensors,
+                  optional_groups=optional_groups, prepare=prepare_tensors, prepare_cast=fuse_qkv,
                   default_groups=lambda arch: (0,) if arch.head is None and arch.family == "beit" else ())
 
 

@@ -80,20 +80,33 @@ class Forward:
     def _out(self, name, record, value):
         return self.record(name if record is True else record, value) if record else value
 
-    def linear(self, name: str, x, record=True):
-        """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear)."""
+    def linear(self, name: str, x, record=True, residual=None):
+        """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear); with `residual`, x @ Wᵀ + b + residual in the same
+        kernel (ViTOutput's `dense(h) + input_tensor`: then the sum is what is recorded under `record`)."""
         p = self.param(name)
-        return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias")))
+        return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias"), residual=residual))
 
     def linear_act(self, name: str, x, act: str, record=True):
-        """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are one fused kernel pass."""
+        """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are the GEMM's epilogue."""
         p = self.param(name)
-        if act == "gelu" and "bias" in p:
-            y = self.kernels.linear(x, p["weight"])
-            y = self.kernels.bias_gelu(y, p["bias"], out=y)
+        if act == "gelu":
+            y = self.kernels.linear(x, p["weight"], p.get("bias"), gelu=True)
         else:
             y = self.act(act, self.kernels.linear(x, p["weight"], p.get("bias")))
         return self._out(name, record, y)
+
+    def linear_qkv(self, x, names=("query", "key", "value")):
+        """The q, k, v projections (torch.nn.Linear each, recorded under their names) as one GEMM when their weights
+        were concatenated at load (`fuse_qkv`): x @ [Wq; Wk; Wv]ᵀ + [bq; bk; bv], then split along channels (views).
+        Otherwise three GEMMs; the values are the same up to the GEMM's rounding."""
+        ps = [self.param(n) for n in names]
+        weight = fused_rows([p["weight"] for p in ps])
+        bias = fused_rows([p.get("bias") for p in ps], allow_missing=True)
+        if weight is None or bias is None:
+            return tuple(self.linear(n, x) for n in names)
+        y = self.kernels.linear(x, weight, bias if bias.size else None)        # (..., 3C)
+        bounds = np.cumsum([0] + [p["weight"].shape[0] for p in ps])
+        return tuple(self.record(n, y[..., lo:hi]) for n, lo, hi in zip(names, bounds[:-1], bounds[1:]))
 
     def layer_norm(self, name: str, x, eps: float | None = None, record=True):
         """torch.nn.LayerNorm `name` over the last axis; eps defaults to the config's layer_norm_eps."""
@@ -110,6 +123,55 @@ class Forward:
     def act(self, name: str, x):
         """transformers' ACT2FN[name]; erf-GELU is the backend's kernel."""
         return activation(name, x, self.kernels)
+
+
+QKV = ("query", "key", "value")
+
+
+def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
+    """Family.prepare_cast of ViT/DeiT/BEiT: each attention's q, k, v weights copied once into one (3C, C) array and
+    replaced by views of its rows (no memory added), the biases likewise into one (3C,) array, zeros standing in
+    for a missing one (BEiT's key has no bias; that name stays absent). `Forward.linear_qkv` then runs one GEMM."""
+    out = dict(tensors)
+    for name in tensors:
+        if not name.endswith(f".{names[0]}.weight"):
+            continue
+        stem = name[:-len(f"{names[0]}.weight")]
+        weights = [tensors.get(f"{stem}{n}.weight") for n in names]
+        if any(w is None or w.ndim != 2 or w.shape != weights[0].shape or w.dtype != weights[0].dtype
+               for w in weights):
+            continue
+        fused = np.concatenate(weights)                                               # (3C, C)
+        biases = [tensors.get(f"{stem}{n}.bias") for n in names]
+        fused_bias = np.concatenate([b if b is not None else np.zeros(w.shape[0], w.dtype)
+                                     for b, w in zip(biases, weights)])               # (3C,)
+        lo = 0
+        for n, w, b in zip(names, weights, biases):
+            out[f"{stem}{n}.weight"] = fused[lo:lo + w.shape[0]]
+            if b is not None:
+                out[f"{stem}{n}.bias"] = fused_bias[lo:lo + w.shape[0]]
+            lo += w.shape[0]
+    return out
+
+
+def fused_rows(arrays, allow_missing=False):
+    """The one array whose consecutive row blocks `arrays` are (as `fuse_qkv` made them), else None. With
+    allow_missing, None entries are blocks of it too (a missing bias); all None gives an empty array."""
+    present = [a for a in arrays if a is not None]
+    if not present:
+        return np.empty(0) if allow_missing else None
+    if len(present) < len(arrays) and not allow_missing:
+        return None
+    base = present[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != present[0].ndim or not base.flags.c_contiguous:
+        return None
+    size = base.shape[0] // len(arrays)
+    for i, a in enumerate(arrays):
+        if a is not None and (a.base is not base or a.shape[0] != size or
+                              a.__array_interface__["data"][0] != base.__array_interface__["data"][0]
+                              + i * size * base.strides[0]):
+            return None
+    return base if base.shape[0] == size * len(arrays) else None
 
 
 def pixel_shuffle(x: np.ndarray, r: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..config import vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
                        MaskedImageModelingOutput)
-from .common import pixel_shuffle, rename_modules
+from .common import fuse_qkv, pixel_shuffle, rename_modules
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What a checkpoint holds, per architecture (checkpoint names, shapes derived from the config)
@@ -168,8 +168,9 @@ def embeddings(ctx, inputs):
 
 
 def self_attention(ctx, x, need_probs):
-    """ViTSelfAttention: q, k, v projections, softmax(q kᵀ · D^-½) v per head (fused kernel) -> (B, N, C)."""
-    q, k, v = ctx.linear("query", x), ctx.linear("key", x), ctx.linear("value", x)   # (B, N, C) each
+    """ViTSelfAttention: q, k, v projections (one GEMM, weights concatenated at load), softmax(q kᵀ · D^-½) v per
+    head (fused kernel) -> (B, N, C)."""
+    q, k, v = ctx.linear_qkv(x)                                                       # (B, N, C) each
     cfg = ctx.cfg
     context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5,
                                            need_probs=need_probs)
@@ -180,10 +181,12 @@ def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, need_probs)
-    x = x + ctx.linear("attention.output.dense", h, record="attention.output")
+    h = ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False), copy=True)
+    h += x                                                                            # the residual, in place
+    x = h
     h = ctx.layer_norm("layernorm_after", x)
     h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
-    x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
+    x = ctx.linear("output.dense", h, record="output", residual=x)                   # ViTOutput adds the residual
     return ctx.record("", x), probs
 
 
@@ -297,6 +300,7 @@ def teacher_head_shapes(cfg):
 def family(prefix):
     return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
                   optional_groups=optional_groups, prepare=lambda tensors, arch: classic_names(tensors),
+                  prepare_cast=fuse_qkv,
                   default_groups=lambda arch: (0,) if arch.head is None else ())  # ViTModel builds its pooler
 
 
