@@ -62,6 +62,8 @@ def prepare_params(tensors: dict, dtype: np.dtype, source: str, arch: Architectu
         if t.dtype.kind not in "fiub":
             raise CheckpointError(f"{source}: tensor {name} has non-numeric dtype {t.dtype}")
         out[name] = np.asarray(t, dtype=dtype)
+        if out[name] is not t:                 # cast: the mapped original's pages leave RSS now, not after every cast
+            release_replaced([t], [out[name]])
     prepared = arch.prepare_cast(out)
     release_replaced(tensors.values(), prepared.values())  # memory-mapped tensors now copied: their pages leave RSS
     return nest(prepared)
