@@ -17,6 +17,7 @@ We are stricter in a few places (duplicate JSON keys, NaN/Infinity tokens, unkno
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import mmap as _mmap
@@ -287,16 +288,19 @@ def release_replaced(sources, kept) -> int:
     advise = getattr(_mmap, "MADV_DONTNEED", None)
     if advise is None:
         return 0
+    kept = list(kept)
+    kept_ids = {id(a) for a in kept}                    # used as they are: nothing to release (the common case)
     mappings = {}                                       # id(whole-file array) -> (it, [released spans], [kept spans])
     for arrays, slot in ((sources, 1), (kept, 2)):
         for a in arrays:
             whole = _mapped_file_array(a)
-            if whole is not None and (slot == 1 or id(whole) in mappings):
+            if whole is not None and (slot == 2 and id(whole) in mappings or slot == 1 and id(a) not in kept_ids):
                 mappings.setdefault(id(whole), (whole, [], []))[slot].append(_byte_span(a))
     released = 0
     for whole, spans, keep in mappings.values():
         start = whole.__array_interface__["data"][0]    # the mapping's first byte (page-aligned: offset 0)
-        spans = sorted((lo, hi) for lo, hi in spans if not any(lo < k_hi and k_lo < hi for k_lo, k_hi in keep))
+        keep = _merged(sorted(keep))
+        spans = sorted(span for span in spans if not _overlaps(span, keep))
         for lo, hi in _merged(spans):
             first = -(-(lo - start) // _mmap.PAGESIZE) * _mmap.PAGESIZE    # whole pages inside the span only
             last = (hi - start) // _mmap.PAGESIZE * _mmap.PAGESIZE
@@ -331,6 +335,12 @@ def _byte_span(a: np.ndarray) -> tuple[int, int]:
             (lo, hi) = (lo + stride * (n - 1), hi) if stride < 0 else (lo, hi + stride * (n - 1))
         hi += a.itemsize
     return lo, hi
+
+
+def _overlaps(span: tuple, spans: list) -> bool:
+    """Whether [lo, hi) overlaps one of sorted, disjoint spans."""
+    i = bisect.bisect_right(spans, (span[1],))        # the spans starting before hi
+    return i > 0 and spans[i - 1][1] > span[0]
 
 
 def _merged(spans: list) -> list:
