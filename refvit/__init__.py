@@ -16,10 +16,13 @@ from .model import (  # transformers-named classes, one per architecture (refvit
     Data2VecVisionForImageClassification, Data2VecVisionForSemanticSegmentation, Data2VecVisionModel,
     DeiTForImageClassification, DeiTForImageClassificationWithTeacher, DeiTForMaskedImageModeling, DeiTModel,
     ViTForImageClassification, ViTForMaskedImageModeling, ViTModel)
-from .processing import (AutoFeatureExtractor, AutoImageProcessor, BatchFeature, BeitFeatureExtractor,
-                         BeitImageProcessor, BitImageProcessor, ConvNextFeatureExtractor,
-                         ConvNextImageProcessor, DeiTFeatureExtractor,
-                         DeiTImageProcessor, ImageProcessor, ViTFeatureExtractor, ViTImageProcessor, load_image)
+
+# Image processing (refvit.processing, and with it Pillow) is imported on first use of one of these names, not by
+# `import refvit`: a process that only runs a model on arrays never loads Pillow (~2.5 MiB, ~20 ms).
+_PROCESSING = ("AutoFeatureExtractor", "AutoImageProcessor", "BatchFeature", "BeitFeatureExtractor",
+               "BeitImageProcessor", "BitImageProcessor", "ConvNextFeatureExtractor", "ConvNextImageProcessor",
+               "DeiTFeatureExtractor", "DeiTImageProcessor", "ImageProcessor", "ViTFeatureExtractor",
+               "ViTImageProcessor", "load_image")
 
 __version__ = "0.1.0"
 
@@ -32,3 +35,17 @@ __all__ = [
     "ConvNextImageProcessor", "ConvNextFeatureExtractor", "BeitImageProcessor", "BeitFeatureExtractor",
     "BitImageProcessor",
 ]
+
+
+def __getattr__(name):
+    """`refvit.ImageProcessor`, `refvit.load_image`, …: refvit.processing's names, imported on first use."""
+    if name in _PROCESSING:
+        from . import processing
+        value = getattr(processing, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PROCESSING))

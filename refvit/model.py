@@ -16,6 +16,7 @@ import numpy as np
 from . import hub, kernels
 from .architecture import Architecture, CallOptions, map_tensors, run
 from .checkpoint import load_state_dict
+from .checkpoint.safetensors import release_replaced
 from .config import read_config_json
 from .errors import CheckpointError, ConfigError, InputError
 from .models import beit, bit, cvt, vit
@@ -54,13 +55,18 @@ def parse_config(raw: dict, arch: Architecture, source: str = "config.json"):
 
 def prepare_params(tensors: dict, dtype: np.dtype, source: str, arch: Architecture) -> dict:
     """Load-time preparation, in one place: cast every tensor to the run dtype (no copy when it already is), the
-    family's preparation in the run dtype (CvT's BatchNorm folding), and nest."""
+    family's preparation in the run dtype (CvT's BatchNorm folding), and nest. Memory-mapped tensors that were
+    replaced by copies (cast, folded, concatenated) have their pages dropped from the resident set (no two copies)."""
     out = {}
     for name, t in tensors.items():
         if t.dtype.kind not in "fiub":
             raise CheckpointError(f"{source}: tensor {name} has non-numeric dtype {t.dtype}")
         out[name] = np.asarray(t, dtype=dtype)
-    return nest(arch.prepare_cast(out))
+        if out[name] is not t:                 # cast: the mapped original's pages leave RSS now, not after every cast
+            release_replaced([t], [out[name]])
+    prepared = arch.prepare_cast(out)
+    release_replaced(tensors.values(), prepared.values())  # memory-mapped tensors now copied: their pages leave RSS
+    return nest(prepared)
 
 
 class Model:

@@ -406,3 +406,57 @@ def test_write_non_contiguous_and_big_endian(tmp_path):
 
 def test_dtype_table_is_little_endian():
     assert all(d == d.newbyteorder("<") for d in DTYPES.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# pages of replaced memory-mapped tensors leave the resident set
+
+
+def _rss_file_kib() -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def test_release_replaced_drops_only_whole_pages_of_replaced_tensors(tmp_path):
+    import mmap
+
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        pytest.skip("no madvise(MADV_DONTNEED) on this platform: release_replaced does nothing")
+    from refvit.checkpoint.safetensors import release_replaced
+
+    page = mmap.PAGESIZE
+    original = {"a": sample("float32", (1024, 1024), 1), "b": sample("float32", (10,), 2),
+                "c": sample("float32", (512, 1024), 3)}
+    write_safetensors(tmp_path / "m.safetensors", original)
+    tensors = read_safetensors(tmp_path / "m.safetensors")
+    assert all(np.array_equal(tensors[k], original[k]) for k in original)    # every page read in
+    before = _rss_file_kib()
+    kept = [tensors["b"], tensors["c"].astype(np.float64)]      # b used in place; a dropped; c replaced by a copy
+    released = release_replaced(tensors.values(), kept)
+
+    start = np.frombuffer(tensors["a"].base.base.obj, np.uint8).__array_interface__["data"][0]
+    def whole_pages(name):
+        lo = tensors[name].__array_interface__["data"][0] - start
+        hi = lo + tensors[name].nbytes
+        return max(0, hi // page * page - -(-lo // page) * page)
+    assert released == whole_pages("a") + whole_pages("c") > 0
+    after = _rss_file_kib()
+    if before is not None:                                      # Linux: the pages really left this process's RSS
+        assert before - after >= 0.9 * released / 1024
+    for name in original:                                       # and reading them again gives the same bytes
+        assert np.array_equal(tensors[name], original[name])
+
+
+def test_release_replaced_keeps_tensors_in_use_and_ignores_copies(tmp_path):
+    from refvit.checkpoint.safetensors import release_replaced
+
+    write_safetensors(tmp_path / "m.safetensors", {"a": sample("float32", (256, 1024), 1)})
+    mapped = read_safetensors(tmp_path / "m.safetensors")
+    loaded = read_safetensors(tmp_path / "m.safetensors", mmap=False)
+    assert release_replaced(mapped.values(), [mapped["a"][:, ::2]]) == 0    # a strided view still reads every page
+    assert release_replaced(loaded.values(), []) == 0                        # not memory-mapped: nothing to drop

@@ -17,6 +17,7 @@ We are stricter in a few places (duplicate JSON keys, NaN/Infinity tokens, unkno
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import mmap as _mmap
@@ -273,6 +274,84 @@ def _tensor_from_bytes(raw: np.ndarray, data_start: int, entry: tuple) -> np.nda
         arr = arr.copy()
     arr.flags.writeable = False  # copies too: one contract for every tensor read
     return arr
+
+
+def release_replaced(sources, kept) -> int:
+    """Hand back the pages of memory-mapped tensors (`read_safetensors(mmap=True)`) that load-time preparation
+    replaced by copies (a cast to float64, q/k/v concatenated into one array, a folded BatchNorm) and that no kept
+    array still views; returns the bytes released.
+
+    A tensor read through the mapping stays in the process's resident set (RSS) until the process unmaps it, even
+    once nothing uses it: the copy and the original would both count. `madvise(MADV_DONTNEED)` drops those pages from
+    this process only; the file's bytes stay in the page cache, and reading them again (an array that still views
+    them) faults them back in unchanged. Pages shared with a kept tensor are kept. No madvise (Windows): nothing."""
+    advise = getattr(_mmap, "MADV_DONTNEED", None)
+    if advise is None:
+        return 0
+    kept = list(kept)
+    kept_ids = {id(a) for a in kept}                    # used as they are: nothing to release (the common case)
+    mappings = {}                                       # id(whole-file array) -> (it, [released spans], [kept spans])
+    for arrays, slot in ((sources, 1), (kept, 2)):
+        for a in arrays:
+            whole = _mapped_file_array(a)
+            if whole is not None and (slot == 2 and id(whole) in mappings or slot == 1 and id(a) not in kept_ids):
+                mappings.setdefault(id(whole), (whole, [], []))[slot].append(_byte_span(a))
+    released = 0
+    for whole, spans, keep in mappings.values():
+        start = whole.__array_interface__["data"][0]    # the mapping's first byte (page-aligned: offset 0)
+        keep = _merged(sorted(keep))
+        spans = sorted(span for span in spans if not _overlaps(span, keep))
+        for lo, hi in _merged(spans):
+            first = -(-(lo - start) // _mmap.PAGESIZE) * _mmap.PAGESIZE    # whole pages inside the span only
+            last = (hi - start) // _mmap.PAGESIZE * _mmap.PAGESIZE
+            if last > first:
+                try:
+                    _buffer(whole).madvise(advise, first, last - first)
+                except (OSError, ValueError):           # a closed mapping, a refusing kernel: keep the pages
+                    continue
+                released += last - first
+    return released
+
+
+def _mapped_file_array(a):
+    """The uint8 array over a whole memory-mapped file that `a` views, or None (a copy, bytes, not an array)."""
+    base = getattr(a, "base", None)
+    if isinstance(a, np.ndarray) and isinstance(base, np.ndarray) and isinstance(_buffer(base), _mmap.mmap):
+        return base
+    return None
+
+
+def _buffer(whole: np.ndarray):
+    """The object an np.frombuffer array reads (through the memoryview NumPy keeps as its base)."""
+    base = whole.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def _byte_span(a: np.ndarray) -> tuple[int, int]:
+    """[first, last + 1) addresses of the bytes an array (any strides) can read."""
+    lo = hi = a.__array_interface__["data"][0]
+    if a.size:
+        for n, stride in zip(a.shape, a.strides):
+            (lo, hi) = (lo + stride * (n - 1), hi) if stride < 0 else (lo, hi + stride * (n - 1))
+        hi += a.itemsize
+    return lo, hi
+
+
+def _overlaps(span: tuple, spans: list) -> bool:
+    """Whether [lo, hi) overlaps one of sorted, disjoint spans."""
+    i = bisect.bisect_right(spans, (span[1],))        # the spans starting before hi
+    return i > 0 and spans[i - 1][1] > span[0]
+
+
+def _merged(spans: list) -> list:
+    """Sorted spans with touching or overlapping neighbours joined (the page between two released tensors goes too)."""
+    out = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _short(value) -> str:
