@@ -137,7 +137,8 @@ def _bias_gelu_kernel_f32(x, bias, out):
         for j in range(C):
             v = xi[j] + bias[j]
             row[j] = v * half * (one + erf_float32(v * alpha))
-        out[i, :] = row
+        for j in range(C):  # element loops, not a slice copy: Numba compiles no error-message code (cold start)
+            out[i, j] = row[j]
 
 
 @njit(cache=True, fastmath=False, nogil=True)

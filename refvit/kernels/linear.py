@@ -80,8 +80,9 @@ def _linear_blocks(x, weight_t, bias, has_bias, gelu, residual, has_residual, by
         r0, r1, c0, c1 = (0, M, lo, hi) if by_column else (lo, hi, 0, N)
         o = y[r0:r1, c0:c1]
         if has_bias and not gelu:
-            for r in range(o.shape[0]):
-                o[r, :] = bias[c0:c1]
+            for r in range(o.shape[0]):      # element loops, not slice copies: no error-message code to
+                for j in range(c1 - c0):       # compile on a cold start (seconds)
+                    o[r, j] = bias[c0 + j]
         gemm(x[r0:r1, :], weight_t[:, c0:c1], o, 1.0 if has_bias and not gelu else 0.0)
         if gelu or has_residual:
             _epilogue(y, bias, gelu, residual, has_residual, r0, r1, c0, c1)
