@@ -4,9 +4,7 @@
 `get("numba")` returns the fast path. Both namespaces carry the same names with the same
 signatures and return arrays of the input's dtype (float32 or float64):
 
-    linear(x, weight, bias=None, residual=None, gelu=False)
-                                                        torch.nn.Linear: x @ weightᵀ + bias, then GELU if gelu,
-                                                        then + residual (the model's next steps, as epilogue)
+    linear(x, weight, bias=None)                        torch.nn.Linear: x @ weightᵀ + bias
     layer_norm(x, weight, bias, eps)                    torch.nn.LayerNorm over the last axis
     gelu(x)                                             torch.nn.functional.gelu (exact erf form)
     bias_gelu(x, bias, out=None)                        gelu(x + bias)

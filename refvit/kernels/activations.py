@@ -151,20 +151,6 @@ def _bias_gelu_kernel_f64(x, bias, out):
             out[i, j] = v * 0.5 * (1.0 + math.erf(v * SQRT1_2))
 
 
-def gelu_scalar(v):
-    """gelu(v) for one float inside a Numba kernel, in v's dtype: the float32 or float64 formula of the bias_gelu
-    kernels above (same operations, same order), chosen by type when the caller is compiled."""
-    return v * 0.5 * (1.0 + math.erf(v * SQRT1_2))
-
-
-@overload(gelu_scalar, inline="always")
-def _gelu_scalar_overload(v):
-    if v == types.float32:
-        half, one, alpha = np.float32(0.5), np.float32(1.0), np.float32(SQRT1_2)
-        return lambda v: v * half * (one + erf_float32(v * alpha))
-    return lambda v: v * 0.5 * (1.0 + math.erf(v * SQRT1_2))
-
-
 @intrinsic
 def _bits_to_float32(typingctx, bits):
     """Reinterpret an int32's bits as a float32 (an LLVM bitcast: free, and vectorisable)."""

@@ -80,17 +80,17 @@ class Forward:
     def _out(self, name, record, value):
         return self.record(name if record is True else record, value) if record else value
 
-    def linear(self, name: str, x, record=True, residual=None):
-        """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear); with `residual`, x @ Wᵀ + b + residual in the same
-        kernel (ViTOutput's `dense(h) + input_tensor`: then the sum is what is recorded under `record`)."""
+    def linear(self, name: str, x, record=True):
+        """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear)."""
         p = self.param(name)
-        return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias"), residual=residual))
+        return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias")))
 
     def linear_act(self, name: str, x, act: str, record=True):
-        """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are the GEMM's epilogue."""
+        """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are one fused kernel pass."""
         p = self.param(name)
-        if act == "gelu":
-            y = self.kernels.linear(x, p["weight"], p.get("bias"), gelu=True)
+        if act == "gelu" and "bias" in p:
+            y = self.kernels.linear(x, p["weight"])
+            y = self.kernels.bias_gelu(y, p["bias"], out=y)
         else:
             y = self.act(act, self.kernels.linear(x, p["weight"], p.get("bias")))
         return self._out(name, record, y)

@@ -181,12 +181,10 @@ def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, need_probs)
-    h = ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False), copy=True)
-    h += x                                                                            # the residual, in place
-    x = h
+    x = x + ctx.linear("attention.output.dense", h, record="attention.output")
     h = ctx.layer_norm("layernorm_after", x)
     h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
-    x = ctx.linear("output.dense", h, record="output", residual=x)                   # ViTOutput adds the residual
+    x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
     return ctx.record("", x), probs
 
 

@@ -99,12 +99,8 @@ def broken(bug, dtype="float32"):
     K = parity.kernels_of(model)
     if bug == "eps":
         return parity.with_kernels(model, layer_norm=lambda x, w, b, eps: K.layer_norm(x, w, b, 1e-5))
-    if bug == "gelu":  # the MLP's GELU runs as the epilogue of its linear kernel (gelu=True)
-        def linear(x, weight, bias=None, residual=None, gelu=False):
-            y = K.linear(x, weight, bias)
-            y = tanh_gelu(y) if gelu else y
-            return y if residual is None else y + residual
-        return parity.with_kernels(model, linear=linear, gelu=tanh_gelu)
+    if bug == "gelu":
+        return parity.with_kernels(model, gelu=tanh_gelu, bias_gelu=lambda x, bias, out=None: tanh_gelu(x + bias))
     if bug == "qk":
         return parity.with_kernels(model, attention=lambda q, k, v, heads, scale, bias=None, need_probs=False:
                                    K.attention(k, q, v, heads, scale, bias=bias, need_probs=need_probs))
