@@ -458,7 +458,9 @@ t2 = time.perf_counter()
 x = __import__("numpy").random.default_rng(1).standard_normal((1, 3, {side}, {side})).astype("float32")
 {predict}
 t3 = time.perf_counter()
+predicted_at = time.time()
 print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "forward_s": t3 - t2, "in_process_s": t3 - t0,
+                  "predicted_at": predicted_at,
                   "rss_after_import_mib": rss_import / 2 ** 20, "peak_rss_mib": rss("VmHWM") / 2 ** 20,
                   "top_class": int(logits.argmax())}}))
 """
@@ -474,16 +476,20 @@ _CHILDREN = {
 
 def _run_child(kind: str, model_dir: str, arch: str, side: int, env: dict) -> dict:
     code = _CHILD_COMMON.format(side=side, **_CHILDREN[kind])
-    t0 = time.perf_counter()
+    launched, t0 = time.time(), time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, model_dir, arch], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise RuntimeError(f"refvit bench --startup: the {kind} process failed:\n{done.stderr[-2000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_s": wall}
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    # launch -> prediction on the wall clock both processes share: the interpreter's start included, its shutdown
+    # (garbage collection over Numba's objects, ~0.25 s) not, as a user sees the answer before the process exits
+    return {**child, "to_prediction_s": child.pop("predicted_at") - launched, "wall_s": wall}
 
 
 def startup(runs: int = 3, include_torch: bool = True, model: str = STARTUP_MODEL) -> list[dict]:
-    """Rows of {process, wall_s (from launch to exit), import_s, load_s, forward_s, peak_rss_mib …}, median of `runs`.
+    """Rows of {process, to_prediction_s (from launch to the prediction), wall_s (from launch to exit), import_s,
+    load_s, forward_s, peak_rss_mib …}, median of `runs`.
 
     "refvit, Numba cache cold": NUMBA_CACHE_DIR is a new empty directory; "warm": the same directory again after
     that run filled it. Each run of each kind is a fresh interpreter; the kinds are interleaved run by run.
@@ -573,12 +579,17 @@ def format_skipped(skipped: list[dict]) -> str:
 
 
 def format_startup(rows: list[dict]) -> str:
-    lines = [f"{'process (' + rows[0]['model'] + ')':28s} {'wall s':>7s} {'import s':>8s} {'load s':>7s} "
-             f"{'forward s':>9s} {'peak RSS MiB':>12s} {'RSS after import':>16s}"]
+    lines = [f"{'process (' + rows[0]['model'] + ')':28s} {'to prediction s':>15s} {'wall s':>7s} {'import s':>8s} "
+             f"{'load s':>7s} {'forward s':>9s} {'peak RSS MiB':>12s} {'RSS after import':>16s}"]
     for r in rows:
-        lines.append(f"{r['process']:28s} {r['wall_s']:7.2f} {r['import_s']:8.2f} {r['load_s']:7.2f} "
+        lines.append(f"{r['process']:28s} {_to_prediction(r):15.2f} {r['wall_s']:7.2f} {r['import_s']:8.2f} {r['load_s']:7.2f} "
                      f"{r['forward_s']:9.2f} {r['peak_rss_mib']:12.0f} {r['rss_after_import_mib']:16.0f}")
     return "\n".join(lines)
+
+
+def _to_prediction(row) -> float:
+    """Launch to prediction; a result saved before that was measured has only launch to exit."""
+    return row.get("to_prediction_s", row["wall_s"])
 
 
 def targets(result: dict) -> list[tuple[str, str, bool | None]]:
@@ -608,8 +619,8 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
     start = {r["process"]: r for r in result.get("startup", [])}
     for key, limit in (("refvit, Numba cache warm", 1.0), ("refvit, Numba cache cold", 15.0)):
         if key in start:
-            wall = start[key]["wall_s"]
-            target = f"time to first prediction, {key.split(', ')[1]} ≤ {limit} s"
+            wall = _to_prediction(start[key])
+            target = f"time to first prediction (launch to prediction), {key.split(', ')[1]} ≤ {limit} s"
             out.append((target, f"{wall:.2f} s", wall <= limit))
     if "refvit, Numba cache warm" in start:
         peak = start["refvit, Numba cache warm"]["peak_rss_mib"]
@@ -665,12 +676,15 @@ def markdown(result: dict) -> str:
                                       for s in result["skipped"]))
     if result.get("startup"):
         out.append("\n" + textwrap.fill(f"Time to first prediction ({result['startup'][0]['model']}: fresh process, "
-                                         "import, load the save_pretrained directory, one forward on one image), "
+                                         "import, load the save_pretrained directory, one forward on one image; "
+                                         "to prediction: from launch to the prediction; wall: from launch to exit, "
+                                         "the interpreter's shutdown included), "
                                          f"median of {result['startup'][0]['runs']} runs:", WIDTH)
-                   + "\n\n| process | wall s | import s | load s | forward s | "
-                   "peak RSS MiB | RSS after import MiB |\n|---|---|---|---|---|---|---|")
+                   + "\n\n| process | to prediction s | wall s | import s | load s | forward s | "
+                   "peak RSS MiB | RSS after import MiB |\n|---|---|---|---|---|---|---|---|")
         for r in result["startup"]:
-            out.append(f"| {r['process']} | {r['wall_s']:.2f} | {r['import_s']:.2f} | {r['load_s']:.2f} | "
+            out.append(f"| {r['process']} | {_to_prediction(r):.2f} | {r['wall_s']:.2f} | {r['import_s']:.2f} | "
+                       f"{r['load_s']:.2f} | "
                        f"{r['forward_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['rss_after_import_mib']:.0f} |")
     checks = targets(result)
     if checks:

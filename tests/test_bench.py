@@ -129,6 +129,7 @@ def test_table_markdown_and_targets_from_saved_json(tmp_path, capsys):
                           for p, w, m in [("refvit, Numba cache cold", 9.0, 180.0),
                                           ("refvit, Numba cache warm", 1.2, 150.0),
                                           ("torch + transformers", 5.7, 480.0)]]}
+    result["startup"][1]["to_prediction_s"] = 0.95      # launch -> prediction (shutdown excluded); cold: wall only
     numba = result["rows"][0]
     assert numba["vs_torch"] == pytest.approx(120 / 140) and numba["vs_ort"] == pytest.approx(120 / 130)
     assert numba["vs_best_peer"] == pytest.approx(120 / 130) and numba["floor_pct"] == pytest.approx(100 * 100 / 120)
@@ -152,9 +153,10 @@ def test_table_markdown_and_targets_from_saved_json(tmp_path, capsys):
     page = capsys.readouterr().out
     assert ("| deit-base | 8 | 35.00 | 100.0 | 120.0 | 115.0 | 400.0 | 140.0 | 150.0 | 130.0 | 0.92x | 0.88x | 83% |"
             in page)
-    assert "| refvit, Numba cache warm | 1.20 | 0.20 | 0.10 | 0.50 | 150 | 30 |" in page
-    assert "| time to first prediction, Numba cache warm ≤ 1.0 s | 1.20 s | no |" in page
-    assert "| time to first prediction, Numba cache cold ≤ 15.0 s | 9.00 s | yes |" in page
+    assert "| refvit, Numba cache warm | 0.95 | 1.20 | 0.20 | 0.10 | 0.50 | 150 | 30 |" in page
+    assert "| time to first prediction (launch to prediction), Numba cache warm ≤ 1.0 s | 0.95 s | yes |" in page
+    assert "| time to first prediction (launch to prediction), Numba cache cold ≤ 15.0 s | 9.00 s | yes |" in page
+    assert "| refvit, Numba cache warm | 0.95 | 1.20 |" in page and "| refvit, Numba cache cold | 9.00 | 9.00 |" in page
     assert "| peak RSS at the first prediction ≤ 200 MiB, cache warm | 150 MiB | yes |" in page
     assert "refvit bench --models deit-base --batch 8" in page
 
@@ -217,7 +219,7 @@ def test_startup_reports_fresh_process_time_and_memory(tiny_model):
     rows = bench.startup(runs=1, include_torch=False, model="tiny-vit")
     assert [r["process"] for r in rows] == ["refvit, Numba cache cold", "refvit, Numba cache warm"]
     for r in rows:
-        assert r["wall_s"] >= r["in_process_s"] >= r["forward_s"] > 0
+        assert r["wall_s"] >= r["to_prediction_s"] >= r["in_process_s"] >= r["forward_s"] > 0
         assert r["peak_rss_mib"] >= r["rss_after_import_mib"] > 0
 
 
