@@ -49,6 +49,7 @@ def run_all(rng, dtype):
     w, b = rng.standard_normal((5, 12)).astype(dtype), rng.standard_normal(5).astype(dtype)
     q, k, v = (rng.standard_normal((3, 7, 12)).astype(dtype) for _ in range(3))
     q1 = q[:1]
+    qkv = rng.standard_normal((3, 7, 36)).astype(dtype)
     bias = rng.standard_normal((3, 7, 7)).astype(dtype)
     img = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
     cw, cb = rng.standard_normal((4, 3, 3, 3)).astype(dtype), rng.standard_normal(4).astype(dtype)
@@ -56,6 +57,8 @@ def run_all(rng, dtype):
     return [NB.linear(x, w, b), NB.linear(x, w), NB.linear(tall, w, b), NB.layer_norm(x, x[0, 0], x[1, 1], 1e-6),
             NB.bias_gelu(x, x[0, 0]), *NB.attention(q, k, v, 3, 0.5, bias=bias, need_probs=True),
             *NB.attention(q1, k[:1], v[:1], 3, 0.5, need_probs=True), NB.conv2d(img, cw, cb, padding=1),
+            NB.attention(qkv[..., :12], qkv[..., 12:24], qkv[..., 24:], 3, 0.5)[0],   # strided, as a fused q/k/v GEMM
+            NB.linear(x, np.concatenate([w, w, w]), np.concatenate([b, b, b])),
             NB.conv2d(img, cw[:, :, :1, :1], None, stride=2), NB.conv2d(img, cw.repeat(80, axis=0), cb.repeat(80)),
             NB.group_norm_act(img, 3, img[0, :, 0, 0], img[1, :, 0, 0], 1e-5, relu=True),
             NB.max_pool2d(img, 3, 2, (1, 1, 1, 1)),
