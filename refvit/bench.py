@@ -582,8 +582,9 @@ def format_startup(rows: list[dict]) -> str:
     lines = [f"{'process (' + rows[0]['model'] + ')':28s} {'to prediction s':>15s} {'wall s':>7s} {'import s':>8s} "
              f"{'load s':>7s} {'forward s':>9s} {'peak RSS MiB':>12s} {'RSS after import':>16s}"]
     for r in rows:
-        lines.append(f"{r['process']:28s} {_to_prediction(r):15.2f} {r['wall_s']:7.2f} {r['import_s']:8.2f} {r['load_s']:7.2f} "
-                     f"{r['forward_s']:9.2f} {r['peak_rss_mib']:12.0f} {r['rss_after_import_mib']:16.0f}")
+        lines.append(f"{r['process']:28s} {_to_prediction(r):15.2f} {r['wall_s']:7.2f} {r['import_s']:8.2f} "
+                     f"{r['load_s']:7.2f} {r['forward_s']:9.2f} {r['peak_rss_mib']:12.0f} "
+                     f"{r['rss_after_import_mib']:16.0f}")
     return "\n".join(lines)
 
 
@@ -684,8 +685,8 @@ def markdown(result: dict) -> str:
                    "peak RSS MiB | RSS after import MiB |\n|---|---|---|---|---|---|---|---|")
         for r in result["startup"]:
             out.append(f"| {r['process']} | {_to_prediction(r):.2f} | {r['wall_s']:.2f} | {r['import_s']:.2f} | "
-                       f"{r['load_s']:.2f} | "
-                       f"{r['forward_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['rss_after_import_mib']:.0f} |")
+                       f"{r['load_s']:.2f} | {r['forward_s']:.2f} | {r['peak_rss_mib']:.0f} | "
+                       f"{r['rss_after_import_mib']:.0f} |")
     checks = targets(result)
     if checks:
         out.append("\n| target (issues #13, #15) | measured | met |\n|---|---|---|")

@@ -95,6 +95,10 @@ def test_fuse_qkv_leaves_other_tensors_and_odd_shapes_alone():
     assert base is not None and base.shape == (12, 3)
     bias = fused_rows([out["l.query.bias"], None, None], allow_missing=True)
     assert np.array_equal(bias, np.concatenate([t["l.query.bias"], np.zeros(8)]))
+    no_bias = fuse_qkv({k: v for k, v in t.items() if k.endswith("weight")})   # no biases: none invented
+    assert not any(k.endswith("bias") for k in no_bias)
+    assert fused_rows([None, None, None], allow_missing=True).size == 0
+    assert fused_rows([None, None, None]) is None and fused_rows([out["l.query.bias"], None, None]) is None
     odd = {**t, "l.key.weight": rng.standard_normal((5, 3))}            # shapes differ: not fused
     assert fused_rows([fuse_qkv(odd)[f"l.{n}.weight"] for n in ("query", "key", "value")]) is None
     assert fused_rows([out["l.key.weight"], out["l.query.weight"], out["l.value.weight"]]) is None  # wrong order

@@ -16,12 +16,12 @@ def test_import_refvit_does_not_import_numba_or_scipy():
     assert out.strip() == "[]"
 
 
-
 def test_import_refvit_loads_pillow_only_when_processing_is_used():
     code = ("import sys, refvit; before = 'PIL' in sys.modules; from refvit import ImageProcessor, load_image; "
             "print(before, 'PIL' in sys.modules, ImageProcessor.__module__, 'load_image' in dir(refvit))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "refvit.processing.base", "True"]
+
 
 def test_numpy_namespace_has_every_kernel_of_the_numba_one():
     from refvit import kernels

@@ -32,7 +32,8 @@ from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig
 from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import BN_EPS, fold_batch_norm, fold_batch_norms, fuse_qkv, rename_modules  # noqa: F401 (fold_batch_norm: API)
+from .common import (BN_EPS, fold_batch_norm, fold_batch_norms, fuse_qkv,  # noqa: F401 (fold_batch_norm: API)
+                     rename_modules)
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
 
 
