@@ -312,6 +312,32 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_capture(args) -> int:
+    """refvit capture onnx FILE.onnx --like REF --out CAND: the ONNX model's module outputs as a trace."""
+    from . import parity
+
+    like = parity.load(args.like)
+    if "pixel_values" not in like:
+        print(f"refvit capture: {args.like} has no pixel_values: the reference trace's input is what the model runs on",
+              file=sys.stderr)
+        return 2
+    print(f"refvit capture: running {args.model} in ONNX Runtime (graph optimizations "
+          f"{'on, fusions kept' if args.optimized else 'off'}) ...", file=sys.stderr, flush=True)
+    trace = parity.capture_onnx(args.model, like["pixel_values"], like=like, model_type=args.model_type,
+                                optimized=args.optimized)
+    trace.save(args.out)
+    named = sum(trace.kind(n) in ("module", "attention", "hidden_state") for n in trace)
+    common = sum(n in like for n in trace)
+    print(f"wrote {args.out}: {len(trace)} tensors ({named} module outputs, attention maps and hidden states named "
+          f"after checkpoint modules; {common} of the reference's {len(like)} names)")
+    for key, what in (("fused", "fused away by ORT (compare shows them as FUSED)"),
+                      ("identity_modules", "modules with no node (nn.Identity), recorded as their input")):
+        if trace.meta.get(key):
+            names = list(trace.meta[key])
+            print(f"  {len(names)} {what}: {', '.join(names[:4])}{' …' if len(names) > 4 else ''}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from . import parity
 
@@ -435,6 +461,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", choices=["refvit", "transformers"], default="refvit", help="who runs the model: "
                    "refvit, or transformers with eager attention (needs torch + transformers)")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("capture", help="record a trace from another runtime, named like refvit's (checkpoint names)")
+    runtimes = p.add_subparsers(dest="runtime", required=True)
+    q = runtimes.add_parser("onnx", help="run an ONNX model (torch.onnx.export of a transformers model) in ONNX Runtime "
+                            "on the reference trace's pixel_values; every module boundary under its checkpoint name "
+                            "(needs refvit[onnx])")
+    q.add_argument("model", metavar="FILE.onnx", help="the ONNX model")
+    q.add_argument("--like", required=True, metavar="REF", help="the reference trace (refvit trace, golden case …): "
+                   "its pixel_values are the input, its names and shapes guide the naming")
+    q.add_argument("--out", required=True, metavar="CAND.safetensors", help="where to write the candidate trace")
+    q.add_argument("--optimized", action="store_true", help="keep ONNX Runtime's graph fusions (default: off, so every "
+                   "module boundary survives); fused-away modules show as FUSED in compare")
+    q.add_argument("--model-type", choices=["vit", "deit", "beit", "data2vec-vision", "cvt", "bit"],
+                   help="the model family (default: the reference's, else guessed from the node scopes)")
+    q.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("compare", help="compare a candidate trace with a reference, tensor by tensor in execution "
                        "order: OK / NOT OK per tensor, the first divergence, the block that introduced it "

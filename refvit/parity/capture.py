@@ -473,7 +473,12 @@ def from_golden(case_dir, dtype: str = "float32") -> Trace:
             continue
         outputs[k.replace("/", ".")] = v
     complete = hidx == list(range(len(hidx))) and aidx == list(range(len(aidx)))
+    model_type = ""
+    if os.path.isfile(os.path.join(case_dir, "config.json")):
+        with open(os.path.join(case_dir, "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type", "")
     meta = {"source": "golden", "model": os.path.abspath(case_dir), "architecture": info.get("architecture", ""),
+            "model_type": model_type,
             "dtype": dtype, "backend": "torch", "attention_implementation": "eager" if dtype == "float32" else
             "eager (softmax in float64)", "versions": info.get("versions", {}), "input_sha256": sha256_array(x)}
     if complete:

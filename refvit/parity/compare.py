@@ -231,7 +231,7 @@ class Row:
     name: str
     kind: str
     shape: list
-    status: str                 # "OK" | "NOT OK" | "MISSING"
+    status: str                 # "OK" | "NOT OK" | "MISSING" | "FUSED" (the candidate's runtime fused it away)
     max_abs: float | None = None
     rel: float | None = None    # max|Δ| / max|ref|
     nmse: float | None = None
@@ -283,7 +283,8 @@ class Comparison:
         return {"reference": self.reference, "candidate": self.candidate, "tolerance": self.tolerance, "ok": self.ok,
                 "first_divergence": None if first is None else {**asdict(first), "verdict": block.verdict if block
                                                                  else None},
-                "compared": sum(r.status != "MISSING" for r in self.rows),
+                "compared": sum(r.status in ("OK", "NOT OK") for r in self.rows),
+                "fused": [r.name for r in self.rows if r.status == "FUSED"],
                 "failed": sum(r.status == "NOT OK" for r in self.rows),
                 "missing": [r.name for r in self.rows if r.status == "MISSING"], "unmatched": self.unmatched,
                 "rows": [asdict(r) for r in self.rows], "blocks": [asdict(b) for b in self.blocks]}
@@ -352,6 +353,7 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
     rules = [(k, parse_tolerance(v)) for k, v in {**(mapping or {}).get("tolerances", {}), **(overrides or {})}.items()]
     ignore = (mapping or {}).get("ignore", [])
     cand, origin = apply_mapping(candidate, mapping)
+    fused = candidate.meta.get("fused") or {}  # capture_onnx(optimized=True): boundaries ORT's fusions removed
     result = Comparison(reference_name, candidate_name, default.describe())
     for step, (name, ref) in enumerate(reference.items()):
         if any(fnmatch.fnmatchcase(name, g) for g in ignore):
@@ -359,6 +361,7 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
         row = Row(step, name, reference.kind(name), list(ref.shape), "MISSING", block=block_of(reference.module(name)))
         result.rows.append(row)
         if name not in cand:
+            row.status = "FUSED" if name in fused else "MISSING"
             continue
         c = np.asarray(cand[name])
         row.candidate_name = origin.get(name, name)
@@ -380,9 +383,9 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
         row.band = band(s["nmse"])
         if name.split(".")[-1].endswith("logits") and ref.ndim >= 2 and ref.dtype.kind == "f":
             row.top1, row.top5 = _topk(ref, c)
-    matched = set(origin.get(n, n) for n in (r.name for r in result.rows if r.status != "MISSING"))
+    matched = set(origin.get(n, n) for n in (r.name for r in result.rows if r.status not in ("MISSING", "FUSED")))
     result.unmatched = [n for n in candidate if n not in matched]
-    if not any(r.status != "MISSING" for r in result.rows):
+    if not any(r.status in ("OK", "NOT OK") for r in result.rows):
         raise InputError(f"no tensor of the candidate ({len(candidate)}: {candidate.names[:4]}…) matches a reference "
                          f"name ({reference.names[:4]}…): name them like the reference, or pass a mapping (--map)")
     result.blocks = attribute(result.rows)
@@ -394,7 +397,7 @@ def attribute(rows: list) -> list:
     blocks: list = []
     groups: list = []
     for r in rows:
-        if r.status == "MISSING":
+        if r.status in ("MISSING", "FUSED"):
             continue
         if not groups or groups[-1][0] != r.block:
             groups.append((r.block, []))
@@ -448,6 +451,10 @@ def format_report(result: Comparison, verbose: bool = False) -> str:
     for r in result.rows:
         mark = "  <-- first divergence" if r is first else ""
         extra = f"  top1 {r.top1:.0%} top5 {r.top5:.0%}" if r.top1 is not None else ""
+        if r.status == "FUSED":
+            lines.append(f"{r.step:>4}  {r.name:<{width}}  {'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}  FUSED "
+                         "(fused away by the candidate's runtime: not compared)")
+            continue
         if r.status == "MISSING":
             if verbose:
                 lines.append(f"{r.step:>4}  {r.name:<{width}}  {'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}  "
@@ -456,14 +463,16 @@ def format_report(result: Comparison, verbose: bool = False) -> str:
         lines.append(f"{r.step:>4}  {r.name:<{width}}  {_f(r.max_abs):>8}  {_f(r.rel):>8}  {_f(r.nmse):>8}  "
                      f"{_f(r.cosine, '{:.6f}'):>9}  {r.bound:>9}  {r.status}{mark}{extra}")
     lines.append("")
-    compared = sum(r.status != "MISSING" for r in result.rows)
+    compared = sum(r.status in ("OK", "NOT OK") for r in result.rows)
+    fused = sum(r.status == "FUSED" for r in result.rows)
     failed = sum(r.status == "NOT OK" for r in result.rows)
     missing = [r.name for r in result.rows if r.status == "MISSING"]
     lines.append(f"{compared} tensors compared, {failed} NOT OK; {len(missing)} reference tensors missing in the "
                  f"candidate{'' if verbose or not missing else ' (--verbose lists them)'}, "
                  f"{len(result.unmatched)} candidate tensors not in the reference"
                  + (f": {', '.join(result.unmatched[:6])}{' …' if len(result.unmatched) > 6 else ''}"
-                    if result.unmatched else ""))
+                    if result.unmatched else "")
+                 + (f"; {fused} FUSED by the candidate's runtime (not compared)" if fused else ""))
     if first is None:
         lines.append("OK: every compared tensor is within tolerance")
         return "\n".join(lines)
