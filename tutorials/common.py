@@ -14,6 +14,7 @@ hand from the checkpoint tensors and checked against refvit's recorded intermedi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from refvit.datasets import digit_image
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents]
             if (p / "golden" / "models").is_dir())
-MODELS = ROOT / "golden" / "models"
+MODELS = Path(os.path.relpath(ROOT / "golden" / "models"))  # relative: printed paths name no machine's folders
 TOLERANCE = 1e-4  # DESIGN.md §5 float32 bound: max|ours − ref| ≤ 1e-4 · max(1, max|ref|)
 
 

@@ -1,6 +1,6 @@
 """Pieces every family shares: the forward context (`Forward`), activations, the params tree.
 
-Shape alphabet (README): B batch, N tokens, C channels, H heads, D head dim, h/w patch grid.
+Shape alphabet (docs: Contributing): B batch, N tokens, C channels, H heads, D head dim, h/w patch grid.
 """
 
 from __future__ import annotations
