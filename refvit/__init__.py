@@ -7,6 +7,7 @@ transformers defines them, checked against golden tensors from the framework.
     out = model(**proc(refvit.load_image("cat.jpg")))
 """
 
+from .config import BeitConfig, BitConfig, CvtConfig, Data2VecVisionConfig, DeiTConfig, ViTConfig
 from .errors import CheckpointError, ConfigError, ImageError, InputError, RefvitError, UnsafeCheckpointError
 from .model import (ARCHITECTURES, CLASSES, AutoModel, AutoModelForImageClassification, Model, from_pretrained,
                     from_state_dict)
@@ -30,6 +31,7 @@ __all__ = [
     "RefvitError", "CheckpointError", "UnsafeCheckpointError", "ConfigError", "ImageError", "InputError",
     "from_pretrained", "from_state_dict", "Model", "ARCHITECTURES", "AutoModel", "AutoModelForImageClassification",
     *CLASSES,
+    "ViTConfig", "DeiTConfig", "BeitConfig", "Data2VecVisionConfig", "CvtConfig", "BitConfig",
     "ImageProcessor", "AutoImageProcessor", "AutoFeatureExtractor", "BatchFeature", "ViTImageProcessor",
     "DeiTImageProcessor", "ViTFeatureExtractor", "DeiTFeatureExtractor", "load_image",
     "ConvNextImageProcessor", "ConvNextFeatureExtractor", "BeitImageProcessor", "BeitFeatureExtractor",

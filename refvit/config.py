@@ -11,7 +11,7 @@ import json
 import math
 import os
 import stat
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
@@ -20,15 +20,184 @@ from .errors import ConfigError
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh", "linear")
 
 
-class LabelsMixin:
-    """What every config has: `num_labels` as transformers derives it (the length of `id2label`), and `to_dict`."""
+# PreTrainedConfig's own fields (transformers/configuration_utils.py, 5.23), accepted by every config. refvit does not
+# use them (they steer training and transformers' output objects); it keeps what it is given and writes it back.
+COMMON_DEFAULTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True, "dtype": None,
+                   "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "problem_type": None}
+# also accepted: keys transformers reads and then drops or renames (never written back by refvit)
+COMMON_READ_ONLY = ("num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "transformers_version",
+                    "attn_implementation")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+
+class PretrainedConfig:
+    """What every public config shares: keyword construction with transformers' field names and defaults (validated,
+    every problem in one ConfigError), `num_labels`, `to_dict` / `to_json_file` / `save_pretrained` /
+    `from_pretrained`.
+
+    Differences from transformers, on purpose: an unknown keyword is an error naming it (transformers stores it as an
+    attribute, silently: a typo like `hiden_size=384` builds the default width); refvit validates every value when the
+    config is made, not when the model is built. A config.json read from disk may hold keys refvit does not know
+    (older transformers versions wrote some): they are kept and written back, as transformers does.
+    Attributes are refvit's parsed view: `image_size` / `patch_size` read as (height, width) tuples and lists as
+    tuples; `to_dict()` gives them back as transformers stores them.
+    """
+
+    MODEL_TYPE = ""                 # transformers' `model_type` of this class
+    FIELDS: tuple = ()              # transformers' own field names of this class, in its order (to_dict, keywords)
+    GIVEN_FORM: dict = {}           # fields written back as given (an int image_size stays an int) -> transformers'
+                                    # default when not given
+    WRITES_STAGE_NAMES = False      # BackboneConfigMixin configs also write `stage_names`
+
+    def __init__(self, **kwargs):
+        name = type(self).__name__
+        known = set(self.FIELDS) | set(self.DROPPED_KEYS) | set(COMMON_DEFAULTS) | set(COMMON_READ_ONLY) | {
+            "architectures", "id2label", "label2id", "model_type"}
+        unknown = sorted(set(kwargs) - known)
+        problems = [f"unknown field(s) {unknown} (transformers would store them silently; {name}'s fields are "
+                    f"{', '.join(self.FIELDS)})"] if unknown else []
+        if kwargs.get("model_type", self.MODEL_TYPE) != self.MODEL_TYPE:
+            problems.append(f"model_type: {name} is {self.MODEL_TYPE!r}, got {kwargs['model_type']!r}")
+        try:
+            built = self.from_dict({k: v for k, v in kwargs.items() if k in known} | {"model_type": self.MODEL_TYPE},
+                                   source=name)
+        except ConfigError as err:  # the values' problems, reported together with the unknown names
+            raise_problems(name, problems + [str(err).removeprefix(f"{name}: ")])
+        raise_problems(name, problems)
+        for f in fields(built):
+            object.__setattr__(self, f.name, getattr(built, f.name))
+
+    @classmethod
+    def _make(cls, **values):
+        """An instance from already-validated field values (the parsers' way in; no second validation)."""
+        obj = object.__new__(cls)
+        for f in fields(cls):
+            value = values[f.name] if f.name in values else (f.default_factory() if f.default is MISSING
+                                                             else f.default)
+            object.__setattr__(obj, f.name, value)
+        return obj
+
+    def replace(self, cls=None, **changes):
+        """A copy with `changes` (already-validated values), optionally as another config class of the family."""
+        return (cls or type(self))._make(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+    def __getattr__(self, name):
+        """PreTrainedConfig's common fields (`return_dict`, `problem_type`, …): as given, else transformers' default."""
+        if name in COMMON_DEFAULTS and "given" in self.__dict__:
+            return self.given.get(name, COMMON_DEFAULTS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def num_labels(self) -> int:
         return len(self.id2label)
 
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config.json"):
+        """Parse and validate a config dict as config.json holds it; every problem in one ConfigError."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+        model_type = raw.get("model_type", cls.MODEL_TYPE)
+        if cls.MODEL_TYPE and model_type != cls.MODEL_TYPE:
+            raise ConfigError(f"{source}: holds a {model_type!r} config, not {cls.__name__}'s {cls.MODEL_TYPE!r}")
+        return _PARSERS[cls.MODEL_TYPE]({**raw, "model_type": model_type}, source)
+
+    @classmethod
+    def from_pretrained(cls, path, revision: str | None = None):
+        """Read `config.json` from a save_pretrained directory (or the file itself, or a hub id)."""
+        from . import hub
+        path = hub.resolve_model_dir(path, revision=revision)
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else os.fspath(path)
+        return cls.from_dict(read_config_json(file), source=file)
+
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The config as transformers' `to_dict` has it (JSON types): model_type, architectures, this class's
+        fields, the labels, and the common fields and unknown keys it was given."""
+        out = {"model_type": self.model_type}
+        if self.architectures:
+            out["architectures"] = list(self.architectures)
+        for name in self.FIELDS:
+            value = self.given.get(name, self.GIVEN_FORM[name]) if name in self.GIVEN_FORM else getattr(self, name)
+            out[name] = _json_value(value)
+        if self.WRITES_STAGE_NAMES:
+            out["stage_names"] = list(self.stage_names)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["label2id"] = dict(self.label2id)
+        if "torch_dtype" in self.given and self.given.get("dtype") is None:
+            out["dtype"] = self.given["torch_dtype"]      # transformers reads the legacy key into `dtype`
+        for k, v in self.given.items():
+            if k not in out and k not in COMMON_READ_ONLY and k not in self.DROPPED_KEYS:
+                out[k] = v                                 # common fields and unknown keys, as given
+        return out
+
+    DROPPED_KEYS: tuple = ()         # legacy keys transformers reads into a field and does not keep
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path, use_diff: bool = True) -> None:
+        """Write config.json (every field; `use_diff` is accepted for transformers' signature and ignored),
+        atomically: a temporary file in the same directory, then renamed over `path`."""
+        from .checkpoint.write import write_bytes_atomic
+        write_bytes_atomic(path, self.to_json_string().encode("utf-8"))
+
+    def save_pretrained(self, save_directory) -> str:
+        """Write `config.json` into `save_directory` (created if missing); returns the file's path."""
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ConfigError(f"{save_directory}: is a file, expected a directory to write config.json into")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, "config.json")
+        self.to_json_file(path)
+        return path
+
+
+def _json_value(value):
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+LabelsMixin = PretrainedConfig  # the old name of the shared base
+
+
+def raise_problems(source: str, problems: list) -> None:
+    """Every problem found, in one ConfigError (the one way parsers report)."""
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def check_activation(raw: dict, key: str, default: str, problems: list) -> str:
+    """An activation name refvit implements (SUPPORTED_ACTIVATIONS)."""
+    value = check_type(raw, key, default, str, problems)
+    if value not in SUPPORTED_ACTIVATIONS:
+        problems.append(f"{key}: activation {value!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+    return value
+
+
+def check_model_type(raw: dict, allowed: tuple, problems: list) -> str:
+    model_type = raw.get("model_type", allowed[0])
+    if model_type not in allowed:
+        problems.append(f"model_type: expected {' or '.join(map(repr, allowed))} here, got {model_type!r}")
+    return model_type
+
+
+def check_number(raw: dict, key: str, default, problems: list, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite number in [low, high] (dropout rates, initializer_range, eps)."""
+    value = check_type(raw, key, default, (int, float), problems)
+    if not (math.isfinite(value) and low <= value <= high):
+        problems.append(f"{key}: must be a finite number in [{low}, {high}], got {value}")
+    return value
+
+
+def check_common(raw: dict, problems: list) -> None:
+    """PreTrainedConfig's common fields: the types transformers' @strict checks."""
+    for key in ("output_hidden_states", "output_attentions", "return_dict", "is_encoder_decoder"):
+        if raw.get(key) is not None and not isinstance(raw[key], bool):
+            problems.append(f"{key}: expected a bool, got {raw[key]!r}")
+    if raw.get("problem_type") not in PROBLEM_TYPES:
+        problems.append(f"problem_type: expected one of {PROBLEM_TYPES}, got {raw['problem_type']!r}")
+    if "chunk_size_feed_forward" in raw and not _is_int(raw["chunk_size_feed_forward"]):
+        problems.append(f"chunk_size_feed_forward: expected an int, got {raw['chunk_size_feed_forward']!r}")
 
 
 class PatchGridMixin(LabelsMixin):
@@ -48,9 +217,16 @@ class PatchGridMixin(LabelsMixin):
         return self.grid_size[0] * self.grid_size[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ViTConfig(PatchGridMixin):
-    """Configuration of ViT and DeiT (both use `ViTConfig`'s fields; DeiT adds a distillation token in code)."""
+    """transformers' `ViTConfig` (configuration_vit.py): `ViTConfig(hidden_size=384, …)`, defaults ViT-B/16 at 224²."""
+
+    MODEL_TYPE = "vit"
+    FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+              "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+              "image_size", "patch_size", "num_channels", "qkv_bias", "encoder_stride", "pooler_output_size",
+              "pooler_act")
+    GIVEN_FORM = {"image_size": 224, "patch_size": 16}
 
     model_type: str = "vit"                      # "vit" or "deit"
     architectures: tuple = ()                    # HF class names this checkpoint was saved from
@@ -59,6 +235,9 @@ class ViTConfig(PatchGridMixin):
     num_attention_heads: int = 12                # H: heads per attention layer, D = C // H
     intermediate_size: int = 3072                # width of the MLP's hidden layer
     hidden_act: str = "gelu"                     # MLP activation (transformers ACT2FN name; "gelu" is erf-GELU)
+    hidden_dropout_prob: float = 0.0             # training only (refvit runs inference): kept and written back
+    attention_probs_dropout_prob: float = 0.0    # training only
+    initializer_range: float = 0.02              # std of the random init (XModel(config, seed=…))
     layer_norm_eps: float = 1e-12                # LayerNorm eps (configuration_vit.py default 1e-12)
     image_size: tuple = (224, 224)               # (height, width) the position embeddings were made for
     patch_size: tuple = (16, 16)                 # (height, width) of one patch = conv kernel = conv stride
@@ -69,6 +248,15 @@ class ViTConfig(PatchGridMixin):
     pooler_act: str = "tanh"                     # pooler activation
     id2label: dict = field(default_factory=dict)  # class index -> label name (num_labels = its length)
     label2id: dict = field(default_factory=dict)  # label name -> class index
+    given: dict = field(default_factory=dict, compare=False, repr=False)  # the dict it was parsed from (to_dict)
+
+
+@dataclass(frozen=True, init=False)
+class DeiTConfig(ViTConfig):
+    """transformers' `DeiTConfig` (configuration_deit.py): ViTConfig's fields and defaults, model_type "deit"."""
+
+    MODEL_TYPE = "deit"
+    model_type: str = "deit"
 
 
 def parse_pair(value: Any, key: str, problems: list) -> tuple | None:
@@ -196,23 +384,23 @@ def backbone_outputs(raw: dict, stage_names: tuple, problems: list, legacy_indic
 
 
 def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
-    """Parse and validate a ViT/DeiT config dict; every problem is listed in one ConfigError."""
+    """Parse and validate a ViT/DeiT config dict; every problem is listed in one ConfigError. The class follows
+    model_type (ViTConfig or DeiTConfig)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
-    d = ViTConfig()
+    d = ViTConfig
     ints = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels", "encoder_stride")
     values = positive_ints(raw, ints, d, problems)
-    values["layer_norm_eps"] = float(check_type(raw, "layer_norm_eps", d.layer_norm_eps, (int, float), problems))
-    if not (values["layer_norm_eps"] >= 0 and math.isfinite(values["layer_norm_eps"])):
-        problems.append(f"layer_norm_eps: must be a finite non-negative number, got {values['layer_norm_eps']}")
+    values["layer_norm_eps"] = float(check_number(raw, "layer_norm_eps", d.layer_norm_eps, problems))
+    for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        values[k] = check_number(raw, k, getattr(d, k), problems, high=1.0)
+    values["initializer_range"] = check_number(raw, "initializer_range", d.initializer_range, problems)
     values["qkv_bias"] = check_type(raw, "qkv_bias", True, bool, problems)
     for k in ("hidden_act", "pooler_act"):
-        values[k] = check_type(raw, k, getattr(d, k), str, problems)
-        if values[k] not in SUPPORTED_ACTIVATIONS:
-            problems.append(f"{k}: activation {values[k]!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+        values[k] = check_activation(raw, k, getattr(d, k), problems)
     pooler = raw.get("pooler_output_size")
-    if pooler is None:
+    if not pooler:
         pooler = values["hidden_size"]  # configuration_vit.py: `pooler_output_size if pooler_output_size else hidden_size`
     elif not isinstance(pooler, int) or isinstance(pooler, bool) or pooler <= 0:
         problems.append(f"pooler_output_size: expected a positive int or null, got {pooler!r}")
@@ -226,14 +414,13 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
         problems.append(f"image_size {list(image_size)} is not divisible by patch_size {list(patch_size)}")
     if values["hidden_size"] > 0 and values["num_attention_heads"] > 0 and values["hidden_size"] % values["num_attention_heads"]:
         problems.append(f"num_attention_heads: {values['num_attention_heads']} does not divide hidden_size {values['hidden_size']}")
-    model_type = raw.get("model_type", "vit")
-    if model_type not in ("vit", "deit"):
-        problems.append(f"model_type: expected 'vit' or 'deit' here, got {model_type!r}")
+    model_type = check_model_type(raw, ("vit", "deit"), problems)
     archs, id2label, label2id = architectures_and_labels(raw, problems)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return ViTConfig(model_type=model_type, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
-                     id2label=id2label, label2id=label2id, **values)
+    check_common(raw, problems)
+    raise_problems(source, problems)
+    cls = DeiTConfig if model_type == "deit" else ViTConfig
+    return cls._make(model_type=model_type, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
+                     id2label=id2label, label2id=label2id, given=dict(raw), **values)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -248,9 +435,22 @@ MAX_LAYERS = 4096  # far beyond any real checkpoint; bounds the work done before
 MAX_POOL_SCALE = 128
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BeitConfig(PatchGridMixin):
-    """`BeitConfig` / `Data2VecVisionConfig` (the same fields); defaults are transformers' (BEiT-B at 224²)."""
+    """transformers' `BeitConfig` (configuration_beit.py); defaults are transformers' (BEiT-B at 224²).
+    `Data2VecVisionConfig` has the same fields but no backbone ones (out_features, add_fpn, reshape_hidden_states)."""
+
+    MODEL_TYPE = "beit"
+    FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+              "layer_norm_eps", "image_size", "patch_size", "num_channels", "use_mask_token",
+              "use_absolute_position_embeddings", "use_relative_position_bias", "use_shared_relative_position_bias",
+              "layer_scale_init_value", "drop_path_rate", "use_mean_pooling", "pool_scales", "use_auxiliary_head",
+              "auxiliary_loss_weight", "auxiliary_channels", "auxiliary_num_convs", "auxiliary_concat_input",
+              "semantic_loss_ignore_index", "add_fpn", "reshape_hidden_states", "out_features", "out_indices")
+    GIVEN_FORM = {"image_size": 224, "patch_size": 16}
+    WRITES_STAGE_NAMES = True
+    DROPPED_KEYS = ("segmentation_indices",)   # read into out_indices (configuration_beit.py __post_init__)
 
     model_type: str = "beit"                     # "beit" or "data2vec-vision"
     architectures: tuple = ()                    # HF class names this checkpoint was saved from
@@ -279,14 +479,36 @@ class BeitConfig(PatchGridMixin):
     out_features: tuple = ("stage12",)           # BEiT backbone: stage names, aligned with out_indices
     add_fpn: bool = False                        # BeitBackbone: FPN (x4, x2, x1, x0.5) on its 4 feature maps
     reshape_hidden_states: bool = True           # BeitBackbone: feature maps as (B, C, h, w), else (B, 1 + N, C)
+    hidden_dropout_prob: float = 0.0             # training only (refvit runs inference): kept and written back
+    attention_probs_dropout_prob: float = 0.0    # training only
+    drop_path_rate: float = 0.1                  # training only
+    auxiliary_loss_weight: float = 0.4           # training only
+    semantic_loss_ignore_index: int = 255        # training only
+    initializer_range: float = 0.02              # std of the random init (XModel(config, seed=…))
     id2label: dict = field(default_factory=dict)
     label2id: dict = field(default_factory=dict)
+    given: dict = field(default_factory=dict, compare=False, repr=False)  # the dict it was parsed from (to_dict)
     # num_labels, head_dim, grid_size (the window the relative position tables were made for), num_patches:
     # PatchGridMixin
 
     @property
     def stage_names(self) -> tuple:
         return ("stem",) + tuple(f"stage{i}" for i in range(1, self.num_hidden_layers + 1))
+
+
+@dataclass(frozen=True, init=False)
+class Data2VecVisionConfig(BeitConfig):
+    """transformers' `Data2VecVisionConfig` (configuration_data2vec_vision.py): BEiT's fields without the backbone
+    ones; out_indices is a plain list (default [3, 5, 7, 11]) selecting hidden_states[i - 1] for segmentation."""
+
+    MODEL_TYPE = "data2vec-vision"
+    FIELDS = tuple(f for f in BeitConfig.FIELDS if f not in ("add_fpn", "reshape_hidden_states", "out_features",
+                                                              "vocab_size"))
+    WRITES_STAGE_NAMES = False
+    DROPPED_KEYS = ()
+    model_type: str = "data2vec-vision"
+    out_indices: tuple = (3, 5, 7, 11)
+    out_features: tuple = ()
 
 
 def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = "beit", head: str = "") -> BeitConfig:
@@ -297,7 +519,7 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
-    d = BeitConfig()
+    d = BeitConfig
     ints = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "num_channels", "auxiliary_channels")
     values = positive_ints(raw, ints, d, problems)
@@ -309,13 +531,14 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
              "add_fpn", "reshape_hidden_states")
     values.update({k: check_type(raw, k, getattr(d, k), bool, problems) for k in bools})
     for k in ("layer_norm_eps", "layer_scale_init_value"):
-        values[k] = float(check_type(raw, k, getattr(d, k), (int, float), problems))
-        if not (values[k] >= 0 and math.isfinite(values[k])):
-            problems.append(f"{k}: must be a finite non-negative number, got {values[k]}")
-    values["hidden_act"] = check_type(raw, "hidden_act", d.hidden_act, str, problems)
-    if values["hidden_act"] not in SUPPORTED_ACTIVATIONS:
-        problems.append(f"hidden_act: activation {values['hidden_act']!r} is not supported "
-                        f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+        values[k] = float(check_number(raw, k, getattr(d, k), problems))
+    for k in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):  # training only
+        values[k] = check_number(raw, k, getattr(d, k), problems, high=1.0)
+    values["initializer_range"] = check_number(raw, "initializer_range", d.initializer_range, problems)
+    values["auxiliary_loss_weight"] = check_number(raw, "auxiliary_loss_weight", d.auxiliary_loss_weight, problems,
+                                                   low=-math.inf)
+    values["semantic_loss_ignore_index"] = check_type(raw, "semantic_loss_ignore_index", 255, int, problems)
+    values["hidden_act"] = check_activation(raw, "hidden_act", d.hidden_act, problems)
     values["pool_scales"] = int_list(raw, "pool_scales", d.pool_scales, problems)
     if max(values["pool_scales"]) > MAX_POOL_SCALE:
         problems.append(f"pool_scales: {max(values['pool_scales'])} is more than refvit accepts ({MAX_POOL_SCALE})")
@@ -331,11 +554,9 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     C, H = values["hidden_size"], values["num_attention_heads"]
     if C > 0 and H > 0 and C % H:
         problems.append(f"num_attention_heads: {H} does not divide hidden_size {C}")
-    check_type(raw, "drop_path_rate", 0.1, (int, float), problems)  # training only: checked, then unused
-    model_type = raw.get("model_type", family)
-    if model_type != family:
-        problems.append(f"model_type: expected {family!r} for this architecture, got {model_type!r}")
+    model_type = check_model_type({"model_type": family, **raw}, (family,), problems)
     archs, id2label, label2id = architectures_and_labels(raw, problems)
+    check_common(raw, problems)
     L = values["num_hidden_layers"]
     if family == "beit" and L > MAX_LAYERS:  # before the per-layer stage names are built: 10**12 would never finish
         problems.append(f"num_hidden_layers: {L} is more than refvit builds ({MAX_LAYERS})")
@@ -349,12 +570,12 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     else:  # Data2VecVisionConfig: a plain list, no backbone alignment, no FPN option
         values["out_indices"] = int_list(raw, "out_indices", (3, 5, 7, 11), problems, minimum=-10 ** 9)
         values["out_features"], values["add_fpn"], values["reshape_hidden_states"] = (), False, True
-    cfg = BeitConfig(model_type=family, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
-                     id2label=id2label, label2id=label2id, **values)
+    cls = BeitConfig if family == "beit" else Data2VecVisionConfig
+    cfg = cls._make(model_type=family, architectures=tuple(archs), image_size=image_size, patch_size=patch_size,
+                    id2label=id2label, label2id=label2id, given=dict(raw), **values)
     if not problems:
         problems += _head_problems(cfg, head)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+    raise_problems(source, problems)
     return cfg
 
 
@@ -389,9 +610,16 @@ def _head_problems(cfg: BeitConfig, head: str) -> list[str]:
 PROJECTION_METHODS = ("dw_bn", "avg", "linear")  # qkv_projection_method values (see models/cvt.py)
 
 
-@dataclass(frozen=True)
-class CvtConfig(LabelsMixin):
-    """`CvtConfig` (configuration_cvt.py): one entry per stage in every list; defaults are microsoft/cvt-13's."""
+@dataclass(frozen=True, init=False)
+class CvtConfig(PretrainedConfig):
+    """transformers' `CvtConfig` (configuration_cvt.py): one entry per stage in every list; defaults are
+    microsoft/cvt-13's."""
+
+    MODEL_TYPE = "cvt"
+    FIELDS = ("num_channels", "patch_sizes", "patch_stride", "patch_padding", "embed_dim", "num_heads", "depth",
+              "mlp_ratio", "attention_drop_rate", "drop_rate", "drop_path_rate", "qkv_bias", "cls_token",
+              "qkv_projection_method", "kernel_qkv", "padding_kv", "stride_kv", "padding_q", "stride_q",
+              "initializer_range", "layer_norm_eps")
 
     model_type: str = "cvt"
     architectures: tuple = ()                    # HF class names this checkpoint was saved from
@@ -412,8 +640,13 @@ class CvtConfig(LabelsMixin):
     padding_q: tuple = (1, 1, 1)                 # padding of the query projection
     stride_q: tuple = (1, 1, 1)                  # stride of the query projection
     layer_norm_eps: float = 1e-12                # in config.json, never used by modeling_cvt.py (see LAYER_NORM_EPS)
+    attention_drop_rate: tuple = (0.0, 0.0, 0.0)  # training only (refvit runs inference): kept and written back
+    drop_rate: tuple = (0.0, 0.0, 0.0)           # training only
+    drop_path_rate: tuple = (0.0, 0.0, 0.1)      # training only
+    initializer_range: float = 0.02              # std of the random init (XModel(config, seed=…))
     id2label: dict = field(default_factory=dict)  # class index -> label name (num_labels = its length)
     label2id: dict = field(default_factory=dict)  # label name -> class index
+    given: dict = field(default_factory=dict, compare=False, repr=False)  # the dict it was parsed from (to_dict)
 
     @property
     def num_stages(self) -> int:
@@ -428,8 +661,6 @@ _STAGE_INTS = {"patch_sizes": 1, "patch_stride": 1, "patch_padding": 0, "embed_d
                "kernel_qkv": 1, "padding_kv": 0, "stride_kv": 1, "padding_q": 0, "stride_q": 1}
 _STAGE_BOOLS = ("qkv_bias", "cls_token")
 _STAGE_NUMBERS = ("mlp_ratio", "attention_drop_rate", "drop_rate", "drop_path_rate")
-_TRAINING_DEFAULTS = {"attention_drop_rate": (0.0, 0.0, 0.0), "drop_rate": (0.0, 0.0, 0.0),
-                      "drop_path_rate": (0.0, 0.0, 0.1)}
 
 
 def _stage_list(raw: dict, key: str, default: tuple, n: int | None, ok, what: str, problems: list) -> tuple:
@@ -458,7 +689,7 @@ def cvt_config_from_dict(raw: dict, source: str = "config.json") -> CvtConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
-    d = CvtConfig()
+    d = CvtConfig
     depth = _stage_list(raw, "depth", d.depth, None, lambda v: _is_int(v) and v >= 0, "non-negative ints", problems)
     n = len(depth)
     if n == 0:
@@ -471,26 +702,24 @@ def cvt_config_from_dict(raw: dict, source: str = "config.json") -> CvtConfig:
     for key in _STAGE_BOOLS:
         values[key] = _stage_list(raw, key, getattr(d, key), n, lambda v: isinstance(v, bool), "booleans", problems)
     for key in _STAGE_NUMBERS:
-        nums = _stage_list(raw, key, _TRAINING_DEFAULTS.get(key, d.mlp_ratio), n, _is_number,
-                           "finite non-negative numbers", problems)
-        if key == "mlp_ratio":
-            values[key] = tuple(float(v) for v in nums)
+        nums = _stage_list(raw, key, getattr(d, key), n, _is_number, "finite non-negative numbers", problems)
+        values[key] = tuple(float(v) for v in nums) if key == "mlp_ratio" else nums
     values["qkv_projection_method"] = _stage_list(raw, "qkv_projection_method", d.qkv_projection_method, n,
                                                   lambda v: v in PROJECTION_METHODS, f"one of {PROJECTION_METHODS}",
                                                   problems)
     values["num_channels"] = check_type(raw, "num_channels", d.num_channels, int, problems)
     if values["num_channels"] <= 0:
         problems.append(f"num_channels: must be positive, got {values['num_channels']}")
-    values["layer_norm_eps"] = float(check_type(raw, "layer_norm_eps", d.layer_norm_eps, (int, float), problems))
+    values["layer_norm_eps"] = float(check_number(raw, "layer_norm_eps", d.layer_norm_eps, problems))
+    values["initializer_range"] = check_number(raw, "initializer_range", d.initializer_range, problems)
     if not problems:
         problems += _stage_problems(values, n)
-    model_type = raw.get("model_type", "cvt")
-    if model_type != "cvt":
-        problems.append(f"model_type: expected 'cvt' here, got {model_type!r}")
+    model_type = check_model_type(raw, ("cvt",), problems)
     archs, id2label, label2id = architectures_and_labels(raw, problems)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return CvtConfig(model_type=model_type, architectures=tuple(archs), id2label=id2label, label2id=label2id, **values)
+    check_common(raw, problems)
+    raise_problems(source, problems)
+    return CvtConfig._make(model_type=model_type, architectures=tuple(archs), id2label=id2label, label2id=label2id,
+                           given=dict(raw), **values)
 
 
 MAX_STRIDE = 2 ** 16  # a stride beyond any image size only empties the grid; bounds the integers the kernels see
@@ -523,12 +752,15 @@ def _stage_problems(v: dict, n: int) -> list[str]:
 # BiT (transformers/models/bit/configuration_bit.py)
 
 
-BOTTLE_RATIO = 0.25    # BitStage(bottle_ratio=0.25): mid channels = make_div(out_channels · 0.25)
+@dataclass(frozen=True, init=False)
+class BitConfig(PretrainedConfig):
+    """transformers' `BitConfig` (configuration_bit.py); defaults are transformers' (the google/bit-50 shape)."""
 
-
-@dataclass(frozen=True)
-class BitConfig(LabelsMixin):
-    """Configuration of BiT (`BitConfig`); defaults are transformers' (the google/bit-50 shape)."""
+    MODEL_TYPE = "bit"
+    FIELDS = ("num_channels", "embedding_size", "hidden_sizes", "depths", "layer_type", "hidden_act", "global_padding",
+              "num_groups", "drop_path_rate", "embedding_dynamic_padding", "output_stride", "width_factor",
+              "out_features", "out_indices")
+    WRITES_STAGE_NAMES = True
 
     model_type: str = "bit"
     architectures: tuple = ()                    # HF class names this checkpoint was saved from
@@ -545,8 +777,10 @@ class BitConfig(LabelsMixin):
     width_factor: int = 1                        # multiplies every stage's channels (make_div rounds to 8)
     out_features: tuple = ("stage4",)            # BitBackbone: stages returned as feature maps
     out_indices: tuple = (4,)                    # ... and their indices into stage_names
+    drop_path_rate: float = 0.0                  # training only (refvit runs inference): kept and written back
     id2label: dict = field(default_factory=dict)  # class index -> label name (num_labels = its length)
     label2id: dict = field(default_factory=dict)
+    given: dict = field(default_factory=dict, compare=False, repr=False)  # the dict it was parsed from (to_dict)
 
     @property
     def stage_names(self) -> tuple:
@@ -576,7 +810,7 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
-    d = BitConfig()
+    d = BitConfig
     ints = ("num_channels", "embedding_size", "num_groups", "output_stride", "width_factor")
     values = positive_ints(raw, ints, d, problems)
     values["hidden_sizes"] = int_list(raw, "hidden_sizes", d.hidden_sizes, problems, what="positive ints")
@@ -587,10 +821,7 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
     values["layer_type"] = check_type(raw, "layer_type", d.layer_type, str, problems)
     if values["layer_type"] not in ("preactivation", "bottleneck"):
         problems.append(f"layer_type: expected 'preactivation' or 'bottleneck', got {values['layer_type']!r}")
-    values["hidden_act"] = check_type(raw, "hidden_act", d.hidden_act, str, problems)
-    if values["hidden_act"] not in SUPPORTED_ACTIVATIONS:
-        problems.append(f"hidden_act: activation {values['hidden_act']!r} is not supported "
-                        f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})")
+    values["hidden_act"] = check_activation(raw, "hidden_act", d.hidden_act, problems)
     padding = raw.get("global_padding")
     if padding is not None and not isinstance(padding, str):
         problems.append(f"global_padding: expected null, 'SAME' or 'VALID', got {padding!r}")
@@ -603,27 +834,23 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
                         "mismatched sizes; transformers' own forward fails on every input (use null or 'SAME')")
     values["global_padding"] = padding
     values["embedding_dynamic_padding"] = check_type(raw, "embedding_dynamic_padding", False, bool, problems)
-    check_type(raw, "drop_path_rate", 0.0, (int, float), problems)  # training only: checked, then unused
-    model_type = raw.get("model_type", "bit")
-    if model_type != "bit":
-        problems.append(f"model_type: expected 'bit' here, got {model_type!r}")
+    values["drop_path_rate"] = check_number(raw, "drop_path_rate", 0.0, problems, high=1.0)  # training only
+    check_model_type(raw, ("bit",), problems)
     archs, id2label, label2id = architectures_and_labels(raw, problems)
-    cfg = BitConfig(model_type="bit", architectures=tuple(archs), id2label=id2label, label2id=label2id, **values)
-    cfg = _with_backbone_outputs(cfg, raw, problems)
+    check_common(raw, problems)
+    cfg = BitConfig._make(model_type="bit", architectures=tuple(archs), id2label=id2label, label2id=label2id,
+                          given=dict(raw), **values)
+    feats, idx = backbone_outputs(raw, cfg.stage_names, problems)
+    cfg = cfg.replace(out_features=feats, out_indices=idx)
     if not problems:
         problems += _structural_problems(cfg, needs_final_width)
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
+    raise_problems(source, problems)
     return cfg
-
-
-def _with_backbone_outputs(cfg, raw, problems):
-    feats, idx = backbone_outputs(raw, cfg.stage_names, problems)
-    return BitConfig(**{**cfg.to_dict(), "out_features": feats, "out_indices": idx})
 
 
 def _structural_problems(cfg, needs_final_width) -> list[str]:
     """What makes transformers fail to build or run the model: GroupNorm widths, the width_factor mismatch."""
+    from .models.bit import stage_plan  # the network's shape lives with the network (models/bit.py imports this file)
     problems = []
     widths = {"embedding_size": cfg.embedding_size}
     for s, stage in enumerate(stage_plan(cfg)):
@@ -639,39 +866,6 @@ def _structural_problems(cfg, needs_final_width) -> list[str]:
             "transformers' own forward fails on this config (only BitModel/BitBackbone with layer_type='bottleneck' "
             "run with width_factor != 1)")
     return problems
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The network's shape, derived from the config (BitEncoder / BitStage hyper-parameters)
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    in_channels: int
-    out_channels: int       # make_div(hidden_size · width_factor)
-    mid_channels: int       # make_div(out_channels · 0.25)
-    depth: int
-    stride: int             # of the first layer (conv2 and the downsample conv)
-    dilation: int           # conv2 dilation of layers 1.. (bottleneck layers only)
-    first_dilation: int     # conv2 dilation of layer 0 (bottleneck layers only)
-
-
-def stage_plan(cfg) -> list[StagePlan]:
-    """BitEncoder._get_updated_hyperparameters + BitStage: strides 1, 2, 2, …, switched to dilation once the
-    running stride reaches output_stride (the encoder starts at stride 4: stem conv + max-pool)."""
-    plans, current_stride, dilation, in_channels = [], 4, 1, cfg.embedding_size
-    for s, (depth, hidden) in enumerate(zip(cfg.depths, cfg.hidden_sizes)):
-        out_channels = make_div(hidden * cfg.width_factor)
-        stride = 1 if s == 0 else 2
-        if current_stride >= cfg.output_stride:
-            dilation *= stride
-            stride = 1
-        first_dilation = 1 if dilation in (1, 2) else 2  # BitStage: layer 0 uses a smaller dilation
-        plans.append(StagePlan(in_channels, out_channels, make_div(out_channels * BOTTLE_RATIO), depth, stride,
-                               dilation, first_dilation))
-        current_stride *= stride
-        in_channels = out_channels
-    return plans
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -711,3 +905,14 @@ def read_config_json(path: str | os.PathLike) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw
+
+
+# model_type -> the parser of its config class (PretrainedConfig.from_dict)
+_PARSERS = {"vit": vit_config_from_dict, "deit": vit_config_from_dict,
+            "beit": lambda raw, source: beit_config_from_dict(raw, source, "beit"),
+            "data2vec-vision": lambda raw, source: beit_config_from_dict(raw, source, "data2vec-vision"),
+            "cvt": cvt_config_from_dict, "bit": bit_config_from_dict}
+
+# model_type -> its public config class (the model classes' `config_class`)
+CONFIG_CLASSES = {"vit": ViTConfig, "deit": DeiTConfig, "beit": BeitConfig, "data2vec-vision": Data2VecVisionConfig,
+                  "cvt": CvtConfig, "bit": BitConfig}

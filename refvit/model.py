@@ -9,16 +9,19 @@ run dtype -> nest into the params tree. Nothing runs before all of it succeeded.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 
 from . import hub, kernels
-from .architecture import Architecture, CallOptions, map_tensors, run
+from .architecture import Architecture, CallOptions, map_tensors, run, strip_or_add_prefix
 from .checkpoint import load_state_dict
 from .checkpoint.safetensors import release_replaced
-from .config import read_config_json
+from .checkpoint.write import prepare_directory, write_bytes_atomic, write_safetensors
+from .config import CONFIG_CLASSES, PretrainedConfig, read_config_json
 from .errors import CheckpointError, ConfigError, InputError
+from .initialization import random_state_dict
 from .models import beit, bit, cvt, vit
 from .models.common import nest
 
@@ -80,6 +83,7 @@ class Model:
         self.backend = backend
         self.source = source
         self.ignored_tensors: list = []
+        self.checkpoint: dict | None = None  # {checkpoint name: array} as read, before load-time math (save_pretrained)
         self.kernels = kernels.get(backend)  # this instance's kernel namespace: every forward reads it (a tool may
                                              # replace it on one instance, e.g. with timed kernels)
 
@@ -121,6 +125,42 @@ class Model:
 
     forward = __call__
 
+    def save_pretrained(self, save_directory, overwrite: bool = False) -> str:
+        """Write `config.json` and `model.safetensors` as transformers' `save_pretrained` does (checkpoint names, the
+        tensors as they were read or drawn, before any load-time preparation), written with NumPy: no torch.
+
+        An existing non-empty directory is refused unless overwrite=True. Each file is written under a temporary
+        name and renamed into place (never a half-written file, never a write into a file mapped for reading).
+        Returns the directory."""
+        if self.checkpoint is None:
+            raise CheckpointError(f"{self!r}: built from prepared params, not from a checkpoint or a config; "
+                                  "there are no checkpoint tensors to save")
+        save_directory = prepare_directory(save_directory, overwrite)
+        config = {**self.config.to_dict(), "architectures": [self.architecture.name]}
+        write_safetensors(os.path.join(save_directory, "model.safetensors"), self.checkpoint)
+        write_bytes_atomic(os.path.join(save_directory, "config.json"),
+                           (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        return save_directory
+
+    @classmethod
+    def _assemble(cls, config, params, architecture, dtype, backend, source, tensors=None, mapped=None, ignored=()):
+        """A model of class `cls` from prepared params (how loading builds one; the public classes' __init__ draws
+        random weights instead). `tensors`/`mapped`: as read and as mapped, kept for save_pretrained."""
+        model = object.__new__(cls)
+        Model.__init__(model, config, params, architecture, dtype, backend, source)
+        model.ignored_tensors = list(ignored)
+        if mapped is not None:
+            model.checkpoint = checkpoint_tensors(tensors, mapped, architecture)
+        return model
+
+
+def checkpoint_tensors(tensors: dict, mapped: dict, arch: Architecture) -> dict:
+    """What save_pretrained writes: the names the strict mapping accepted for `arch`, each with its value as read
+    (before BiT's weight standardisation or a BatchNorm fold). A tensor renamed at load (a transformers-5 state dict)
+    keeps its mapped value: after a fold that is the folded conv with an identity BatchNorm, the same function."""
+    named, _, _ = strip_or_add_prefix(tensors, arch)
+    return {k: named[k] if k in named and named[k].shape == v.shape else v for k, v in mapped.items()}
+
 
 def _check_options(dtype, backend):
     if str(np.dtype(dtype) if isinstance(dtype, type) else dtype) not in ("float32", "float64"):
@@ -137,9 +177,8 @@ def from_state_dict(config: dict, tensors: dict, architecture: str | None = None
     arch = choose_architecture(config, architecture, source)
     cfg = parse_config(config, arch, source)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
-    model = CLASSES[arch.name](cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, source)
-    model.ignored_tensors = ignored
-    return model
+    return CLASSES[arch.name]._assemble(cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, source,
+                                        tensors, mapped, ignored)
 
 
 def from_pretrained(path, dtype="float32", backend="numba", architecture: str | None = None,
@@ -157,124 +196,74 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
     tensors, what = load_state_dict(path)
     source = os.path.join(path, what)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
-    model = CLASSES[arch.name](cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, path)
-    model.ignored_tensors = ignored
-    return model
+    return CLASSES[arch.name]._assemble(cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, path,
+                                        tensors, mapped, ignored)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # transformers-style classes, one per supported architecture, so model-card snippets run with only the import changed:
-# `refvit.DeiTForImageClassificationWithTeacher.from_pretrained(dir)`.
+# `refvit.DeiTForImageClassificationWithTeacher.from_pretrained(dir)`, `refvit.BitModel(refvit.BitConfig())`.
 
 
 class PretrainedModel(Model):
-    """A Model whose `from_pretrained` picks its class's architecture whatever config.json's `architectures` says."""
+    """A transformers class run by refvit. `from_pretrained(dir)` loads a checkpoint as this class whatever
+    config.json's `architectures` says; `XModel(config, seed=0)` builds one with random weights drawn as transformers'
+    `_init_weights` draws them (refvit/initialization.py), from a NumPy generator seeded with `seed` (None: fresh)."""
 
     architecture_name = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__doc__ = cls.__doc__ or (f"transformers' {cls.architecture_name}, run by refvit: "
+                                      f"`{cls.architecture_name}.from_pretrained(dir)` or "
+                                      f"`{cls.architecture_name}(config, seed=0)` (random weights).")
+
+    def __init__(self, config, *, seed=None, dtype="float32", backend="numba"):
+        arch = ARCHITECTURES[self.architecture_name]
+        expected = CONFIG_CLASSES[arch.family]
+        if not isinstance(config, PretrainedConfig) or config.model_type != arch.family:
+            raise ConfigError(f"{self.architecture_name}(config): expected a refvit.{expected.__name__}, got "
+                              f"{type(config).__name__} (e.g. {self.architecture_name}(refvit.{expected.__name__}()))")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InputError(f"seed: expected a non-negative int or None, got {seed!r}")
+        dt = _check_options(dtype, backend)
+        source = f"{self.architecture_name}(config, seed={seed})"
+        cfg = arch.parse_config(config.to_dict(), source)  # this class's own checks (e.g. BiT's width_factor)
+        tensors = random_state_dict(arch, cfg, seed)
+        mapped, ignored = map_tensors(tensors, cfg, arch, source)
+        Model.__init__(self, cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, source)
+        self.checkpoint = checkpoint_tensors(tensors, mapped, arch)
+
+    @property
+    def config_class(self):
+        return CONFIG_CLASSES[self.architecture.family]
 
     @classmethod
     def from_pretrained(cls, path, dtype="float32", backend="numba", revision=None):
         return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name, revision=revision)
 
 
-class ViTModel(PretrainedModel):
-    """transformers' ViTModel, run by refvit."""
-    architecture_name = "ViTModel"
-
-
-class ViTForImageClassification(PretrainedModel):
-    """transformers' ViTForImageClassification, run by refvit."""
-    architecture_name = "ViTForImageClassification"
-
-
-class ViTForMaskedImageModeling(PretrainedModel):
-    """transformers' ViTForMaskedImageModeling, run by refvit."""
-    architecture_name = "ViTForMaskedImageModeling"
-
-
-class DeiTModel(PretrainedModel):
-    """transformers' DeiTModel, run by refvit."""
-    architecture_name = "DeiTModel"
-
-
-class DeiTForImageClassification(PretrainedModel):
-    """transformers' DeiTForImageClassification, run by refvit."""
-    architecture_name = "DeiTForImageClassification"
-
-
-class DeiTForImageClassificationWithTeacher(PretrainedModel):
-    """transformers' DeiTForImageClassificationWithTeacher, run by refvit."""
-    architecture_name = "DeiTForImageClassificationWithTeacher"
-
-
-class DeiTForMaskedImageModeling(PretrainedModel):
-    """transformers' DeiTForMaskedImageModeling, run by refvit."""
-    architecture_name = "DeiTForMaskedImageModeling"
-
-
-class CvtModel(PretrainedModel):
-    """transformers' CvtModel, run by refvit."""
-    architecture_name = "CvtModel"
-
-
-class CvtForImageClassification(PretrainedModel):
-    """transformers' CvtForImageClassification, run by refvit."""
-    architecture_name = "CvtForImageClassification"
-
-
-class BitModel(PretrainedModel):
-    """transformers' BitModel, run by refvit."""
-    architecture_name = "BitModel"
-
-
-class BitForImageClassification(PretrainedModel):
-    """transformers' BitForImageClassification, run by refvit."""
-    architecture_name = "BitForImageClassification"
-
-
-class BitBackbone(PretrainedModel):
-    """transformers' BitBackbone, run by refvit."""
-    architecture_name = "BitBackbone"
-
-
-class BeitModel(PretrainedModel):
-    """transformers' BeitModel, run by refvit."""
-    architecture_name = "BeitModel"
-
-
-class BeitForImageClassification(PretrainedModel):
-    """transformers' BeitForImageClassification, run by refvit."""
-    architecture_name = "BeitForImageClassification"
-
-
-class BeitForMaskedImageModeling(PretrainedModel):
-    """transformers' BeitForMaskedImageModeling, run by refvit."""
-    architecture_name = "BeitForMaskedImageModeling"
-
-
-class BeitForSemanticSegmentation(PretrainedModel):
-    """transformers' BeitForSemanticSegmentation, run by refvit."""
-    architecture_name = "BeitForSemanticSegmentation"
-
-
-class BeitBackbone(PretrainedModel):
-    """transformers' BeitBackbone, run by refvit."""
-    architecture_name = "BeitBackbone"
-
-
-class Data2VecVisionModel(PretrainedModel):
-    """transformers' Data2VecVisionModel, run by refvit."""
-    architecture_name = "Data2VecVisionModel"
-
-
-class Data2VecVisionForImageClassification(PretrainedModel):
-    """transformers' Data2VecVisionForImageClassification, run by refvit."""
-    architecture_name = "Data2VecVisionForImageClassification"
-
-
-class Data2VecVisionForSemanticSegmentation(PretrainedModel):
-    """transformers' Data2VecVisionForSemanticSegmentation, run by refvit."""
-    architecture_name = "Data2VecVisionForSemanticSegmentation"
+# One class per row of the families' ARCHITECTURES lists (tests/test_design.py checks the two agree).
+class ViTModel(PretrainedModel): architecture_name = "ViTModel"                                              # noqa: E701
+class ViTForImageClassification(PretrainedModel): architecture_name = "ViTForImageClassification"            # noqa: E701
+class ViTForMaskedImageModeling(PretrainedModel): architecture_name = "ViTForMaskedImageModeling"            # noqa: E701
+class DeiTModel(PretrainedModel): architecture_name = "DeiTModel"                                            # noqa: E701
+class DeiTForImageClassification(PretrainedModel): architecture_name = "DeiTForImageClassification"          # noqa: E701
+class DeiTForImageClassificationWithTeacher(PretrainedModel): architecture_name = "DeiTForImageClassificationWithTeacher"  # noqa: E701,E501
+class DeiTForMaskedImageModeling(PretrainedModel): architecture_name = "DeiTForMaskedImageModeling"          # noqa: E701
+class CvtModel(PretrainedModel): architecture_name = "CvtModel"                                              # noqa: E701
+class CvtForImageClassification(PretrainedModel): architecture_name = "CvtForImageClassification"            # noqa: E701
+class BitModel(PretrainedModel): architecture_name = "BitModel"                                              # noqa: E701
+class BitForImageClassification(PretrainedModel): architecture_name = "BitForImageClassification"            # noqa: E701
+class BitBackbone(PretrainedModel): architecture_name = "BitBackbone"                                        # noqa: E701
+class BeitModel(PretrainedModel): architecture_name = "BeitModel"                                            # noqa: E701
+class BeitForImageClassification(PretrainedModel): architecture_name = "BeitForImageClassification"          # noqa: E701
+class BeitForMaskedImageModeling(PretrainedModel): architecture_name = "BeitForMaskedImageModeling"          # noqa: E701
+class BeitForSemanticSegmentation(PretrainedModel): architecture_name = "BeitForSemanticSegmentation"        # noqa: E701
+class BeitBackbone(PretrainedModel): architecture_name = "BeitBackbone"                                      # noqa: E701
+class Data2VecVisionModel(PretrainedModel): architecture_name = "Data2VecVisionModel"                        # noqa: E701
+class Data2VecVisionForImageClassification(PretrainedModel): architecture_name = "Data2VecVisionForImageClassification"  # noqa: E701,E501
+class Data2VecVisionForSemanticSegmentation(PretrainedModel): architecture_name = "Data2VecVisionForSemanticSegmentation"  # noqa: E701,E501
 
 
 CLASSES = {c.architecture_name: c for c in PretrainedModel.__subclasses__()}

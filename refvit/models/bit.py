@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..architecture import Architecture, Family, Head, Inputs
-from ..config import BitConfig, StagePlan, bit_config_from_dict, make_div, stage_plan  # noqa: F401 (the family's config)
+from ..config import BitConfig, bit_config_from_dict, make_div  # noqa: F401 (BitConfig: the family's config)
 from ..errors import InputError
 from ..outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
@@ -31,6 +32,40 @@ WS_EPS = 1e-8          # WeightStandardizedConv2d defaults to eps=1e-6, but ever
 GN_EPS = 1e-5          # BitGroupNormActivation(eps=1e-5): no call site changes it, no config key sets it
 STEM_KERNEL, STEM_STRIDE = 7, 2       # BitEmbeddings: WeightStandardizedConv2d(kernel_size=7, stride=2)
 POOL_KERNEL, POOL_STRIDE = 3, 2       # BitEmbeddings: BitMaxPool2d(kernel_size=3, stride=2)
+BOTTLE_RATIO = 0.25                   # BitStage(bottle_ratio=0.25): mid channels = make_div(out_channels · 0.25)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The network's shape, derived from the config (BitEncoder / BitStage hyper-parameters)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    in_channels: int
+    out_channels: int       # make_div(hidden_size · width_factor)
+    mid_channels: int       # make_div(out_channels · 0.25)
+    depth: int
+    stride: int             # of the first layer (conv2 and the downsample conv)
+    dilation: int           # conv2 dilation of layers 1.. (bottleneck layers only)
+    first_dilation: int     # conv2 dilation of layer 0 (bottleneck layers only)
+
+
+def stage_plan(cfg) -> list[StagePlan]:
+    """BitEncoder._get_updated_hyperparameters + BitStage: strides 1, 2, 2, …, switched to dilation once the
+    running stride reaches output_stride (the encoder starts at stride 4: stem conv + max-pool)."""
+    plans, current_stride, dilation, in_channels = [], 4, 1, cfg.embedding_size
+    for s, (depth, hidden) in enumerate(zip(cfg.depths, cfg.hidden_sizes)):
+        out_channels = make_div(hidden * cfg.width_factor)
+        stride = 1 if s == 0 else 2
+        if current_stride >= cfg.output_stride:
+            dilation *= stride
+            stride = 1
+        first_dilation = 1 if dilation in (1, 2) else 2  # BitStage: layer 0 uses a smaller dilation
+        plans.append(StagePlan(in_channels, out_channels, make_div(out_channels * BOTTLE_RATIO), depth, stride,
+                               dilation, first_dilation))
+        current_stride *= stride
+        in_channels = out_channels
+    return plans
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,12 +11,10 @@ Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w pa
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from ..architecture import Architecture, Family, Head, Inputs, check_mask
-from ..config import vit_config_from_dict
+from ..config import DeiTConfig, ViTConfig, vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
                        MaskedImageModelingOutput)
@@ -273,7 +271,9 @@ def check(arch, cfg, p, pixel_values, opts):
 
 
 def parse_config(raw: dict, source: str, arch):
-    return dataclasses.replace(vit_config_from_dict(raw, source), model_type=arch.family)
+    cfg = vit_config_from_dict(raw, source)  # the class's family decides the code (a ViT config may run as DeiT)
+    return cfg if cfg.model_type == arch.family else cfg.replace(DeiTConfig if arch.family == "deit" else ViTConfig,
+                                                                  model_type=arch.family)
 
 
 def shapes(cfg, arch) -> dict:
