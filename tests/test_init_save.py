@@ -186,8 +186,38 @@ def test_bit_checkpoint_keeps_unstandardised_weights(tmp_path):
     assert abs(float(model.params["embedder"]["convolution"]["weight"].std()) - 1.0) < 1e-3
 
 
+PROCESSORS = ("ViTImageProcessor", "DeiTImageProcessor", "BeitImageProcessor", "BitImageProcessor",
+              "ConvNextImageProcessor")
+
+
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_processor_save_pretrained_round_trips(tmp_path, name):
+    from PIL import Image
+    proc = getattr(refvit, name)()
+    path = proc.save_pretrained(tmp_path)
+    assert path == os.path.join(tmp_path, "preprocessor_config.json")
+    again = refvit.AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(again) is type(proc) and again.to_dict() == proc.to_dict()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    assert np.array_equal(again(image)["pixel_values"], proc(image)["pixel_values"])
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Against transformers (CI stage 2)
+
+
+@pytest.mark.needs_framework
+@pytest.mark.parametrize("name", PROCESSORS)
+def test_transformers_loads_the_processor_refvit_wrote(tmp_path, name):
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+    proc = getattr(refvit, name)()
+    proc.save_pretrained(tmp_path)
+    theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(theirs).__name__.removesuffix("Fast").removesuffix("Pil") == name
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    ref = theirs(image, return_tensors="np")["pixel_values"]
+    assert np.abs(proc(image)["pixel_values"] - ref).max() <= 1e-5
 
 
 TF_CONFIGS = {"vit": "ViTConfig", "deit": "DeiTConfig", "beit": "BeitConfig", "data2vec-vision": "Data2VecVisionConfig",

@@ -266,6 +266,22 @@ class ImageProcessor:
         out["image_processor_type"] = type(self).__name__.replace("FeatureExtractor", "ImageProcessor")
         return out
 
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `preprocessor_config.json` into `save_directory` (created if missing), as transformers' image
+        processors do; atomically (a temporary file, then renamed). Returns the file's path."""
+        from ..checkpoint.write import write_bytes_atomic
+        save_directory = os.fspath(save_directory)
+        if os.path.exists(save_directory) and not os.path.isdir(save_directory):
+            raise ConfigError(f"{save_directory}: is not a directory (save_pretrained writes preprocessor_config.json "
+                              "into a directory)")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, "preprocessor_config.json")
+        write_bytes_atomic(path, self.to_json_string().encode("utf-8"))
+        return path
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True, default=list)})"
 
