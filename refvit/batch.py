@@ -87,12 +87,13 @@ def load_dataset(data) -> Dataset:
         raise InputError(f"{data}: no such folder or list file (expected an ImageFolder tree, a folder of images, "
                          "or a .csv/.jsonl list of image paths)")
     suffix = Path(data).suffix.lower()
-    if suffix == ".csv":
-        rows = _csv_rows(data)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _jsonl_rows(data)
-    else:
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
         raise InputError(f"{data}: a list file must end in .csv or .jsonl (got {suffix or 'no suffix'!r})")
+    try:
+        rows = _csv_rows(data) if suffix == ".csv" else _jsonl_rows(data)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{data}: not UTF-8 text ({e.reason} at byte {e.start}); a list file is CSV or JSONL "
+                         "text") from None
     base = os.path.dirname(os.path.abspath(data))
     items, seen = [], set()
     for i, (path, label) in enumerate(rows):

@@ -786,7 +786,7 @@ def format_profile(rows: list[dict]) -> str:
 def run_cli(args) -> int:
     """`refvit bench`: run (or, with --from-json, reload) a benchmark and print its table, JSON or markdown."""
     if args.from_json:
-        result = json.loads(Path(args.from_json).read_text())
+        result = load_result(args.from_json)
     else:
         models = {"all": list(MODELS), "none": []}.get(" ".join(args.models), args.models)
         unknown = sorted(set(models) - set(MODELS))
@@ -820,6 +820,22 @@ def run_cli(args) -> int:
         for t, m, ok in targets(result):
             print(f"{'met   ' if ok else 'MISSED'} {t}: {m}")
     return 0
+
+
+def load_result(path) -> dict:
+    """A result saved with `refvit bench --json`, checked enough that printing it cannot fail half-way."""
+    from .errors import InputError
+
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path} is not JSON ({e}): pass a file written by `refvit bench --json`") from None
+    env = result.get("environment") if isinstance(result, dict) else None
+    if not isinstance(env, dict) or not isinstance(result.get("rows", []), list) or not all(
+            k in env for k in ("date", "cpu", "threads", "sgemm_gflops", "numpy", "numba", "torch", "onnxruntime")):
+        raise InputError(f"{path} is not a `refvit bench --json` result (no environment/rows): pass a file written "
+                         "by `refvit bench --json`")
+    return result
 
 
 def measure(models, args) -> dict:

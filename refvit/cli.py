@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
 import numpy as np
 
-from . import hub
+from . import exits, hub
 
 
 def cmd_verify(args) -> int:
@@ -90,7 +91,7 @@ def cmd_classify(args) -> int:
     return 0
 
 
-# ---- evaluate / batch classify (issue 18: refvit.batch, refvit.evaluate) ---------------------------------------------
+# ---- evaluate / batch classify (refvit.batch, refvit.evaluate) -------------------------------------------------------
 
 
 def _classify_is_batch(args) -> bool:
@@ -98,17 +99,6 @@ def _classify_is_batch(args) -> bool:
     one = args.images[0] if len(args.images) == 1 else None
     return bool(args.out or args.workers or args.scheduler or args.resume or
                 (one and (os.path.isdir(one) or one.lower().endswith((".csv", ".jsonl", ".ndjson")))))
-
-
-def _scaling_options(p) -> None:
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per task and per append to --out (default "
-                   "16); each image still gets its own forward, so results are bit-identical whatever this is")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N", help="run on a Dask LocalCluster of N worker processes (refvit[dask]); "
-                       "each gets cores // N Numba threads; 1 or no Dask: in-process")
-    where.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
-    p.add_argument("--resume", action="store_true", help="continue the run whose results are in --out: only images "
-                   "missing there are computed")
 
 
 def cmd_classify_batch(args) -> int:
@@ -139,13 +129,15 @@ def cmd_classify_batch(args) -> int:
     progress = Progress("classify")
     resumed = len(results.done) if results else 0
     t0 = time.perf_counter()
-    try:
-        done = batch.run_dataset(spec, dataset, batch_size=args.batch_size, top_k=args.top_k, workers=args.workers,
-                                 scheduler=args.scheduler, results=results, finish=finish, on_chunk=progress)
-    finally:
-        progress.close()
-        if results is not None:
-            results.close()
+    with exits.note_on_interrupt(lambda: resume_note(args)):  # computed after the finally: --out closed
+        try:
+            done = batch.run_dataset(spec, dataset, batch_size=args.batch_size, top_k=args.top_k,
+                                     workers=args.workers, scheduler=args.scheduler, results=results, finish=finish,
+                                     on_chunk=progress)
+        finally:
+            progress.close()
+            if results is not None:
+                results.close()
     seconds = time.perf_counter() - t0
     errors = [r for r in done.values() if "error" in r]
     summary = {"images": len(dataset.items), "computed": len(dataset.items) - resumed, "resumed": resumed,
@@ -161,14 +153,28 @@ def cmd_classify_batch(args) -> int:
     return 0
 
 
+def resume_note(args) -> str:
+    """Ctrl-C's note for classify/evaluate: what --out holds now and the command that continues the run."""
+    if not args.out:
+        return "nothing was saved (no --out); with --out FILE an interrupted run keeps its finished batches"
+    saved = 0
+    if os.path.exists(args.out):
+        with open(args.out, "rb") as f:
+            saved = max(sum(1 for _ in f) - 1, 0)  # less the header line
+    argv = [a for a in getattr(args, "argv", []) if a != "--resume"]
+    again = "refvit " + shlex.join(argv) + " --resume" if argv else "the same command with --resume"
+    return f"{saved} image(s) saved in {args.out}; continue with: {again}"
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import Progress, evaluate, format_report
 
     args.model_dir = hub.resolve_model_dir(args.model_dir, revision=args.revision)  # a hub id: its snapshot
-    report = evaluate(args.model_dir, args.data, reference=args.reference, batch_size=args.batch_size,
-                      workers=args.workers, scheduler=args.scheduler, out=args.out, resume=args.resume,
-                      label_map=args.label_map, dtype=args.dtype, backend=args.backend, png=args.png,
-                      save_logits=args.save_logits, worst=args.worst, progress=Progress("evaluate"))
+    with exits.note_on_interrupt(lambda: resume_note(args)):
+        report = evaluate(args.model_dir, args.data, reference=args.reference, batch_size=args.batch_size,
+                          workers=args.workers, scheduler=args.scheduler, out=args.out, resume=args.resume,
+                          label_map=args.label_map, dtype=args.dtype, backend=args.backend, png=args.png,
+                          save_logits=args.save_logits, worst=args.worst, progress=Progress("evaluate"))
     records = report.pop("records")
     if args.json:
         print(json.dumps(report, indent=1))
@@ -179,32 +185,6 @@ def cmd_evaluate(args) -> int:
     ref = report.get("reference")
     failed = ref is not None and (ref["agree"] < ref["compared"] or ref["missing"] or ref["mismatched_shape"])
     return 1 if failed and args.strict else 0
-
-
-def add_evaluate_parsers(sub) -> None:
-    p = sub.add_parser("evaluate", help="accuracy of a classifier on a dataset (ImageFolder or CSV/JSONL list), "
-                       "agreement with reference logits; in-process or on Dask; resumable")
-    p.add_argument("model_dir")
-    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
-                   "with huggingface_hub); its branch, tag or commit sha (default main)")
-    p.add_argument("data", help="an ImageFolder tree (root/<class>/<image>), or a .csv/.jsonl list of path[,label]")
-    p.add_argument("--reference", metavar="REF", help=".npz/.safetensors of per-image logits keyed by path relative "
-                   "to DATA (or an .npz with `paths` and 2-D `logits`): top-1 agreement, max-abs error, worst images")
-    p.add_argument("--label-map", metavar="JSON", help="{dataset label: class id or class name}; default: the "
-                   "model's label2id (folder names as the model's class names)")
-    _scaling_options(p)
-    p.add_argument("--out", metavar="RESULTS.jsonl", help="append one JSON record per image, per finished batch "
-                   "(fsync'd): a killed run continues with --resume")
-    p.add_argument("--png", metavar="FILE", help="confusion matrix PNG (needs matplotlib; default with --out: "
-                   "RESULTS.confusion.png)")
-    p.add_argument("--save-logits", action="store_true", help="keep every image's full logits in --out")
-    p.add_argument("--worst", type=int, default=10, help="how many worst images to list against --reference")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any image disagrees with or is missing "
-                   "from --reference")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
-    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_inspect(args) -> int:
@@ -282,7 +262,7 @@ def cmd_bench(args) -> int:
     return run_cli(args)
 
 
-# --- parity toolkit (issue 16): `refvit trace`, `refvit compare` -------------------------------------------------------
+# --- parity toolkit: `refvit trace`, `refvit capture`, `refvit compare` ---------------------------------------------
 
 
 def cmd_trace(args) -> int:
@@ -364,68 +344,158 @@ def cmd_compare(args) -> int:
     return 0 if result.ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refvit", description="NumPy/Numba reference forward passes of ViT, DeiT, "
-                                     "BEiT, CvT and BiT, checked against Hugging Face transformers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ---- the parser: one small function per subcommand -------------------------------------------------------------------
 
+MODEL_DIR_HELP = ("a save_pretrained directory (config.json + model.safetensors or pytorch_model.bin), or a hub id "
+                  "(org/name: the Hugging Face cache, then a download with huggingface_hub)")
+DTYPES, BACKENDS = ["float32", "float64"], ["numba", "numpy"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line that names the option and points at --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= minimum, or a usage error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _out_path(text: str) -> str:
+    """An argparse type for a file refvit writes: its folder must exist and be writable (checked before any work)."""
+    folder = os.path.dirname(text) or "."
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder: name a file in it")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist: create it, or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: choose a folder you can write to")
+    return text
+
+
+_out_path.__name__ = "output path"
+
+
+def _model_options(p, model_help: str = MODEL_DIR_HELP) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR", help=model_help)
+    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
+                   "with huggingface_hub); its branch, tag or commit sha (default main)")
+
+
+def _run_options(p) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (default float32)")
+    p.add_argument("--backend", choices=BACKENDS, default="numba", help="numba: the fast kernels; numpy: their "
+                   "readable twins (default numba)")
+
+
+def _scaling_options(p) -> None:
+    p.add_argument("--batch-size", type=_count(1), default=16, metavar="B", help="images per task and per append to "
+                   "--out (default 16); each image still gets its own forward, so results are bit-identical whatever "
+                   "this is")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count(0), metavar="N", help="run on a Dask LocalCluster of N worker "
+                       "processes (refvit[dask]); each gets cores // N Numba threads; 0, 1 or no Dask: in-process")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786")
+    p.add_argument("--resume", action="store_true", help="continue the run whose results are in --out: only images "
+                   "missing there are computed")
+
+
+def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="run every golden case and print the parity table (exit 1 on any mismatch; "
                        "a processing case with no golden for the installed Pillow is listed as not verified, "
                        "not failed)")
     p.add_argument("--golden", help="golden directory (default: golden/ of this checkout, then ./golden)")
-    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"])
-    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"], default=["float32", "float64"])
-    p.add_argument("--cases", nargs="+", help="only these case names")
+    p.add_argument("--backend", nargs="+", choices=BACKENDS, default=BACKENDS, help="backends to run (default both)")
+    p.add_argument("--dtype", nargs="+", choices=DTYPES, default=DTYPES, help="dtypes to run (default both)")
+    p.add_argument("--cases", nargs="+", metavar="CASE", help="only these case names")
     p.add_argument("--progress", action="store_true", help="print each run as it finishes (stderr)")
     p.set_defaults(func=cmd_verify)
 
+
+def add_classify_parser(sub) -> None:
     p = sub.add_parser("classify", help="classify images with a save_pretrained directory (needs "
                        "preprocessor_config.json); a folder or .csv/.jsonl list runs in batch mode (see --out)")
-    p.add_argument("model_dir")
-    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
-                   "with huggingface_hub); its branch, tag or commit sha (default main)")
+    _model_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or one folder / .csv / .jsonl list")
-    p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default 5)")
+    p.add_argument("--top-k", type=_count(1), default=5, help="how many classes to show (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
-    p.add_argument("--out", metavar="PREDICTIONS.jsonl", help="batch mode: one JSON record per image, appended per "
-                   "finished batch (a folder or .csv/.jsonl list as the only IMAGE is batch mode too; without --out "
-                   "the records go to stdout)")
+    _run_options(p)
+    p.add_argument("--out", type=_out_path, metavar="PREDICTIONS.jsonl", help="batch mode: one JSON record per image, "
+                   "appended per finished batch (a folder or .csv/.jsonl list as the only IMAGE is batch mode too; "
+                   "without --out the records go to stdout)")
     _scaling_options(p)
     p.set_defaults(func=cmd_classify)
-    add_evaluate_parsers(sub)
 
-    p = sub.add_parser("segment", help="segment an image with a semantic segmentation checkpoint (BEiT, data2vec-vision): "
-                       "writes a colour-coded label map PNG and prints the label histogram")
-    p.add_argument("model_dir")
-    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
-                   "with huggingface_hub); its branch, tag or commit sha (default main)")
-    p.add_argument("image")
-    p.add_argument("--out", default="mask.png", help="where to write the label map (PNG; default mask.png)")
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="accuracy of a classifier on a dataset (ImageFolder or CSV/JSONL list), "
+                       "agreement with reference logits; in-process or on Dask; resumable")
+    _model_options(p)
+    p.add_argument("data", help="an ImageFolder tree (root/<class>/<image>), or a .csv/.jsonl list of path[,label]")
+    p.add_argument("--reference", metavar="REF", help=".npz/.safetensors of per-image logits keyed by path relative "
+                   "to DATA (or an .npz with `paths` and 2-D `logits`): top-1 agreement, max-abs error, worst images")
+    p.add_argument("--label-map", metavar="JSON", help="{dataset label: class id or class name}; default: the "
+                   "model's label2id (folder names as the model's class names)")
+    _scaling_options(p)
+    p.add_argument("--out", type=_out_path, metavar="RESULTS.jsonl", help="append one JSON record per image, per "
+                   "finished batch (fsync'd): a killed run continues with --resume")
+    p.add_argument("--png", type=_out_path, metavar="FILE", help="confusion matrix PNG (needs matplotlib; default "
+                   "with --out: RESULTS.confusion.png)")
+    p.add_argument("--save-logits", action="store_true", help="keep every image's full logits in --out")
+    p.add_argument("--worst", type=_count(0), default=10, help="how many worst images to list against --reference "
+                   "(default 10)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any image disagrees with or is missing "
+                   "from --reference")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _run_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+add_evaluate_parsers = add_evaluate_parser  # the older name
+
+
+def add_segment_parser(sub) -> None:
+    p = sub.add_parser("segment", help="segment an image with a semantic segmentation checkpoint (BEiT, "
+                       "data2vec-vision): writes a colour-coded label map PNG and prints the label histogram")
+    _model_options(p)
+    p.add_argument("image", help="the image file to segment")
+    p.add_argument("--out", type=_out_path, default="mask.png", help="where to write the label map (PNG; default "
+                   "mask.png)")
     p.add_argument("--json", action="store_true", help="print the histogram as JSON")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    _run_options(p)
     p.set_defaults(func=cmd_segment)
 
+
+def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="time refvit (both backends; the Numba one as a default and as a tuned process) "
                        "against PyTorch eager and ONNX Runtime (when installed) on real-size seeded models, each "
                        "implementation alone in a fresh process; %% of the compute floor; time to first prediction")
-    p.add_argument("--models", nargs="*", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base beit-base "
-                   "cvt-13 cvt-21 bit-50, or all (default: deit-small; none: no timing, e.g. with --startup)")
-    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes, e.g. 1 8 (default 1)")
-    p.add_argument("--backend", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"],
+    p.add_argument("--models", nargs="*", default=["deit-small"], help="deit-tiny deit-small deit-base vit-base "
+                   "beit-base cvt-13 cvt-21 bit-50, or all (default: deit-small; none: no timing, e.g. with --startup)")
+    p.add_argument("--batch", nargs="+", type=_count(1), default=[1], help="batch sizes, e.g. 1 8 (default 1)")
+    p.add_argument("--backend", nargs="+", choices=BACKENDS, default=BACKENDS,
                    help="refvit backends to time (numba: a default process and one with OPENBLAS_NUM_THREADS=1)")
     p.add_argument("--peers", nargs="*", choices=["torch-eager", "torch-eager-attn", "onnxruntime"],
                    default=["torch-eager", "torch-eager-attn", "onnxruntime"],
                    help="peers to time; one not installed is reported as skipped (torch-eager: transformers' default "
                    "sdpa attention; torch-eager-attn: attn_implementation='eager'; onnxruntime: the transformers "
                    "model exported to ONNX)")
-    p.add_argument("--repeat", type=int, default=3, help="rounds: each round starts every implementation in a fresh "
-                   "process (order rotated each round) that runs one warm-up and 3 timed forwards per batch; the "
-                   "median per image over all rounds is reported (default 3; with --profile: forwards, the fastest "
-                   "is shown)")
-    p.add_argument("--threads", type=int, help="threads for every implementation: numba.set_num_threads(N) in "
+    p.add_argument("--repeat", type=_count(1), default=3, help="rounds: each round starts every implementation in a "
+                   "fresh process (order rotated each round) that runs one warm-up and 3 timed forwards per batch; "
+                   "the median per image over all rounds is reported (default 3; with --profile: forwards, the "
+                   "fastest is shown)")
+    p.add_argument("--threads", type=_count(1), help="threads for every implementation: numba.set_num_threads(N) in "
                    "refvit's default process, NUMBA_NUM_THREADS=N with OPENBLAS_NUM_THREADS=1 in the tuned one, "
                    "numpy's BLAS at N for the NumPy backend, torch.set_num_threads(N), N ONNX Runtime intra-op "
                    "threads; the sgemm rate with OpenBLAS at N (default: each library's default)")
@@ -435,48 +505,56 @@ def build_parser() -> argparse.ArgumentParser:
                    "inside refvit's forward in this process (fastest of --repeat forwards), for each model, batch "
                    "and --backend")
     p.add_argument("--json", action="store_true", help="print the results (rows, start-up, environment) as JSON")
-    p.add_argument("--markdown", action="store_true", help="print the benchmarks page's tables (README's Speed section)")
-    p.add_argument("--from-json", metavar="FILE", help="print the table/markdown of a saved --json result (runs nothing)")
+    p.add_argument("--markdown", action="store_true", help="print the benchmarks page's tables (docs/speed.md)")
+    p.add_argument("--from-json", metavar="FILE", help="print the table/markdown of a saved --json result (runs "
+                   "nothing)")
     p.set_defaults(func=cmd_bench)
 
+
+def add_inspect_parser(sub) -> None:
     p = sub.add_parser("inspect", help="show architecture, parameter count and config of a checkpoint directory")
-    p.add_argument("model_dir")
-    p.add_argument("--revision", help="MODEL_DIR may be a hub id (org/name: the Hugging Face cache, then a download "
-                   "with huggingface_hub); its branch, tag or commit sha (default main)")
+    _model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 
-    # --- parity toolkit (issue 16) ---
+
+def add_trace_parser(sub) -> None:
     p = sub.add_parser("trace", help="run a model once and record every module output, hidden state and attention "
                        "map, in execution order, as a trace (safetensors; README 'Checking your port')")
     p.add_argument("model", help="save_pretrained directory, or a hub id (org/name)")
     p.add_argument("--revision", help="the hub id's branch, tag or commit sha (default main)")
     p.add_argument("input", help="an image (preprocessed with the model's preprocessor_config.json or --processor) or "
                    "pixel_values as .npy (B, C, H, W)")
-    p.add_argument("--out", default="trace.safetensors", help="where to write the trace (default trace.safetensors)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
+    p.add_argument("--out", type=_out_path, default="trace.safetensors", help="where to write the trace (default "
+                   "trace.safetensors)")
+    _run_options(p)
     p.add_argument("--processor", help="directory with preprocessor_config.json (or the JSON file) for an image input "
                    "(default: the model directory)")
     p.add_argument("--framework", choices=["refvit", "transformers"], default="refvit", help="who runs the model: "
                    "refvit, or transformers with eager attention (needs torch + transformers)")
     p.set_defaults(func=cmd_trace)
 
+
+def add_capture_parser(sub) -> None:
     p = sub.add_parser("capture", help="record a trace from another runtime, named like refvit's (checkpoint names)")
-    runtimes = p.add_subparsers(dest="runtime", required=True)
+    runtimes = p.add_subparsers(dest="runtime", required=True, metavar="RUNTIME",
+                                help="where the model runs: onnx (ONNX Runtime)")
     q = runtimes.add_parser("onnx", help="run an ONNX model (torch.onnx.export of a transformers model) in ONNX Runtime "
                             "on the reference trace's pixel_values; every module boundary under its checkpoint name "
                             "(needs refvit[onnx])")
     q.add_argument("model", metavar="FILE.onnx", help="the ONNX model")
     q.add_argument("--like", required=True, metavar="REF", help="the reference trace (refvit trace, golden case …): "
                    "its pixel_values are the input, its names and shapes guide the naming")
-    q.add_argument("--out", required=True, metavar="CAND.safetensors", help="where to write the candidate trace")
+    q.add_argument("--out", required=True, type=_out_path, metavar="CAND.safetensors", help="where to write the "
+                   "candidate trace")
     q.add_argument("--optimized", action="store_true", help="keep ONNX Runtime's graph fusions (default: off, so every "
                    "module boundary survives); fused-away modules show as FUSED in compare")
     q.add_argument("--model-type", choices=["vit", "deit", "beit", "data2vec-vision", "cvt", "bit"],
                    help="the model family (default: the reference's, else guessed from the node scopes)")
     q.set_defaults(func=cmd_capture)
 
+
+def add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="compare a candidate trace with a reference, tensor by tensor in execution "
                        "order: OK / NOT OK per tensor, the first divergence, the block that introduced it "
                        "(exit 1 on divergence)")
@@ -492,21 +570,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
                    "and every failing block")
     p.set_defaults(func=cmd_compare)
+
+
+SUBCOMMANDS = [add_verify_parser, add_classify_parser, add_evaluate_parser, add_segment_parser, add_bench_parser,
+               add_inspect_parser, add_trace_parser, add_capture_parser, add_compare_parser]  # --help's order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = Parser(prog="refvit", description="NumPy/Numba reference forward passes of ViT, DeiT, BEiT, CvT and "
+                    "BiT, checked against Hugging Face transformers. Exit codes: 0 passed, 1 a check failed, 2 "
+                    "unusable input, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"refvit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of these; "
+                                "`refvit COMMAND --help` shows its options")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    from .errors import RefvitError
+    """The `refvit` command: its exit code (refvit/exits.py: 0 ok, 1 failed check, 2 bad input, 130 Ctrl-C)."""
+    from . import exits
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    return exits.run(f"refvit {command}".strip(), lambda: _dispatch(argv))
+
+
+def _dispatch(argv) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "top_k", 1) < 1:
-        print("refvit classify: --top-k must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except RefvitError as e:
-        print(f"refvit {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    args.argv = argv
+    return args.func(args)
 
 
 if __name__ == "__main__":

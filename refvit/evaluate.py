@@ -42,7 +42,7 @@ def label_ids(labels: set[str], config, label_map: str | None = None) -> dict[st
     if label_map:
         try:
             mapping = json.loads(Path(label_map).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InputError(f"--label-map {label_map}: cannot read a JSON object ({e})") from None
         if not isinstance(mapping, dict):
             raise InputError(f"--label-map {label_map}: expected a JSON object {{dataset label: class id or name}}")
@@ -291,6 +291,9 @@ def evaluate(model_dir, data, *, reference=None, batch_size=16, workers=None, sc
     if resume and not out:
         raise InputError("--resume needs --out: the results file of the run to continue")
     dataset = batch.load_dataset(data)
+    if label_map and not dataset.labelled:
+        raise InputError(f"--label-map {label_map}: {data} has no labels (a flat folder, or a list without a label "
+                         "column), so there is nothing to map: leave --label-map out, or give labelled data")
     model, _ = batch._loaded(spec)  # the parent's copy: labels, and the in-process runner's model
     id2label = {int(k): str(v) for k, v in dict(model.config.id2label).items()}
     ids = label_ids({i.label for i in dataset.items if i.label is not None}, model.config, label_map) \
@@ -402,6 +405,8 @@ def bench_one(model_dir, data, workers: int = 0, batch_size: int = 16) -> dict:
 
     spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)))
     chunks = batch.chunked(batch.load_dataset(data).items, batch_size)
+    if workers and not batch.dask_available():
+        raise InputError(_NEEDS_DASK)
     t0 = time.perf_counter()
     if not workers:
         batch.warm_up(spec)
@@ -419,10 +424,23 @@ def bench_one(model_dir, data, workers: int = 0, batch_size: int = 16) -> dict:
             "run_s": t2 - t1, "images_per_s": images / (t2 - t1), "overall_images_per_s": images / (t2 - t0)}
 
 
+_NEEDS_DASK = ("timing a LocalCluster (--workers N) needs Dask: pip install 'refvit[dask]', or pass --workers "
+               "with no count to time in-process only")
+
+
 def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
     """`bench_one` in-process and on LocalClusters of each worker count, each in a fresh process (DESIGN.md §8:
     fair timing), with the 1-minute load average when it ended (the machine may be shared)."""
     import subprocess
+
+    from . import batch
+
+    batch.load_dataset(data)  # bad input is reported here, once, not by a child process
+    batch.ModelSpec(os.path.abspath(os.fspath(model_dir)))
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise InputError(f"{model_dir}: no config.json; pass a save_pretrained directory")
+    if any(workers) and not batch.dask_available():
+        raise InputError(_NEEDS_DASK)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
     rows = []
@@ -430,6 +448,8 @@ def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
         cmd = [sys.executable, "-m", "refvit.evaluate", "bench-one", os.fspath(model_dir), os.fspath(data),
                "--workers", str(n), "--batch-size", str(batch_size)]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode == 2:  # the child's input error, already one line
+            raise InputError(done.stderr.strip().splitlines()[-1].split(": ", 1)[-1])
         if done.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-800:]}")
         rows.append({**json.loads(done.stdout), "load": os.getloadavg()[0]})
@@ -438,27 +458,35 @@ def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    """`python -m refvit.evaluate ...`: its exit code (refvit/exits.py: 2 bad input, 130 Ctrl-C, ...)."""
+    from . import exits
+
+    return exits.run("python -m refvit.evaluate", lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m refvit.evaluate", description="datasets and throughput for "
                                      "refvit evaluate / classify (README: Datasets and scale-out)")
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("digits", help="the digits test split as a PNG ImageFolder + reference logits per model")
-    p.add_argument("out")
+    p.add_argument("out", help="folder to write (the ImageFolder and the reference .npz files)")
     p.add_argument("--models", help="golden/models folder (default: this checkout's)")
     p = sub.add_parser("photos", help="a synthetic ImageFolder of crops/flips of golden/images")
-    p.add_argument("out")
-    p.add_argument("-n", "--count", type=int, default=4000)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("out", help="folder to write the ImageFolder into")
+    p.add_argument("-n", "--count", type=int, default=4000, help="images (default 4000)")
+    p.add_argument("--size", type=int, default=64, help="side in pixels (default 64)")
     p = sub.add_parser("bench", help="images/s in-process vs LocalCluster (fresh process each)")
-    p.add_argument("model_dir")
-    p.add_argument("data")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("model_dir", help="a save_pretrained directory")
+    p.add_argument("data", help="an ImageFolder tree, a folder of images, or a .csv/.jsonl list")
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="LocalCluster sizes to time besides "
+                   "in-process (default 1 2; needs Dask); none: in-process only")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("bench-one", help="one timed run (bench runs each in a fresh process); prints JSON")
-    p.add_argument("model_dir")
-    p.add_argument("data")
+    p.add_argument("model_dir", help="a save_pretrained directory")
+    p.add_argument("data", help="an ImageFolder tree, a folder of images, or a .csv/.jsonl list")
     p.add_argument("--workers", type=int, default=0, help="0: in-process; N: a LocalCluster of N")
     p.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)

@@ -179,6 +179,22 @@ def _copy_tree(node):
     return node
 
 
+def _load_array(path: str) -> np.ndarray:
+    """pixel_values from a .npy, or the `pixel_values` array of an .npz; a file NumPy cannot read is an InputError."""
+    try:
+        if path.endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            if "pixel_values" not in z.files:
+                raise InputError(f"{path}: no 'pixel_values' array (has {z.files})")
+            return z["pixel_values"]
+    except (ValueError, EOFError, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{path}: not a readable NumPy {path[-4:]} file ({type(e).__name__}: {e}); save "
+                         "pixel_values with numpy.save") from None
+
+
 def load_input(source, model_dir=None, processor=None, dtype="float32"):
     """(pixel_values, info) from an array, a .npy/.npz file, or an image file (through the model's processor)."""
     info: dict = {}
@@ -189,13 +205,8 @@ def load_input(source, model_dir=None, processor=None, dtype="float32"):
         if not os.path.exists(path):
             raise InputError(f"{path}: no such input file (give an image, or pixel_values as .npy)")
         info["input"] = os.path.basename(path)
-        if path.endswith(".npy"):
-            x = np.load(path, allow_pickle=False)
-        elif path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                if "pixel_values" not in z.files:
-                    raise InputError(f"{path}: no 'pixel_values' array (has {z.files})")
-                x = z["pixel_values"]
+        if path.endswith((".npy", ".npz")):
+            x = _load_array(path)
         else:
             from refvit import load_image
             from refvit.processing import ImageProcessor
