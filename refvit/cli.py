@@ -203,7 +203,7 @@ def cmd_inspect(args) -> int:
     print(f"  parameters    {info['parameters']:,}")
     print(f"  labels        {cfg.num_labels}" + (f" (e.g. {', '.join(list(cfg.id2label.values())[:3])})" if cfg.num_labels else ""))
     for k, v in info["config"].items():
-        print(f"  {k:24s}{v}")
+        print(f"  {k:30s}{v}")
     if model.ignored_tensors:
         print(f"  ignored tensors (head of another architecture): {len(model.ignored_tensors)}")
     return 0
