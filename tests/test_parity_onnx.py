@@ -73,13 +73,13 @@ def _graph(scopes, w, eps=1e-12, prefix="", swap_qk=False, extra_input=False):
     def node(op, scope, name, inputs, out, **attrs):
         return helper.make_node(op, inputs, [out], name=f"{scope}/{name}", **attrs)
 
-    q_w, k_w = ("wk", "wq") if swap_qk else ("wq", "wk")
+    (q_w, q_b), (k_w, k_b) = (("wk", "bk"), ("wq", "bq")) if swap_qk else (("wq", "bq"), ("wk", "bk"))
     nodes = [
         node("Reshape", s["emb"], "Reshape", ["pixel_values", "shape"], "e0"),
         node("Transpose", s["emb"], "Transpose", ["e0"], "emb", perm=[0, 2, 1]),
         node("LayerNormalization", s["ln1"], "LayerNormalization", ["emb", "ones", "zeros"], "h", axis=-1, epsilon=eps),
-        node("MatMul", s["q"], "MatMul", ["h", q_w], "q0"), node("Add", s["q"], "Add", ["q0", "bq"], "q"),
-        node("MatMul", s["k"], "MatMul", ["h", k_w], "k0"), node("Add", s["k"], "Add", ["k0", "bk"], "k"),
+        node("MatMul", s["q"], "MatMul", ["h", q_w], "q0"), node("Add", s["q"], "Add", ["q0", q_b], "q"),
+        node("MatMul", s["k"], "MatMul", ["h", k_w], "k0"), node("Add", s["k"], "Add", ["k0", k_b], "k"),
         node("MatMul", s["v"], "MatMul", ["h", "wv"], "v0"), node("Add", s["v"], "Add", ["v0", "bv"], "v"),
         node("Transpose", s["att"], "Transpose", ["k"], "kt", perm=[0, 2, 1]),
         node("MatMul", s["att"], "MatMul", ["q", "kt"], "scores"),
@@ -142,6 +142,7 @@ def test_like_names_outputs_and_planted_bug(tmp_path, pixels):
     assert "logits" in [r.name for r in ok.rows if r.status == "OK"]
     result = parity.compare(ref, parity.capture_onnx(bad, pixels, like=ref))
     assert result.first_divergence.name == "vit.encoder.layer.0.attention.attention.query"
+    assert "`vit.encoder.layer.0.attention.attention.key`" in result.likely_cause.cause
 
 
 def test_optimized_lists_fused_modules(tmp_path, pixels):
@@ -267,3 +268,4 @@ def test_planted_graph_bugs_found_at_their_module(tmp_path):
     onnx.save(model, tmp_path / "eps.onnx")
     r = parity.compare(ref, parity.capture_onnx(tmp_path / "eps.onnx", x, like=ref))
     assert r.first_divergence.name == "deit.encoder.layer.0.layernorm_after"
+    assert "epsilon" in r.likely_cause.cause  # its input (a residual sum) is not recorded: the weaker epsilon hint

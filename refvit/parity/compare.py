@@ -264,6 +264,7 @@ class Comparison:
     rows: list = field(default_factory=list)
     blocks: list = field(default_factory=list)
     unmatched: list = field(default_factory=list)   # candidate tensors with no reference counterpart
+    likely_cause: object = None                      # hints.Hint for the first divergence, None: no known pattern
 
     @property
     def ok(self) -> bool:
@@ -287,6 +288,8 @@ class Comparison:
                 "fused": [r.name for r in self.rows if r.status == "FUSED"],
                 "failed": sum(r.status == "NOT OK" for r in self.rows),
                 "missing": [r.name for r in self.rows if r.status == "MISSING"], "unmatched": self.unmatched,
+                "likely_cause": None if first is None else (self.likely_cause.to_dict() if self.likely_cause
+                                                            else "no known pattern"),
                 "rows": [asdict(r) for r in self.rows], "blocks": [asdict(b) for b in self.blocks]}
 
 
@@ -389,6 +392,11 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
         raise InputError(f"no tensor of the candidate ({len(candidate)}: {candidate.names[:4]}…) matches a reference "
                          f"name ({reference.names[:4]}…): name them like the reference, or pass a mapping (--map)")
     result.blocks = attribute(result.rows)
+    first = result.first_divergence
+    if first is not None:
+        from .hints import likely_cause
+
+        result.likely_cause = likely_cause(reference, cand, first.name)
     return result
 
 
@@ -486,6 +494,10 @@ def format_report(result: Comparison, verbose: bool = False) -> str:
               f"  block {block.name}: {block.verdict.upper()} the error" + (
                   f" (input {block.input}: NMSE {_f(block.input_nmse)}; inside the block up to "
                   f"{_f(_block_worst(result, block))})" if block.input else " (the first block)")]
+    hint = result.likely_cause
+    lines += [f"LIKELY CAUSE: {hint.cause}", f"  evidence: {hint.evidence}"] if hint else [
+        "LIKELY CAUSE: no known pattern (checked: another reference tensor, transpose, q/k swap, attention scale, "
+        "permutation, qkv split, constant scale, one-pixel shift, tanh GELU, epsilon, per-channel affine, resampling)"]
     bad = [b for b in result.blocks if b.verdict != "ok"]
     lines += ["", "blocks with a NOT OK tensor (NMSE: block input -> block output):"]
     for b in bad[: None if verbose else 12]:
