@@ -15,7 +15,8 @@ import os
 import numpy as np
 
 from . import hub, kernels
-from .architecture import Architecture, CallOptions, map_tensors, run, strip_or_add_prefix
+from .models.architecture import Architecture, CallOptions
+from .runner import map_tensors, run, strip_or_add_prefix
 from .checkpoint import load_state_dict
 from .checkpoint.safetensors import release_replaced
 from .checkpoint.write import prepare_directory, write_bytes_atomic, write_safetensors

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refvit import bench
-from refvit.errors import ConfigError
+from refvit.bench import profiling, workers, zoo
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "cases"
 TINY_VIT = {"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -22,7 +22,7 @@ TINY_VIT = {"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 2, "num
 def tiny_model(monkeypatch):
     """A ViT small enough to time in a test, registered as a benchmark model."""
     monkeypatch.setitem(bench.MODELS, "tiny-vit", ("ViTForImageClassification", 32, TINY_VIT))
-    monkeypatch.setattr(bench, "LABELS", TINY_VIT["id2label"])
+    monkeypatch.setattr(zoo, "LABELS", TINY_VIT["id2label"])
     return "tiny-vit"
 
 
@@ -67,9 +67,14 @@ def test_flops_equal_torch_flop_counter(case):
     assert bench.count_flops(config, arch, side) == counter.get_total_flops()
 
 
-def test_flops_refuse_a_model_without_a_classifier():
-    with pytest.raises(ConfigError, match="ViTModel"):
-        bench.count_flops({**TINY_VIT, "architectures": ["ViTModel"]}, "ViTModel", 32)
+def test_flops_of_any_class_are_counted_on_the_model():
+    """Counted from the kernel calls of the model itself, not from a per-family formula: ViTModel is the classifier
+    without its head (C·L multiply-accumulates) but with the pooler the classifier class does not build (a C×C
+    dense on [CLS])."""
+    C, L = TINY_VIT["hidden_size"], len(TINY_VIT["id2label"])
+    classifier = bench.count_flops(TINY_VIT, "ViTForImageClassification", 32)
+    base = bench.count_flops({**TINY_VIT, "architectures": ["ViTModel"]}, "ViTModel", 32)
+    assert base == classifier - 2 * C * L + 2 * C * C
 
 
 def _args(**kw):
@@ -88,13 +93,13 @@ def no_peers(monkeypatch):
             raise ImportError(f"No module named {name!r} (test)")
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr(bench, "_importable", lambda module: False)
+    monkeypatch.setattr(workers, "importable", lambda module: False)
 
 
 @pytest.fixture
 def quick_sgemm(monkeypatch):
-    real = bench.sgemm_gflops_at
-    monkeypatch.setattr(bench, "sgemm_gflops_at", lambda threads, *a, **kw: real(threads, sizes=(128,), repeat=2))
+    real = workers.sgemm_gflops_at
+    monkeypatch.setattr(workers, "sgemm_gflops_at", lambda threads, *a, **kw: real(threads, sizes=(128,), repeat=2))
 
 
 def test_bench_runs_without_torch_or_onnxruntime(tiny_model, no_peers, quick_sgemm, capsys):
@@ -189,8 +194,8 @@ def test_every_implementation_runs_in_its_own_process_in_rotated_order(tiny_mode
         calls.append((spec["impl"], spec["model_dir"], tuple(spec["inputs"]), env.get("OPENBLAS_NUM_THREADS")))
         return {"times": {str(b): [0.01 * (1 + len(calls))] * spec["runs"] for b in spec["batches"]}}
 
-    monkeypatch.setattr(bench, "_worker", fake_worker)
-    monkeypatch.setattr(bench, "missing_peer", lambda impl: None if impl.startswith("refvit") else "not installed")
+    monkeypatch.setattr(workers, "run_worker", fake_worker)
+    monkeypatch.setattr(workers, "missing_peer", lambda impl: None if impl.startswith("refvit") else "not installed")
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     rows = bench.bench(["tiny-vit"], [1, 2], repeat=3, threads=2, backends=("numba", "numpy"))
     impls = ["refvit-numba", "refvit-numba-tuned", "refvit-numpy"]
@@ -230,12 +235,12 @@ def test_profile_breaks_a_forward_into_kernels_and_restores_them(tiny_model, cap
 
     before = dict(vars(kernels.get("numba")))
     seen = []
-    real = bench._profile_runs
+    real = profiling._profile_runs
 
     def spy(model, namespace, forward, repeat):
         out = real(model, namespace, lambda: (seen.append(dict(vars(kernels.get("numba")))), forward()), repeat)
         return out
-    monkeypatch.setattr(bench, "_profile_runs", spy)
+    monkeypatch.setattr(profiling, "_profile_runs", spy)
     assert bench.run_cli(_args(profile=True, json=True, backend=["numba"], batch=[2])) == 0
     result = json.loads(capsys.readouterr().out)
     assert vars(kernels.get("numba")) == before and seen and all(v == before for v in seen)

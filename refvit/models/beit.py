@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..architecture import Architecture, Family, Head, Inputs, check_mask
+from .architecture import Architecture, Family, Head, Inputs, check_mask
 from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig: the family's config)
 from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..architecture import Architecture, Family, Head, Inputs
+from .architecture import Architecture, Family, Head, Inputs
 from ..config import BitConfig, bit_config_from_dict, make_div  # noqa: F401 (BitConfig: the family's config)
 from ..errors import InputError
 from ..outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention

@@ -20,7 +20,7 @@ QKV = ("query", "key", "value")
 class Forward:
     """The context of one forward call (docs/DESIGN.md §3): the kernel backend, the recorder, and where the code is —
     the checkpoint-name path of the current module and its params node. Built once per call by the runner
-    (refvit/architecture.py `run`); `ctx.at("encoder.layer.3")` is the same call one module further down.
+    (refvit/runner.py `run`); `ctx.at("encoder.layer.3")` is the same call one module further down.
 
     A layer then reads like the paper, each step naming the checkpoint module it runs:
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..architecture import Architecture, Family, Head, Inputs
+from .architecture import Architecture, Family, Head, Inputs
 from ..config import CvtConfig, cvt_config_from_dict  # noqa: F401 (CvtConfig: the family's config)
 from ..errors import InputError
 from ..kernels.sizes import conv_output_size, pool_output_size

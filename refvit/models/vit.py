@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..architecture import Architecture, Family, Head, Inputs, check_mask
+from .architecture import Architecture, Family, Head, Inputs, check_mask
 from ..config import DeiTConfig, ViTConfig, vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,

@@ -8,7 +8,7 @@ block; the RMS error grew ≥ 10× inside the block), or when it is the first bl
 
 Tolerance presets (a max |Δ| bound unless said; |ref| elementwise, max|ref| over the tensor):
     refvit        refvit's golden tolerance (default): 1e-4·max(1, max|ref|) in float32, 1e-10·max(1, max|ref|) when
-                  both traces are float64 (DESIGN §5)
+                  both traces are float64 (refvit/tolerance.py, DESIGN §7)
     transformers  |Δ| ≤ 1e-4 + 1e-4·|ref| elementwise (integration tests: torch.testing.assert_close(rtol=atol=1e-4))
     conversion    |Δ| ≤ 1e-3 + 1e-5·|ref| elementwise (conversion scripts: torch.allclose(…, atol=1e-3))
     llm.c         max |Δ| ≤ 2e-2 (llm.c test_gpt2's check_tensor)
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from refvit.errors import InputError
+from refvit.tolerance import allowed_error
 
 from .trace import Trace
 
@@ -84,9 +85,8 @@ def _number(t: str, text) -> float:
 
 def _bound(tol: Tolerance, ref: np.ndarray, both64: bool) -> float:
     """The max |Δ| bound of the scalar rules (refvit, llm.c, atol)."""
-    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
     if tol.rule == "refvit":
-        return (1e-10 if both64 else 1e-4) * scale
+        return allowed_error(ref, "float64" if both64 else "float32")
     if tol.rule == "llm.c":
         return 2e-2
     return tol.value

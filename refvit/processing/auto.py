@@ -2,123 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import pathlib
 from typing import Any
 
-from ..errors import ConfigError
 from .base import ImageProcessor
-from .beit import BeitImageProcessor
-from .bit import BitImageProcessor
-from .convnext import ConvNextImageProcessor
-from .vit import DeiTImageProcessor, ViTImageProcessor
-
-MAX_JSON_BYTES = 16 * 2**20  # preprocessor_config.json (and the config.json it may consult): as config.json's limit
-_LATER_FAMILIES: dict[str, str] = {}  # processors of the families refvit will support, with the model each belongs to
-
-_PROCESSOR_CLASSES = {"ViTImageProcessor": ViTImageProcessor, "DeiTImageProcessor": DeiTImageProcessor,
-                      "ConvNextImageProcessor": ConvNextImageProcessor, "BeitImageProcessor": BeitImageProcessor,
-                      "BitImageProcessor": BitImageProcessor}
-_MODEL_TYPE_CLASSES = {"vit": ViTImageProcessor, "deit": DeiTImageProcessor,  # IMAGE_PROCESSOR_MAPPING entries
-                       "cvt": ConvNextImageProcessor, "beit": BeitImageProcessor, "data2vec-vision": BeitImageProcessor,
-                       "bit": BitImageProcessor}
 
 
 class AutoImageProcessor:
-    """`AutoImageProcessor.from_pretrained(path)`: the ViT/DeiT processor named in preprocessor_config.json."""
+    """`AutoImageProcessor.from_pretrained(path)`: the processor class named in preprocessor_config.json."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         raise TypeError("AutoImageProcessor is not instantiated: use AutoImageProcessor.from_pretrained(path)")
 
-    from_pretrained = classmethod(ImageProcessor.from_pretrained.__func__)
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, revision: str | None = None, **overrides: Any) -> ImageProcessor:
+        """`ImageProcessor.from_pretrained`: the class comes from the settings (refvit/processing/config.py)."""
+        return ImageProcessor.from_pretrained(path, revision=revision, **overrides)
 
 
 AutoFeatureExtractor = AutoImageProcessor
-
-
-def read_processor_config(path: str | os.PathLike) -> tuple[dict[str, Any], pathlib.Path]:
-    """The processor settings dict and the file they came from (processor_config.json nesting included)."""
-    root = pathlib.Path(path)
-    if root.is_dir():
-        nested = root / "processor_config.json"
-        if nested.is_file():  # newer checkpoints may nest the settings under "image_processor"
-            outer = _load_json(nested)
-            if "image_processor" in outer:
-                if not isinstance(outer["image_processor"], dict):
-                    raise ConfigError(f"{nested}: 'image_processor' must be a JSON object")
-                return outer["image_processor"], nested
-        file = root / "preprocessor_config.json"
-    else:
-        file = root
-    if not file.is_file():
-        raise ConfigError(f"{file}: no such file (expected a preprocessor_config.json)")
-    return _load_json(file), file
-
-
-def _load_json(file: pathlib.Path) -> dict[str, Any]:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        dups = sorted({k for k in keys if keys.count(k) > 1})
-        if dups:
-            raise ConfigError(f"{file}: duplicate keys {dups}")
-        return dict(pairs)
-
-    def no_constants(token: str) -> Any:
-        raise ConfigError(f"{file}: {token} is not valid JSON")
-
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise ConfigError(f"{file}: larger than {MAX_JSON_BYTES} bytes, not a processor config")
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ConfigError(f"{file}: not valid UTF-8 JSON: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"{file}: cannot read: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: top level must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def class_for_config(config: dict[str, Any], file: pathlib.Path) -> type[ImageProcessor]:
-    """AutoImageProcessor.from_pretrained's choice (models/auto/image_processing_auto.py)."""
-    name = config.get("image_processor_type")
-    source = "image_processor_type"
-    if config.get("auto_map") is not None and not isinstance(config["auto_map"], dict):
-        raise ConfigError(f"{file}: auto_map must be an object, got {type(config['auto_map']).__name__}")
-    if name is None and "AutoImageProcessor" not in (config.get("auto_map") or {}):
-        legacy = config.get("feature_extractor_type")
-        if legacy is not None:
-            if not isinstance(legacy, str):
-                raise ConfigError(f"{file}: feature_extractor_type must be a string, got {legacy!r}")
-            # legacy configs: "DeiTFeatureExtractor" names the processor "DeiTImageProcessor"
-            name, source = legacy.replace("FeatureExtractor", "ImageProcessor"), "feature_extractor_type"
-    if name is None and isinstance(config.get("auto_map"), dict) and config["auto_map"]:
-        raise ConfigError(f"{file}: auto_map names remote code ({config['auto_map']}); refvit never runs remote code")
-    if name is None:
-        return _class_from_model_config(file)
-    if not isinstance(name, str):
-        raise ConfigError(f"{file}: {source} must be a string, got {name!r}")
-    base = re.sub(r"(Fast|Pil)$", "", name)  # "ViTImageProcessorFast"/"...Pil" name the same processor
-    if base in _PROCESSOR_CLASSES:
-        return _PROCESSOR_CLASSES[base]
-    if base in _LATER_FAMILIES:
-        raise ConfigError(
-            f"{file}: {source} {name!r} ({_LATER_FAMILIES[base]}) is not supported yet; "
-            f"refvit supports {sorted(_PROCESSOR_CLASSES)}"
-        )
-    raise ConfigError(f"{file}: unsupported {source} {name!r}; refvit supports {sorted(_PROCESSOR_CLASSES)}")
-
-
-def _class_from_model_config(file: pathlib.Path) -> type[ImageProcessor]:
-    model_config = file.parent / "config.json"
-    if not model_config.is_file():
-        raise ConfigError(f"{file}: no image_processor_type or feature_extractor_type, and no config.json beside it")
-    model_type = _load_json(model_config).get("model_type")
-    if model_type not in _MODEL_TYPE_CLASSES:
-        raise ConfigError(f"{file}: no image_processor_type, and {model_config} has model_type {model_type!r}; "
-                          f"refvit knows {sorted(_MODEL_TYPE_CLASSES)}")
-    return _MODEL_TYPE_CLASSES[model_type]

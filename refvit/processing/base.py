@@ -14,6 +14,7 @@ import numpy as np
 from .. import hub
 from ..errors import ConfigError, InputError
 from ..tensors import check_return_tensors, convert
+from .config import processor_name, read_processor_config
 from .images import flat_list_of_images, to_hwc
 from .transforms import center_crop, normalize, rescale, resize
 
@@ -27,7 +28,6 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PILImageResampling is PIL.Image.Resampling; transformers' `resampling_validator` accepts ints 0..5 only.
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
-MAX_JSON_BYTES = 16 * 2**20  # preprocessor_config.json (and the config.json it may consult): as config.json's limit
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,11 +247,9 @@ class ImageProcessor:
         legacy `feature_extractor_type` ("DeiTFeatureExtractor" -> DeiT), else `model_type` in a sibling
         config.json; on `ViTImageProcessor` / `DeiTImageProcessor` that class is used, as in transformers.
         """
-        from .auto import AutoImageProcessor, class_for_config, read_processor_config  # auto.py imports the classes
-
         path = hub.resolve_model_dir(path, revision=revision, files="processor")
         config, file = read_processor_config(path)
-        target = class_for_config(config, file) if cls in (ImageProcessor, AutoImageProcessor) else cls
+        target = processor_class(processor_name(config, file)) if cls is ImageProcessor else cls
         settings = {k: v for k, v in config.items() if k in target._keys()}  # other keys are ignored, as upstream
         settings.update(overrides)
         try:
@@ -322,3 +320,16 @@ class ImageProcessor:
     def _resize(self, pixels: np.ndarray, s: dict[str, Any]) -> np.ndarray:
         """PilBackend.resize: to the (height, width) the size dict asks for."""
         return resize(pixels, output_size(*pixels.shape[:2], s["size"]), s["resample"])
+
+
+def processor_class(name: str) -> type[ImageProcessor]:
+    """The ImageProcessor subclass called `name` (one of refvit/processing/config.py's PROCESSOR_NAMES), found among
+    the subclasses defined in refvit/processing: the package imports every family's module, so all exist by the time
+    any from_pretrained runs, and base.py needs no import of the modules that import it."""
+    todo, found = [ImageProcessor], {}
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("refvit.processing."):
+                found.setdefault(sub.__name__, sub)
+            todo.append(sub)
+    return found[name]

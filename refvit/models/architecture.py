@@ -1,9 +1,11 @@
-"""What refvit needs to know about one transformers class, the runner every class shares, and the pieces of loading
-every family shares (docs/DESIGN.md §2).
+"""What refvit needs to know about one transformers class, declared as data (docs/DESIGN.md §2): `Architecture`
+rows joining a `Family` (config, base model, input checks, load-time preparation) and a `Head`, the `Inputs` a
+family's checks hand to its forward, and the checks every family shares.
 
-Each family module (refvit/models/vit.py, …) declares its classes as data: `Architecture(name, family, base, head,
-output)` rows in `ARCHITECTURES`; refvit/model.py joins the lists and derives its lookup tables from them. Nothing is
-registered implicitly: to see what runs, read the family's list.
+Each family module (refvit/models/vit.py, …) declares its classes as `Architecture(name, family, base, head, output)`
+rows in `ARCHITECTURES`; refvit/model.py joins the lists and derives its lookup tables from them. Nothing is
+registered implicitly: to see what runs, read the family's list. The runner that executes a row (`run`) and the
+strict tensor mapping sit one layer up, in refvit/runner.py.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import CheckpointError, InputError
-from .models.common import Forward, check_pixel_values
-
-
+from ..errors import InputError
 @dataclass(frozen=True)
 class CallOptions:
     """The keyword arguments of a forward call, after validation of their types."""
@@ -130,94 +129,6 @@ class Architecture:
 
     def prepare_cast(self, tensors: dict) -> dict:
         return self.base.prepare_cast(tensors, self)
-
-
-def run(arch: Architecture, params: dict, cfg, kernels, dtype, pixel_values, opts: CallOptions,
-        values: dict | None) -> dict:
-    """The forward of every class (docs/DESIGN.md §2): input checks, the base model, then the head.
-
-    One context is built for the call (the kernels, the recorder `values` or None, the module path); the base model
-    runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field: value}.
-    """
-    x = check_pixel_values(pixel_values, cfg.num_channels, dtype)
-    ctx = Forward(kernels, cfg, params, values)
-    if arch.head is None:
-        base_ctx = ctx
-    else:
-        prefix = arch.base_prefix[:-1]
-        base_ctx = ctx.at(prefix, params=params if arch.head.base_at_top else params[prefix])
-    inputs = arch.base.check(arch, cfg, base_ctx.p, x, opts)
-    base = arch.base.forward(base_ctx, inputs)
-    out = dict(base) if arch.head is None else arch.head.forward(ctx, base, inputs)
-    out["hidden_states"] = base["hidden_states"] if opts.output_hidden_states else None
-    if "attentions" in arch.output.FIELDS:
-        out["attentions"] = base.get("attentions") if opts.output_attentions else None
-    return out
-
-
-def strip_or_add_prefix(tensors: dict, arch: Architecture) -> tuple[dict, list, bool]:
-    """Make names line up with `arch` like transformers does; returns (tensors, ignored names, base_checkpoint).
-
-    A base model loads from a checkpoint with a head: the prefix is stripped and the head ignored. A head model given
-    a base checkpoint gets the prefix added, so that exactly its head is reported missing (transformers would
-    initialise it randomly; refvit refuses).
-    """
-    p = arch.base_prefix
-    if arch.is_base and arch.anchor not in tensors and p + arch.anchor in tensors:
-        ignored = sorted(k for k in tensors if not k.startswith(p))
-        return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, ignored, False
-    if not arch.is_base and arch.anchor in tensors and p + arch.anchor not in tensors:
-        return {p + k: v for k, v in tensors.items()}, [], True
-    return tensors, [], False
-
-
-def _listed(names: list) -> str:
-    return ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
-
-
-# ViT/DeiT/BEiT layers, CvT and BiT layers per stage, BEiT's FCN head convs: each one holds tensors of its own
-LAYER_COUNT_FIELDS = ("num_hidden_layers", "depth", "depths", "auxiliary_num_convs")
-
-
-def _check_layer_count(cfg, tensors: dict, arch: Architecture, source: str) -> None:
-    """Every layer has at least one tensor: refuse a config asking for more layers than the checkpoint has tensors
-    before `arch.shapes` lists them (num_hidden_layers = 10**9 would otherwise build a dict of 10**10 names)."""
-    for name in LAYER_COUNT_FIELDS:
-        value = getattr(cfg, name, None)
-        counts = value if isinstance(value, (tuple, list)) else [value]
-        if all(isinstance(c, int) for c in counts) and sum(counts) > len(tensors):
-            raise CheckpointError(f"{source} does not match {arch.name} built from its config: {name} = "
-                                  f"{value!r} asks for {sum(counts)} layers, but the checkpoint holds only "
-                                  f"{len(tensors)} tensors")
-
-
-def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[dict, list]:
-    """Check names and shapes strictly; every missing, unexpected and wrong-shape tensor is reported in one error."""
-    tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.prepare(tensors), arch)
-    _check_layer_count(cfg, tensors, arch, source)
-    required = arch.shapes(cfg)
-    groups = arch.optional_groups(cfg)
-    allowed = dict(required)
-    missing = sorted(set(required) - set(tensors))
-    for group in groups:
-        allowed.update(group)
-        present = set(group) & set(tensors)
-        if present and present != set(group):
-            missing += sorted(set(group) - present)
-    unexpected = sorted(set(tensors) - set(allowed))
-    wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)}, config expects {shape}"
-             for k, shape in allowed.items() if k in tensors and tuple(tensors[k].shape) != tuple(shape)]
-    problems = []
-    if missing:
-        hint = " (this checkpoint holds a base model without this head)" if base_checkpoint else ""
-        problems.append(f"missing {len(missing)} tensor(s){hint}: {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape: {'; '.join(wrong[:20])}")
-    if problems:
-        raise CheckpointError(f"{source} does not match {arch.name} built from its config: " + " | ".join(problems))
-    return tensors, ignored
 
 
 def check_mask(bool_masked_pos, batch: int, num_patches: int, has_mask_token: bool, arch_name: str):
