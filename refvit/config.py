@@ -801,12 +801,9 @@ def make_div(value, divisor=8):
     return new_value
 
 
-def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_width: bool = False) -> BitConfig:
-    """Parse and validate a BiT config dict; every problem is listed in one ConfigError.
-
-    needs_final_width: the class builds a module of hidden_sizes[-1] channels on the last stage's output (the
-    preactivation final norm, the classifier), which only fits when width_factor keeps that width.
-    """
+def bit_config_from_dict(raw: dict, source: str = "config.json") -> BitConfig:
+    """Parse and validate a BiT config dict; every problem is listed in one ConfigError. (What the network's shape
+    makes impossible, GroupNorm widths and width_factor, is checked by refvit/models/bit.py, where that shape is.)"""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
@@ -842,30 +839,8 @@ def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_wid
                           given=dict(raw), **values)
     feats, idx = backbone_outputs(raw, cfg.stage_names, problems)
     cfg = cfg.replace(out_features=feats, out_indices=idx)
-    if not problems:
-        problems += _structural_problems(cfg, needs_final_width)
     raise_problems(source, problems)
     return cfg
-
-
-def _structural_problems(cfg, needs_final_width) -> list[str]:
-    """What makes transformers fail to build or run the model: GroupNorm widths, the width_factor mismatch."""
-    from .models.bit import stage_plan  # the network's shape lives with the network (models/bit.py imports this file)
-    problems = []
-    widths = {"embedding_size": cfg.embedding_size}
-    for s, stage in enumerate(stage_plan(cfg)):
-        widths[f"stage {s + 1} output ({stage.out_channels})"] = stage.out_channels
-        widths[f"stage {s + 1} bottleneck ({stage.mid_channels})"] = stage.mid_channels
-    bad = [name for name, c in widths.items() if c % cfg.num_groups]
-    if bad:  # nn.GroupNorm refuses to build
-        problems.append(f"num_groups: {cfg.num_groups} does not divide the GroupNorm widths of {', '.join(bad)}")
-    if needs_final_width and cfg.num_features != cfg.hidden_sizes[-1]:
-        problems.append(
-            f"width_factor: the last stage outputs make_div(hidden_sizes[-1] · width_factor) = {cfg.num_features} "
-            f"channels, but this class's final norm / classifier is built for hidden_sizes[-1] = {cfg.hidden_sizes[-1]}; "
-            "transformers' own forward fails on this config (only BitModel/BitBackbone with layer_type='bottleneck' "
-            "run with width_factor != 1)")
-    return problems
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .architecture import Architecture, Family, Head, Inputs
-from ..config import BitConfig, bit_config_from_dict, make_div  # noqa: F401 (BitConfig: the family's config)
+from .. import config
+from ..config import BitConfig, make_div, raise_problems  # noqa: F401 (BitConfig: the family's config)
 from ..errors import InputError
 from ..outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
@@ -299,6 +300,36 @@ def check(arch, cfg, p, pixel_values, opts):
     if opts.interpolate_pos_encoding:
         raise InputError(f"interpolate_pos_encoding: {arch.name} has no position embeddings (it takes any image size)")
     return Inputs(pixel_values, arch.name)
+
+
+def bit_config_from_dict(raw: dict, source: str = "config.json", needs_final_width: bool = False) -> BitConfig:
+    """refvit/config.py's checks of the fields, then what this network's shape makes impossible.
+
+    needs_final_width: the class builds a module of hidden_sizes[-1] channels on the last stage's output (the
+    preactivation final norm, the classifier), which only fits when width_factor keeps that width.
+    """
+    cfg = config.bit_config_from_dict(raw, source)
+    raise_problems(source, structural_problems(cfg, needs_final_width))
+    return cfg
+
+
+def structural_problems(cfg, needs_final_width: bool) -> list[str]:
+    """What makes transformers fail to build or run the model: GroupNorm widths, the width_factor mismatch."""
+    problems = []
+    widths = {"embedding_size": cfg.embedding_size}
+    for s, stage in enumerate(stage_plan(cfg)):
+        widths[f"stage {s + 1} output ({stage.out_channels})"] = stage.out_channels
+        widths[f"stage {s + 1} bottleneck ({stage.mid_channels})"] = stage.mid_channels
+    bad = [name for name, c in widths.items() if c % cfg.num_groups]
+    if bad:  # nn.GroupNorm refuses to build
+        problems.append(f"num_groups: {cfg.num_groups} does not divide the GroupNorm widths of {', '.join(bad)}")
+    if needs_final_width and cfg.num_features != cfg.hidden_sizes[-1]:
+        problems.append(
+            f"width_factor: the last stage outputs make_div(hidden_sizes[-1] · width_factor) = {cfg.num_features} "
+            f"channels, but this class's final norm / classifier is built for hidden_sizes[-1] = {cfg.hidden_sizes[-1]}; "
+            "transformers' own forward fails on this config (only BitModel/BitBackbone with layer_type='bottleneck' "
+            "run with width_factor != 1)")
+    return problems
 
 
 def parse_config(raw: dict, source: str, arch):
