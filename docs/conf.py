@@ -67,7 +67,11 @@ autodoc_member_order = "bysource"
 
 html_theme = "pydata_sphinx_theme"
 html_title = "refvit"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_favicon = "_static/refvit.svg"  # linked from every page, so the browser asks for no /favicon.ico
+html_logo = "_static/refvit.svg"
+html_context = {"default_mode": "auto"}  # light/dark follows the system; set, so the theme logs no "invalid mode"
 html_theme_options = {
     # Offline: no external links in the header that would need icons from a CDN, no analytics, no version
     # switcher (it fetches a JSON file), no announcement banner fetched from a URL.

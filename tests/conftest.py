@@ -11,6 +11,10 @@ Markers (registered below):
         every needs_framework test must run, none may skip.
   A test that skips because torch or transformers cannot be imported but is not marked needs_framework also fails
   CI: stage 2 would never run it.
+- `needs_docs`: the test builds the documentation site and drives a real browser over it (the `docs` extra and
+  Debian's chromium + chromium-driver); it skips, with a reason, where they are missing. It may skip in the stages
+  `base` and `framework`; CI's docs stage (`REFVIT_CI_STAGE=docs`, after installing them, `-m needs_docs`) fails
+  when one skips.
 At the end of every run a summary gives the number of skipped tests grouped by reason.
 """
 
@@ -24,7 +28,7 @@ import pytest
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
 CI = os.environ.get("REFVIT_CI", "") not in ("", "0")
-STAGES = ("base", "framework")
+STAGES = ("base", "framework", "docs")
 STAGE = os.environ.get("REFVIT_CI_STAGE", "base")
 FRAMEWORK_IMPORT = re.compile(r"could not import '(torch|transformers|safetensors\.torch)[.']")
 
@@ -40,6 +44,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "must_run: CI (REFVIT_CI=1) fails the session when this test is skipped")
     config.addinivalue_line("markers", "needs_framework: needs torch/transformers (the `golden` extra); skips without "
                                        "them, and must run in CI stage `framework`")
+    config.addinivalue_line("markers", "needs_docs: builds the docs site and browses it in chromium (the `docs` extra, "
+                                       "Debian's chromium + chromium-driver); skips without them, must run in CI "
+                                       "stage `docs`")
     if STAGE not in STAGES:
         raise pytest.UsageError(f"REFVIT_CI_STAGE={STAGE!r}: expected one of {', '.join(STAGES)}")
     if config.getoption("--fuzz-long"):
@@ -69,6 +76,11 @@ def ci_violation(reason: str, markers: set, stage: str = STAGE) -> str | None:
         return "skips without torch/transformers but is not marked needs_framework (CI stage 2 would not run it)"
     if stage == "framework" and framework:
         return "needs_framework test skipped in CI stage `framework` (the golden extra is installed)"
+    docs = "needs_docs" in markers
+    if stage == "docs" and docs:
+        return "needs_docs test skipped in CI stage `docs` (the docs extra and chromium are installed)"
+    if docs:
+        return None  # stages base and framework: the docs stage runs it
     if "must_run" in markers and not (framework and stage == "base"):
         return "must_run test skipped in CI"
     return None

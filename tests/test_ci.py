@@ -1,4 +1,4 @@
-"""CI itself (issue 13): .ci/run runs the README's test command with its status checked, and tests/conftest.py's skip
+"""CI itself: .ci/run runs the README's test command with its status checked, and tests/conftest.py's skip
 policy fails a CI session that skipped a must-run test (each case in a fresh pytest process on a tiny test file)."""
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ def test_needs_torch():
 
 def test_needs_torch_unmarked():
     pytest.skip("could not import 'transformers': No module named 'transformers'")
+
+
+@pytest.mark.needs_docs
+def test_needs_chromium():
+    pytest.skip("needs the docs extra and Debian's chromium (/usr/bin/chromium missing)")
 '''
 
 
@@ -79,7 +84,7 @@ def run_policy(directory, *select, ci=None, stage=None):
 def test_outside_ci_skips_are_counted_by_reason_and_pass(policy_dir):
     rc, out = run_policy(policy_dir)
     assert rc == 0, out
-    assert "3 skipped\n" in out and "    1  an optional package is missing" in out, out
+    assert "4 skipped\n" in out and "    1  an optional package is missing" in out, out
 
 
 def test_ci_fails_a_skipped_must_run_test(policy_dir):
@@ -104,6 +109,28 @@ def test_ci_fails_an_unmarked_test_that_skips_without_the_framework(policy_dir):
     rc, out = run_policy(policy_dir, "test_needs_torch_unmarked", ci="1")
     assert rc == 1, out
     assert "not marked needs_framework" in out
+
+
+def test_ci_stages_base_and_framework_let_docs_tests_skip(policy_dir):
+    for stage in ("base", "framework"):
+        rc, out = run_policy(policy_dir, "test_runs", "test_needs_chromium", ci="1", stage=stage)
+        assert rc == 0, out
+        assert "must-run tests skipped: 0" in out
+
+
+def test_ci_stage_docs_fails_a_skipped_docs_test(policy_dir):
+    rc, out = run_policy(policy_dir, "test_needs_chromium", ci="1", stage="docs")
+    assert rc == 1, out
+    assert "needs_docs test skipped in CI stage `docs`" in out
+
+
+def test_ci_runs_the_docs_stage():
+    for command in ("apt-get install -y chromium chromium-driver", 'python -m pip install ".[docs]"',
+                    "step docs-build bash docs/build.sh", "REFVIT_CI_STAGE=docs", "python -m pytest -m needs_docs",
+                    'REFVIT_CI_ARTIFACTS="$ARTIFACTS"', 'ARTIFACTS="$LOGS/artifacts"'):
+        assert command in CI_RUN, command
+    # the docs stage runs before REFVIT_CI_NO_FRAMEWORK can end the run
+    assert CI_RUN.index("step docs-browser-tests") < CI_RUN.index('if [ "${REFVIT_CI_NO_FRAMEWORK:-0}" = 1 ]')
 
 
 def test_unknown_stage_is_refused(policy_dir):
