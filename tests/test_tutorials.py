@@ -5,11 +5,13 @@ Each `tutorials/NN_name.ipynb` is built from `tutorials/src/NN_name.py` and exec
 Here: a stored notebook whose cells differ from its source, that was run with other trained models or other shared
 helpers (digests of golden/models/ and tutorials/common.py are stored in it), or that has an unexecuted code cell, is
 stale; every notebook has a figure and an assertion; the family notebooks (01-05) have exercises with a `check()`
-and a solutions file; and each notebook runs again from scratch in a fresh kernel (matplotlib on Agg) with its
-solutions appended, from a fresh build — the stored file is never touched.
+and a solutions file, and every exercise at least two recorded wrong answers (tutorials/wrong/) that its check must
+reject; and each notebook runs again from scratch in a fresh kernel (matplotlib on Agg) with its solutions and then
+its wrong answers appended, from a fresh build — the stored file is never touched.
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,37 @@ def test_family_notebook_has_exercises_with_solutions(stem):
     assert solution.is_file(), f"{stem}: no solutions file {solution}"
     assert solution.read_text().count("assert check(") >= exercises, f"{stem}: a solution per exercise, each checked"
     assert "refvit.models" not in text, f"{stem}: use refvit's public API and hand-built NumPy, not refvit.models"
+
+
+@pytest.mark.parametrize("stem", FAMILIES)
+def test_every_exercise_has_recorded_wrong_answers(stem):
+    """Each exercise's check is run (when the notebook executes with its solutions) on >= 2 wrong answers, each a
+    named function with a docstring saying which mistake it makes, and must reject every one."""
+    text = (TUTORIALS / "src" / f"{stem}.py").read_text()
+    names = re.findall(r'^check\("([^"]+)"', text, flags=re.M)
+    assert len(names) == text.count("raise NotImplementedError"), f"{stem}: one check(\"name\", ...) per exercise"
+    wrong = TUTORIALS / "wrong" / f"{stem}.py"
+    assert wrong.is_file(), f"{stem}: no recorded wrong answers {wrong}"
+    body = wrong.read_text()
+    for name in names:
+        loops = re.findall(r"for wrong in \(([^)]*)\):\n\s+assert rejects\(\"" + re.escape(name) + '"', body)
+        answers = [a.strip() for loop in loops for a in loop.split(",") if a.strip()]
+        assert len(answers) >= 2, f"{stem}: {name!r} has {len(answers)} recorded wrong answers (2 or more expected)"
+        for a in answers:
+            assert re.search(rf'^def {a}\(\):\n    """', body, flags=re.M), f"{stem}: {a} needs a docstring"
+
+
+@pytest.mark.parametrize("stem", FAMILIES)
+def test_no_exercise_cell_echoes_a_value(stem):
+    """A stub's check() returns None (no stray `False` under every exercise cell) and the stored cells show none."""
+    text = (TUTORIALS / "src" / f"{stem}.py").read_text()
+    assert "return False" not in (TUTORIALS / "common.py").read_text()
+    if not MISSING:
+        nb = stored(TUTORIALS / "src" / f"{stem}.py")
+        echoes = [o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code" and "check(" in c.source
+                  for o in c.outputs if o.output_type == "execute_result"]
+        assert not echoes, f"{stem}: exercise cells echo {echoes}; {REGENERATE}"
+    assert text.count("check(") >= 2
 
 
 @needs_extra

@@ -3,7 +3,8 @@
 - `digits(name)`: a trained digits model from golden/models/ — refvit's model, its config.json as a plain dict, the
   raw checkpoint tensors by checkpoint name, and the 360 test digits through the model's own image processor.
 - `first_divergence(mine, reference)`: the first module, in execution order, where hand-built tensors differ.
-- `check(name, attempt, expected)`: the exercises' checker: "not attempted yet" for a stub, an assertion otherwise.
+- `check(name, attempt, expected)`: the exercises' checker: "not attempted yet" for a stub, an assertion otherwise;
+  `rejects(name, wrong)`: the tests' proof that a check refuses a recorded wrong answer.
 - `block_diagram(ax, steps, residuals)`: the matplotlib schematic each notebook opens with.
 
 The notebooks use only refvit's public API (`refvit.from_pretrained`, `model(x, output_intermediates=True)`,
@@ -78,20 +79,54 @@ def first_divergence(mine: dict, reference: dict, tol=TOLERANCE):
     return None, 0.0
 
 
-def check(name: str, attempt, expected, tol=TOLERANCE) -> bool:
-    """An exercise: call `attempt()` (the reader's function); a stub raising NotImplementedError is "not attempted",
-    anything else must equal `expected` (arrays: within tol relative to max(1, max|expected|); others: ==)."""
+EXPECTED: dict = {}  # exercise name -> (expected, tol, rtol), recorded by check() for rejects()
+
+
+def _compare(name: str, got, expected, tol, rtol) -> None:
+    """AssertionError unless `got` equals `expected`: arrays and floats within tol relative to max(1, max|expected|)
+    (or, with rtol, within rtol·|expected| element by element: for values near 0 or near 1, where an absolute bound
+    cannot tell two answers apart); ints, tuples, sets and strings exactly, and of the same type."""
+    if isinstance(expected, (np.ndarray, float)):
+        assert isinstance(got, (np.ndarray, float, np.floating)), f"{name}: got {type(got).__name__} " \
+            f"{got!r:.40}, expected {'an array' if isinstance(expected, np.ndarray) else 'a float'}"
+        if rtol is None:
+            assert_close(got, expected, name, tol)
+        else:
+            g, e = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+            assert g.shape == e.shape, f"{name}: shape {g.shape} vs reference {e.shape}"
+            worst = float(np.max(np.abs(g - e) / np.abs(e)))
+            assert worst <= rtol, f"{name}: relative error {worst:.3g} > {rtol:g}"
+    else:
+        assert type(got) is type(expected) or (isinstance(expected, int) and isinstance(got, np.integer)), \
+            f"{name}: got {type(got).__name__} {got!r:.40}, expected {type(expected).__name__} {expected!r:.40}"
+        assert got == expected, f"{name}: got {got!r}, expected {expected!r}"
+
+
+def check(name: str, attempt, expected, tol=TOLERANCE, rtol=None):
+    """An exercise: call `attempt()` (the reader's function); a stub raising NotImplementedError is "not attempted"
+    (returns None, so the cell shows nothing more), anything else must equal `expected` (see `_compare`: an
+    AssertionError says what differs) and returns True."""
+    EXPECTED[name] = (expected, tol, rtol)
     try:
         got = attempt()
     except NotImplementedError:
         print(f"{name}: not attempted yet (replace the `raise NotImplementedError`)")
-        return False
-    if isinstance(expected, (np.ndarray, float)) or np.ndim(expected):
-        assert_close(got, expected, name, tol)
-    else:
-        assert got == expected, f"{name}: got {got!r}, expected {expected!r}"
+        return None
+    _compare(name, got, expected, tol, rtol)
     print(f"{name}: correct")
     return True
+
+
+def rejects(name: str, wrong) -> bool:
+    """For tests/test_tutorials.py: True when the exercise `name` (checked earlier in the notebook) refuses the
+    recorded wrong answer `wrong()` (its docstring says which mistake it makes); AssertionError if check accepts it."""
+    expected, tol, rtol = EXPECTED[name]
+    try:
+        _compare(name, wrong(), expected, tol, rtol)
+    except AssertionError as e:
+        print(f"rejected, {wrong.__doc__}: {e}")
+        return True
+    raise AssertionError(f"{name}: check() accepts the wrong answer {wrong.__name__} ({wrong.__doc__})")
 
 
 def block_diagram(ax, steps, residuals=(), title=""):

@@ -9,7 +9,8 @@ Each `tutorials/src/NN_name.py` is a plain Python script in the "percent" format
 carries its outputs and figures, and the digest of golden/models/ (and of tutorials/common.py, the helpers the
 notebooks import) it was run with. tests/test_tutorials.py checks that every stored notebook matches its source and
 the current models and has been executed, and executes each one again (matplotlib on Agg) with the solutions of its
-exercises appended (`tutorials/solutions/NN_name.py`, same format), so every exercise stays solvable.
+exercises appended (`tutorials/solutions/NN_name.py`, same format), so every exercise stays solvable, and then its
+recorded wrong answers (`tutorials/wrong/NN_name.py`), each of which the exercise's `check` must reject.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nbclient import NotebookClient
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "src"
 SOLUTIONS = HERE / "solutions"
+WRONG = HERE / "wrong"  # recorded wrong answers: each exercise's check() must reject every one (tests only)
 COMMON = HERE / "common.py"  # helpers imported by the notebooks (kernel cwd = tutorials/)
 STUDY = HERE.parent / "golden" / "distillation_study.json"  # written by golden/train_digits.py --distillation-study
 MODELS = HERE.parent / "golden" / "models"
@@ -48,12 +50,17 @@ def parse_cells(text: str) -> list[tuple[str, str]]:
     return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
 
 
-def models_digest() -> str:
-    """sha256 over every file of golden/models/ (the trained digits models the notebooks show): stored in each
-    notebook, so outputs computed from models that have since been retrained count as stale."""
+def models_digest(segmentation: bool = False) -> str:
+    """sha256 over the digits models' files in golden/models/ (digits-*/, digits_test.npz: the trained models the
+    notebooks show), and with `segmentation` also over the segmentation models' (segment-*/, shapes_test.npz):
+    stored in each notebook, so outputs computed from models that have since been retrained count as stale. A
+    notebook that does not name a segmentation model is not made stale by retraining one."""
+    prefixes = ("digits", "segment-", "shapes") if segmentation else ("digits",)
     digest = hashlib.sha256()
     for path in sorted(p for p in MODELS.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(MODELS).as_posix().encode() + b"\0" + path.read_bytes())
+        rel = path.relative_to(MODELS).as_posix()
+        if rel.startswith(prefixes):
+            digest.update(rel.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -63,10 +70,18 @@ def solutions(source: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def wrong_answers(source: Path) -> Path | None:
+    """tutorials/wrong/NN_name.py, recorded wrong answers to one notebook's exercises, if it has any."""
+    path = WRONG / source.name
+    return path if path.is_file() else None
+
+
 def build(source: Path, with_solutions: bool = False) -> nbformat.NotebookNode:
-    """The unexecuted notebook of one source file (with its solutions' cells appended when asked: the tests)."""
+    """The unexecuted notebook of one source file (for the tests, with_solutions appends its solutions' cells, then
+    its recorded wrong answers' cells, which assert that every check() rejects them)."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["refvit"] = {"source": f"src/{source.name}", "golden_models_sha256": models_digest()}
+    segmentation = "segment-" in source.read_text()                     # a notebook that shows a segmentation model
+    nb.metadata["refvit"] = {"source": f"src/{source.name}", "golden_models_sha256": models_digest(segmentation)}
     if COMMON.is_file() and "from common import" in source.read_text():
         nb.metadata["refvit"]["common_sha256"] = hashlib.sha256(COMMON.read_bytes()).hexdigest()
     if STUDY.is_file() and STUDY.name in source.read_text():  # 02_deit shows the recorded distillation study
@@ -77,6 +92,8 @@ def build(source: Path, with_solutions: bool = False) -> nbformat.NotebookNode:
     text = source.read_text()
     if with_solutions and solutions(source):
         text += "\n" + solutions(source).read_text()
+    if with_solutions and wrong_answers(source):
+        text += "\n" + wrong_answers(source).read_text()
     nb.cells = [make[kind](src) for kind, src in parse_cells(text)]
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{source.stem.replace('_', '-')}-{i:02d}"  # stable ids: rebuilding changes no diff

@@ -7,10 +7,11 @@ def exercise_1():
 
 
 def exercise_2():
-    """T = (2·6−1)(2·10−1) + 3; the offset (0 − 5, 0 − 9) shifted by (5, 9) is (0, 0): row 0."""
+    """T = (2·6−1)(2·10−1) + 3; offset (query − key) = (2 − 5, 7 − 1) = (−3, 6), shifted by (5, 9): (2, 15), read
+    row-major over (2·6−1) × (2·10−1): 2·19 + 15 = 53."""
     hh, ww = 6, 10
     T = (2 * hh - 1) * (2 * ww - 1) + 3
-    dr, dc = 0 - 5, 0 - 9
+    dr, dc = 2 - 5, 7 - 1
     return T, (dr + hh - 1) * (2 * ww - 1) + (dc + ww - 1)
 
 
@@ -21,5 +22,6 @@ def exercise_3():
 
 assert check("exercise 1 (layer 2 bias)", exercise_1,
              inter["beit.encoder.layer.2.attention.attention.relative_position_bias"])
-assert check("exercise 2 (table size and row)", exercise_2, (int(ref_index.max()) + 1, int(ref_index[1, 1 + 5 * 10 + 9])))
+assert check("exercise 2 (table size and row)", exercise_2,
+             (int(ref_index.max()) + 1, int(ref_index[token(2, 7), token(5, 1)])))
 assert check("exercise 3 (mean pooling)", exercise_3, inter["beit.pooler"])

@@ -12,16 +12,32 @@ def exercise_2():
 
 
 def exercise_3():
-    """forward reads the global Wt: swap in the scaled weights, run, restore."""
+    """Run forward with each edited checkpoint (forward reads the global Wt: swap it in, restore it)."""
     global Wt
     original = Wt
-    Wt = {n: t * 10 if t.ndim == 4 else t for n, t in original.items()}        # every conv weight (4-D) × 10
+    conv = lambda t: t.ndim == 4
+    edits = {"a": lambda n, t: t * 10 if conv(t) else t,
+             "b": lambda n, t: t + 0.5 if conv(t) else t,
+             "c": lambda n, t: -t if conv(t) else t,
+             "d": lambda n, t: t * 10 if n == "classifier.1.weight" else t,
+             "e": lambda n, t: t * np.random.default_rng(0).uniform(1, 10, (t.shape[0], 1, 1, 1)) if conv(t) else t}
+    same = set()
     try:
-        return forward(x)
+        for letter, edit in edits.items():
+            Wt = {n: edit(n, t) for n, t in original.items()}
+            if close(forward(x), out.logits):
+                same.add(letter)
     finally:
         Wt = original
+    return same
 
 
 assert check("exercise 1 (stage 1 conv2)", exercise_1, inter["bit.encoder.stages.1.layers.0.conv2"])
 assert check("exercise 2 (final GroupNorm)", exercise_2, inter["bit.norm"])
-assert check("exercise 3 (scale invariance)", exercise_3, out.logits)
+assert check("exercise 3 (what standardisation ignores)", exercise_3, {"a", "b", "e"})
+
+# %% [markdown]
+# Exercise 3: standardisation divides out each filter's own scale (a, e: any positive factor per filter, up to the
+# tiny ε) and subtracts its mean (b: a constant added to every weight). A sign flip (c) survives it: the stem's
+# output changes sign, and the max-pool and ReLUs after it are not odd functions. The classifier (d) is a plain
+# Linear, not standardised.

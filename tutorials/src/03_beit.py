@@ -122,8 +122,13 @@ plt.show()
 # `bias[head, i, j] = table[index[i, j], head]`, added to the scaled scores `q·kᵀ/√D` before the softmax; refvit
 # records it as `beit.encoder.layer.0.attention.attention.relative_position_bias` (shape `(1, H, N+1, N+1)`). For
 # a **square** window at the configured size this plain gather is exactly what transformers computes. For a
-# non-square window it is not: transformers first reads the table *width first* (§6 shows the difference on a golden
-# case), so a port must reproduce that reshape, not this gather.
+# non-square window it is not, and there the framework is inconsistent with itself: its index is height-major (the
+# row offset is multiplied by `2w − 1`, `generate_relative_position_index`, `modeling_beit.py` line 211 in
+# transformers 5.23.0), but before every gather `BeitRelativePositionBias.forward` reshapes the table's offset rows as
+# `(1, old_width, old_height, −1)` (line 237), i.e. width-major, and resizes it to the window — even when the window
+# has not changed. The height-major gather here is what the index means; the width-first read is what transformers
+# computes, and refvit reproduces it for parity (README, "Known differences"). §6 shows the two on a non-square
+# golden case.
 
 # %%
 def bias_of(table, index):
@@ -253,14 +258,17 @@ plt.show()
 #
 # The table is sized for the training window. At another input size transformers resizes each head's offset grid
 # bilinearly to `(2h'−1, 2w'−1)`, keeps the three `[CLS]` rows, and builds the index of the new window. It reads the
-# old grid **width first**: the `(2h−1)(2w−1)` rows are reshaped to `(2w−1, 2h−1)`. Golden case
+# old grid **width first**: the `(2h−1)(2w−1)` rows are reshaped to `(2w−1, 2h−1)` (line 237), against its own
+# height-major index (§2) — an inconsistency of the framework that `resize_table` reproduces for parity, not a
+# property of the model. (For the square window below both reads are the same.) Golden case
 # `beit_classification_interpolate` runs a model made for 32×32 (4×4 patches) on 48×48 images (6×6 patches); its
 # weights are random (written by `golden/generate.py`), so the picture shows the mechanics, not learned structure.
 
 # %%
 def resize_table(table, old, new, width_first=True):
     """BeitRelativePositionBias: the grid rows of `table` (T, H) resized from window `old` to `new`, [CLS] rows kept.
-    width_first: transformers' reshape to (2w−1, 2h−1); False: the row-major read a port might write."""
+    width_first: transformers' reshape to (2w−1, 2h−1), inconsistent with its height-major index for a non-square
+    window, reproduced for parity; False: the height-major read that matches the index."""
     (oh, ow), (nh, nw) = [(2 * a - 1, 2 * b - 1) for a, b in (old, new)]
     H = table.shape[1]
     shape = (ow, oh) if width_first else (oh, ow)
@@ -347,10 +355,11 @@ print("mask", m.shape, f"({m.mean():.0%} masked); logits", out_m.logits.shape, "
 # * `sign`: the index built from key − query instead of query − key. Every pair then reads the bias of the
 #   *mirrored* offset: "prefer keys above" becomes "prefer keys below".
 # * `cls_in_mean`: the pooler averages all tokens, `[CLS]` included, instead of the patch tokens only.
-# * `width_first`: reading the table row-major instead of transformers' width-first reshape. For the square digits
-#   window this is the same read (the check below proves it: no module diverges); golden case
-#   `beit_classification_nonsquare` (32×48 input, a 4×6 window, random weights) shows it on a non-square window at
-#   its *configured* size, where a port that skips the resize step gets every bias wrong.
+# * `width_first`: a port that reads the table height-major, as the index means it, instead of reproducing
+#   transformers' width-first reshape. For the square digits window both reads are the same (the check below proves
+#   it: no module diverges); golden case `beit_classification_nonsquare` (32×48 input, a 4×6 window, random weights)
+#   shows a non-square window at its *configured* size, where the consistent read differs from the framework's in
+#   every bias. It is not a bug in the port's logic — it is a parity failure against a framework inconsistency.
 
 # %%
 print(f"{'quirk':12s} {'first diverging module':64s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
@@ -371,12 +380,13 @@ model_n, W_n, cfg_n, inputs_n, ref_n = golden("beit_classification_nonsquare")
 win = grid_of(cfg_n)                                                                   # (4, 6)
 name = "beit.encoder.layer.0.attention.attention.relative_position_bias"
 t_n = W_n[f"{name}.relative_position_bias_table"]
-right = bias_of(resize_table(t_n, win, win, width_first=True), relative_index(*win))[None]
-naive = bias_of(t_n, relative_index(*win))[None]                                       # row-major, no resize
-assert_close(right, ref_n[f"intermediates/{name}"], "width-first bias")
-first, err = first_divergence({name: naive}, {n[len("intermediates/"):]: v for n, v in ref_n.items()
-                                              if n.startswith("intermediates/")})
-print(f"non-square {win[0]}×{win[1]} window, row-major read: first diverging {first}, max error {err:.2e}")
+framework = bias_of(resize_table(t_n, win, win, width_first=True), relative_index(*win))[None]
+consistent = bias_of(t_n, relative_index(*win))[None]                           # height-major, as the index means
+assert_close(framework, ref_n[f"intermediates/{name}"], "width-first bias")
+first, err = first_divergence({name: consistent}, {n[len("intermediates/"):]: v for n, v in ref_n.items()
+                                                   if n.startswith("intermediates/")})
+print(f"non-square {win[0]}×{win[1]} window, height-major read (consistent with the index): differs from "
+      f"transformers' at {first}, max error {err:.2e}")
 
 # %% [markdown]
 # The sign error makes every bias wrong from layer 0 on (the learned offsets point the wrong way), yet costs only a
@@ -400,7 +410,8 @@ check("exercise 1 (layer 2 bias)", exercise_1, inter["beit.encoder.layer.2.atten
 
 # %% [markdown]
 # **Exercise 2.** How many rows `T` has the table of a 6×10 window, and which row does the pair (query patch at
-# (0, 0), key patch at (5, 9)) read? Return `(T, row)`; `check` compares with refvit's index kernel.
+# row 2, column 7; key patch at row 5, column 1) read? Return `(T, row)` as two ints; `check` compares with refvit's
+# index kernel.
 
 # %%
 def exercise_2():
@@ -408,7 +419,8 @@ def exercise_2():
 
 
 ref_index = K.relative_position_index(6, 10)
-check("exercise 2 (table size and row)", exercise_2, (int(ref_index.max()) + 1, int(ref_index[1, 1 + 5 * 10 + 9])))
+token = lambda row, col: 1 + row * 10 + col                          # token 0 is [CLS]
+check("exercise 2 (table size and row)", exercise_2, (int(ref_index.max()) + 1, int(ref_index[token(2, 7), token(5, 1)])))
 
 # %% [markdown]
 # **Exercise 3.** The pooled output `beit.pooler` of the first 8 digits from refvit's output of the last layer

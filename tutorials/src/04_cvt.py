@@ -340,11 +340,18 @@ for quirk in ("head_dim_scale", "config_eps", "kv_stride1"):
     first, err = first_divergence(rec, inter)
     acc = d.accuracy(forward(pixel_values, quirk))
     print(f"{quirk:15s} {str(first):70s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+emb0 = "cvt.encoder.stages.0.embedding.convolution_embeddings.projection"
+tok_var = to_tokens(inter[emb0].astype(np.float64)).var(-1)                        # per token, stage 0's LayerNorm
+print(f"variance of the tokens entering stage 0's embedding LayerNorm: median {np.median(tok_var):.2g}, min "
+      f"{tok_var.min():.2g}, max {tok_var.max():.2g}; eps/(2·var) at the median {LN_EPS / (2 * np.median(tok_var)):.1e} "
+      f"(float32 rounding ≈ 6e-8; equal at var = 80)")
 
 # %% [markdown]
 # The eps mix-up (1e-12 vs 1e-5) leaves the tolerance at the very first LayerNorm it touches — the stage-0
-# embedding's — and no digit changes class. It changes each LayerNorm by about `eps / (2·var)` relative, far above
-# float32 rounding (~6e-8) for any token whose variance is below ~80: not a "float64-only" effect. The scale quirk
+# embedding's — and no digit changes class. It changes each LayerNorm by about `eps / (2·var)` relative: at var = 80
+# that is 1e-5/160 ≈ 6e-8, float32 rounding itself, so the change is *above* rounding only for variances well below
+# ~80 (10× above it at var ≈ 8, 1000× at var ≈ 0.08) — the printed variances show where these tokens sit. Not a
+# "float64-only" effect. The scale quirk
 # hides in stage 0 (one head) and appears in stage 1; stride-1 keys are a different model (−28 points).
 #
 # ## 6. Exercises

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from common import assert_close, block_diagram, check, digits, first_divergence
+from common import assert_close, block_diagram, check, close, digits, first_divergence
 
 d = digits("digits-bit")
 cfg, Wt = d.config, d.weights                       # Wt: the checkpoint's raw (unstandardised) weights
@@ -296,13 +296,25 @@ def exercise_2():
 check("exercise 2 (final GroupNorm)", exercise_2, inter["bit.norm"])
 
 # %% [markdown]
-# **Exercise 3.** Weight standardisation makes a conv blind to the scale of its filters. Show it on the whole model:
-# multiply *every* raw conv weight by 10 (a new `Wt`-like dict), run the hand-built `forward` on the first 16 digits
-# and return the logits; `check` compares with refvit's logits of the unscaled model.
+# **Exercise 3.** Weight standardisation makes a conv blind to some changes of its raw filters and not to others.
+# Which of these edits of the raw checkpoint leave the logits of the first 16 digits unchanged (within `close`, the
+# float32 tolerance)?
+#
+# * `a`: every conv weight (the 4-D tensors) multiplied by 10;
+# * `b`: 0.5 added to every conv weight;
+# * `c`: every conv weight multiplied by −1;
+# * `d`: the classifier's weight (`classifier.1.weight`) multiplied by 10;
+# * `e`: each output filter of every conv multiplied by its own factor,
+#   `np.random.default_rng(0).uniform(1, 10, (C_out, 1, 1, 1))` (a new generator per conv).
+#
+# Run the hand-built `forward` with each edited checkpoint (it reads the global `Wt`: swap it in, and restore it)
+# and return the set of letters, e.g. `{"a", "d"}`. Then explain each letter from the formula of §1.
 
 # %%
 def exercise_3():
     raise NotImplementedError
 
 
-check("exercise 3 (scale invariance)", exercise_3, out.logits)
+# WS maps each filter W_o to (W_o − mean)/std: a positive per-filter scale (a, e) and a constant shift (b) cancel,
+# a sign flip (c) survives it (and the max-pool after the stem is not odd), the classifier (d) is not standardised
+check("exercise 3 (what standardisation ignores)", exercise_3, {"a", "b", "e"})
