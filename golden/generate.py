@@ -17,7 +17,7 @@ A case directory holds:
                          "<dtype>/intermediates/<checkpoint-name path>" for module outputs (small cases)
     meta.json            versions, seed, call arguments, command, attention entropy, what was recorded
 
-Framework notes recorded here (see README "Golden tensors"):
+Framework notes recorded here (see docs/golden.md):
 - transformers 5 defaults to sdpa attention, which returns no attention maps: both runs use the eager implementation.
 - transformers' eager attention computes softmax in float32 even for a float64 model (`softmax(..., dtype=float32)`).
   The float64 run registers an attention function identical to eager except that the softmax stays in the input

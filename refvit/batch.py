@@ -1,4 +1,4 @@
-"""Batch inference over whole datasets, in one process or on a Dask cluster, with nothing lost (issue 18).
+"""Batch inference over whole datasets, in one process or on a Dask cluster, with nothing lost.
 
     from refvit.batch import predict
     for record in predict("path/to/model_dir", ["a.jpg", "b.png"], workers=2):   # input order

@@ -520,7 +520,7 @@ def add_inspect_parser(sub) -> None:
 
 def add_trace_parser(sub) -> None:
     p = sub.add_parser("trace", help="run a model once and record every module output, hidden state and attention "
-                       "map, in execution order, as a trace (safetensors; README 'Checking your port')")
+                       "map, in execution order, as a trace (safetensors; docs/porting.md)")
     p.add_argument("model", help="save_pretrained directory, or a hub id (org/name)")
     p.add_argument("--revision", help="the hub id's branch, tag or commit sha (default main)")
     p.add_argument("input", help="an image (preprocessed with the model's preprocessor_config.json or --processor) or "
@@ -561,7 +561,8 @@ def add_compare_parser(sub) -> None:
     p.add_argument("reference", help="trace (.safetensors), golden case directory, .npz, .npy directory, or "
                    "transformers' model_addition_debugger_context output (use_repr=False)")
     p.add_argument("candidate", help="the same kinds of input: usually your port's tensors")
-    p.add_argument("--map", help="JSON name mapping for ports that fuse, split or lay out tensors differently (README)")
+    p.add_argument("--map", help="JSON name mapping for ports that fuse, split or lay out tensors differently "
+                                 "(docs/porting.md)")
     p.add_argument("--tolerance", action="append", metavar="PRESET|VALUE|NAME=VALUE",
                    help="refvit (default: 1e-4·max(1,max|ref|) float32, 1e-10·… float64), transformers (1e-4), "
                    "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; repeat with "

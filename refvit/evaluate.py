@@ -1,4 +1,4 @@
-"""`refvit evaluate`: accuracy of a classifier on a whole dataset, and agreement with reference logits (issue 18).
+"""`refvit evaluate`: accuracy of a classifier on a whole dataset, and agreement with reference logits.
 
 A porter checks a port on a dataset ("the same top-1 as transformers on every validation image, and where not?"),
 a teacher checks a trained model. The images are classified by `refvit.batch` (in-process or on Dask, resumable);
@@ -6,7 +6,7 @@ this module maps the dataset's labels to the model's classes, compares with a re
 top-1/top-5 accuracy, per-class accuracy, the confusion matrix (text; a PNG when matplotlib is installed),
 throughput, unreadable files; with a reference: top-1 agreement, max-abs logit error per image, the worst images.
 
-Data for tests and the README (`python -m refvit.evaluate ...`):
+Data for tests and docs/guide/datasets.md (`python -m refvit.evaluate ...`):
     digits OUT     the digits test split as a PNG ImageFolder (OUT/images/<digit>/<NNNN>.png) and, for each trained
                    digits model, OUT/<model>.reference.npz: PyTorch's recorded logits keyed by relative path
     photos OUT -n  N crops/flips of the shipped photos (golden/images) as a PNG ImageFolder, for throughput
@@ -329,7 +329,7 @@ def evaluate(model_dir, data, *, reference=None, batch_size=16, workers=None, sc
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Data for tests and the README
+# Data for tests and docs/guide/datasets.md
 
 
 def golden_models_dir() -> Path:
@@ -468,7 +468,7 @@ def _main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m refvit.evaluate", description="datasets and throughput for "
-                                     "refvit evaluate / classify (README: Datasets and scale-out)")
+                                     "refvit evaluate / classify (docs/guide/datasets.md)")
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("digits", help="the digits test split as a PNG ImageFolder + reference logits per model")
     p.add_argument("out", help="folder to write (the ImageFolder and the reference .npz files)")

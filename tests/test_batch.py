@@ -1,4 +1,4 @@
-"""Batch inference (issue 18): data sources, results in input order, bit-identical results whatever the batch size,
+"""Batch inference: data sources, results in input order, bit-identical results whatever the batch size,
 the worker count or a worker killed mid-run (Dask), a killed run resumed, unreadable images reported per file.
 
 Tests that need dask.distributed skip one by one when it is not installed; the LocalClusters here are small (2

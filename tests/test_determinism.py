@@ -1,4 +1,4 @@
-"""Determinism and equivalence (issue 6), on small golden models of every family and a real-size DeiT-Tiny, both
+"""Determinism and equivalence, on small golden models of every family and a real-size DeiT-Tiny, both
 backends.
 
 - the same input gives bit-identical outputs (every output, hidden state and attention map) call after call, and

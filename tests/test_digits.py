@@ -1,4 +1,4 @@
-"""Real-data parity: refvit classifies the digits test split exactly as PyTorch did (issue 7).
+"""Real-data parity: refvit classifies the digits test split exactly as PyTorch did.
 
 The models in golden/models/ were trained by golden/train_digits.py (transformers + torch), which recorded PyTorch's
 float32 logits and predicted class for every test image. Here refvit's own processor and model run on the same

@@ -1,4 +1,4 @@
-"""`refvit evaluate` (issue 18): the digits test split written as a PNG ImageFolder and evaluated with the trained
+"""`refvit evaluate`: the digits test split written as a PNG ImageFolder and evaluated with the trained
 digits models gives PyTorch's recorded accuracy (golden/models/*/meta.json) and agrees with its recorded logits
 (logits.npz) on every image; reports, label maps, reference files, the CLI, the data generators.
 """

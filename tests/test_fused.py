@@ -1,4 +1,4 @@
-"""Load-time fusion (issue 15): ViT/DeiT/BEiT q, k, v weights concatenated once into one array at load, their
+"""Load-time fusion: ViT/DeiT/BEiT q, k, v weights concatenated once into one array at load, their
 params views of it (no memory added), and one GEMM per attention instead of three. The fused forward must give
 what three separate projections give (to the GEMM's rounding), record q, k, v under their own names, and fall
 back to three GEMMs for params that were not fused."""

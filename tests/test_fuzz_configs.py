@@ -1,4 +1,4 @@
-"""Fuzzing `config.json` and `preprocessor_config.json` (issue 6).
+"""Fuzzing `config.json` and `preprocessor_config.json`.
 
 - config.json: the configs of small golden cases of every family, one to four values changed (wrong types, zero,
   negative, huge, NaN, other architectures, keys dropped), loaded with the case's own tensors. Property: a

@@ -1,4 +1,4 @@
-"""Fuzzing `pytorch_model.bin` reading (issue 6): generated pickle opcode streams, opcode-level mutations of a valid
+"""Fuzzing `pytorch_model.bin` reading: generated pickle opcode streams, opcode-level mutations of a valid
 torch.save pickle, and byte mutations of the whole zip archive.
 
 Property: `read_torch_bin` returns a flat dict of str -> read-only, C-contiguous NumPy arrays, or raises

@@ -1,4 +1,4 @@
-"""Fuzzing pixel arrays (issue 6): shapes, dtypes, memory layouts, NaN/Inf, into models, processors and load_image.
+"""Fuzzing pixel arrays: shapes, dtypes, memory layouts, NaN/Inf, into models, processors and load_image.
 
 Property: a `RefvitError` (an `InputError` for arrays), or a correct result: for a model, the output shapes the input
 implies and — where the input is finite — the numba and numpy backends agreeing to the golden float32 tolerance; for

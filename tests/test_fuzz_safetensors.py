@@ -1,4 +1,4 @@
-"""Fuzzing `.safetensors` reading (issue 6): mutated headers and mutated byte streams.
+"""Fuzzing `.safetensors` reading: mutated headers and mutated byte streams.
 
 Property: `read_safetensors` either returns exactly what the reference `safetensors` library reads from the same
 bytes, or raises `CheckpointError` naming the file; never another exception, never a hang.

@@ -1,6 +1,6 @@
 """Shared machinery of the fuzz tests (tests/test_fuzz_*.py), and tests of that machinery.
 
-The property every fuzz test checks (issue 6): an input from a stranger gives either a correct result or a
+The property every fuzz test checks: an input from a stranger gives either a correct result or a
 `refvit.RefvitError` — never another exception, never a hang.
 
 - CI: a few examples per target, derandomized (the same examples on every run, no example database), so the

@@ -1,4 +1,4 @@
-"""The documented snippets, verbatim except for the import line, run from a Hugging Face cache by hub id (issue 17).
+"""The documented snippets, verbatim except for the import line, run from a Hugging Face cache by hub id.
 
 - The DeiT model card (facebook/deit-small-distilled-patch16-224): AutoFeatureExtractor + the teacher model,
   `return_tensors="pt"`.

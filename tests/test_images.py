@@ -1,4 +1,4 @@
-"""Image inputs (issue 6): every PIL mode, EXIF orientations 1-8 and corrupt EXIF, multi-frame files, 1x1 and extreme
+"""Image inputs: every PIL mode, EXIF orientations 1-8 and corrupt EXIF, multi-frame files, 1x1 and extreme
 aspect ratios — each compared with transformers where refvit matches it, or with the documented rule where refvit
 deliberately does better.
 

@@ -1,5 +1,5 @@
 """The parity toolkit without torch: the trace format, refvit's traces against the golden tensors, compare's
-numbers, tolerances, mappings and errors, and the `refvit trace` / `refvit compare` commands (issue 16)."""
+numbers, tolerances, mappings and errors, and the `refvit trace` / `refvit compare` commands."""
 
 from __future__ import annotations
 
@@ -303,7 +303,7 @@ def test_cli_errors_are_one_line(tmp_path, model_dir, capsys):
     assert "tolerance" in capsys.readouterr().err
 
 
-# ---- the README walk-through: a NumPy port with one planted bug (tutorials/port/) ---------------------------------
+# ---- the porting guide's walk-through (docs/porting.md): a NumPy port with one planted bug (tutorials/port/) ---------------------------------
 
 
 def load_port():

@@ -1,4 +1,4 @@
-"""Planted porting bugs, each found by `refvit.parity.compare` at the right module (issue 16).
+"""Planted porting bugs, each found by `refvit.parity.compare` at the right module.
 
 Each bug is planted in a *copy* of a refvit model through the public API only — its own kernel namespace with one
 function wrapped (parity.with_kernels), its parameters with raw checkpoint weights put back (parity.with_params), or

@@ -1,4 +1,4 @@
-"""Capturing traces from transformers (issue 16): forward hooks on named_modules, transformers 5's renamed modules
+"""Capturing traces from transformers: forward hooks on named_modules, transformers 5's renamed modules
 under checkpoint names, eager attention; the debugger's output and an output_hidden_states tuple imported.
 Each test needs torch + transformers and skips (with the reason) when they are missing."""
 

@@ -1,4 +1,4 @@
-"""The tutorial notebooks (issues 7, 19): stored with outputs, in step with their sources, executing without error,
+"""The tutorial notebooks: stored with outputs, in step with their sources, executing without error,
 and their exercises solvable.
 
 Each `tutorials/NN_name.ipynb` is built from `tutorials/src/NN_name.py` and executed by `python tutorials/run.py`.

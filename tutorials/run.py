@@ -1,4 +1,4 @@
-"""Build the tutorial notebooks from their readable sources and execute them in place (issue 7).
+"""Build the tutorial notebooks from their readable sources and execute them in place.
 
     python tutorials/run.py                 # every notebook
     python tutorials/run.py 03_beit         # only the ones named

@@ -17,7 +17,7 @@ def profile(models, batches, repeat: int = 7, backends=("numba",)) -> list[dict]
     of `repeat` forwards after a warm-up, the model built for the profile given its own copy of the backend's
     kernels, each wrapped with a timer (the shared `refvit.kernels` namespaces and every other model keep theirs).
     "python" is the rest: model code between the kernels. `gflops` (linear only) counts 2·rows·in·out per call.
-    The numbers behind README → Speed → "Where the gaps are"."""
+    The numbers behind docs/speed.md, "Where the time goes"."""
     rows = []
     for name in models:
         arch, config, side = model_config(name)

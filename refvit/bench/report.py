@@ -11,7 +11,7 @@ import textwrap
 from .workers import IMPLS, RUNS_PER_PROCESS, THREAD_VARS
 from .zoo import FLOOR_TARGET_MODELS
 
-WIDTH = 118                                                            # markdown paragraphs wrapped as the README's
+WIDTH = 118                                                            # markdown paragraphs wrapped as docs/speed.md's
 
 
 def _version(module: str):
@@ -133,7 +133,7 @@ def _pct(r) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The benchmarks page's tables (README "Speed"): times, start-up, targets, environment."""
+    """The benchmarks page's tables (docs/speed.md): times, start-up, targets, environment."""
     env, rows, out = result["environment"], result.get("rows", []), []
     by = {(r["model"], r["batch"], r["impl"]): r for r in rows}
     threads = {None: "default threads", 1: "1 thread"}.get(env["threads"], f"{env['threads']} threads")

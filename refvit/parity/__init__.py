@@ -1,5 +1,5 @@
 """Parity toolkit for porters: record every module's output as a trace, compare two traces, find the first module
-where a port diverges (README "Checking your port").
+where a port diverges (docs/porting.md).
 
     from refvit import parity
     ref = parity.capture_transformers("path/to/model", pixel_values)   # the framework (needs torch + transformers)

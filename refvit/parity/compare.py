@@ -118,7 +118,7 @@ def band(nmse: float) -> str:
 
 
 def load_mapping(path) -> dict:
-    """Read and check a mapping file (JSON; README "Checking your port" shows one):
+    """Read and check a mapping file (JSON; docs/porting.md shows one):
 
         {"tensors": [{"candidate": "blocks.{i}.attn.qkv", "split": {"axis": -1, "into": [REF_Q, REF_K, REF_V]}},
                      {"candidate": "stem", "reference": "bit.embedder.convolution", "layout": "NHWC"},
@@ -373,7 +373,7 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
                     if c.size == ref.size else "")
             raise InputError(f"{name}: reference shape {tuple(ref.shape)}, candidate {tuple(c.shape)}"
                              f"{'' if row.candidate_name == name else f' (from {row.candidate_name})'}{hint}; "
-                             "no mapping explains it (see --map and README 'Checking your port')")
+                             "no mapping explains it (see --map and docs/porting.md)")
         tol = next((t for g, t in reversed(rules) if fnmatch.fnmatchcase(name, g)), default)
         s = _stats(ref, c)
         ok, bound = _passes(tol, ref.astype(np.float64), s["diff"], s["nmse"], _is_float64(ref) and _is_float64(c))

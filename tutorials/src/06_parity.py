@@ -2,8 +2,8 @@
 # # Parity testing your own port
 #
 # You are porting a vision transformer to C, JAX, an accelerator… Its logits differ from PyTorch's by 3e-4. Is that
-# a bug or rounding? Which module? `refvit.parity` (and the `refvit trace` / `refvit compare` commands, README
-# "Checking your port") answers with the recipe refvit itself is tested with:
+# a bug or rounding? Which module? `refvit.parity` (and the `refvit trace` / `refvit compare` commands, the
+# porting guide in docs/) answers with the recipe refvit itself is tested with:
 #
 # 1. **trace** a reference run: every module's output under the checkpoint's module names, in execution order,
 #    `pixel_values` first;
