@@ -4,6 +4,8 @@ This is the only writer of golden data (DESIGN.md §5). It needs the `golden` ex
     pip install -e ".[golden]"          # torch==2.13.0 (CPU) + transformers==5.23.0
     python golden/generate.py           # (re)write golden/cases/ and golden/processing/
     python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
+    python golden/generate.py --timm [--check]   # golden/timm/ only, written by timm (the timm venv's python:
+                                                 # golden/cases_timm.py, README "timm checkpoints")
     python golden/generate.py --processing   # only golden/processing/, for the installed Pillow: run under another
                                              # Pillow X.Y it writes golden/processing/<case>/pillow-X.Y/ (see
                                              # golden/processing_cases.py); --check compares that Pillow's files only
@@ -317,11 +319,16 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT, help="where to write (default: golden/ of this checkout)")
     parser.add_argument("--only", nargs="*", help="regenerate only these model cases")
     parser.add_argument("--processing", action="store_true", help="regenerate only golden/processing/")
+    parser.add_argument("--timm", action="store_true",
+                        help="only golden/timm/ (cases written by timm; run with the timm venv's python, see "
+                             "golden/cases_timm.py); with --check: regenerate them into a temp dir and compare")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="no framework run: compare an already regenerated tree DIR (from --out DIR) with golden/")
     args = parser.parse_args(argv)
     if args.compare:
         return check_against(args.compare)
+    if args.timm:
+        return timm_main(args)
 
     import torch
     import transformers
@@ -341,6 +348,37 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         return check_against(Path(tmp))
+
+
+def timm_main(args) -> int:
+    """`--timm`: write golden/timm/ with timm (the timm venv), or with --check compare a fresh run with it."""
+    import cases_timm
+    import timm
+    import torch
+
+    if timm.__version__ != cases_timm.TIMM_VERSION or not torch.__version__.startswith(cases_timm.TORCH_VERSION):
+        print(f"warning: timm golden data is pinned to timm {cases_timm.TIMM_VERSION} + torch "
+              f"{cases_timm.TORCH_VERSION}; found {timm.__version__} + {torch.__version__}", file=sys.stderr)
+    if not args.check:
+        target = args.out / "timm"
+        if target.exists():
+            shutil.rmtree(target)
+        cases_timm.generate(target)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_timm.generate(Path(tmp))
+        problems, worst = [], {}
+        print(f"golden --timm --check on {cpu_model()} ({platform.machine()})")
+        for sub in ("models", "processing"):
+            ratios: dict = {}
+            problems += [f"timm/{sub}/{p}" for p in compare_trees(ROOT / "timm" / sub, Path(tmp) / sub, ratios)]
+            worst.update({f"timm/{sub}/{case}": value for case, value in ratios.items()})
+        for case, (ratio, where) in sorted(worst.items()):
+            print(f"  {case:45s} {ratio:8.3f}  {where}")
+        for p in problems:
+            print("MISMATCH", p)
+        print(f"golden --timm --check: {'OK' if not problems else f'{len(problems)} difference(s)'}")
+        return 1 if problems else 0
 
 
 def cpu_model() -> str:

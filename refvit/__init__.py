@@ -23,7 +23,7 @@ from .model import (  # transformers-named classes, one per architecture (refvit
 _PROCESSING = ("AutoFeatureExtractor", "AutoImageProcessor", "BatchFeature", "BeitFeatureExtractor",
                "BeitImageProcessor", "BitImageProcessor", "ConvNextFeatureExtractor", "ConvNextImageProcessor",
                "DeiTFeatureExtractor", "DeiTImageProcessor", "ImageProcessor", "ViTFeatureExtractor",
-               "ViTImageProcessor", "load_image")
+               "ViTImageProcessor", "TimmImageProcessor", "load_image")
 
 __version__ = "0.1.0"
 
@@ -35,7 +35,7 @@ __all__ = [
     "ImageProcessor", "AutoImageProcessor", "AutoFeatureExtractor", "BatchFeature", "ViTImageProcessor",
     "DeiTImageProcessor", "ViTFeatureExtractor", "DeiTFeatureExtractor", "load_image",
     "ConvNextImageProcessor", "ConvNextFeatureExtractor", "BeitImageProcessor", "BeitFeatureExtractor",
-    "BitImageProcessor",
+    "BitImageProcessor", "TimmImageProcessor",
 ]
 
 

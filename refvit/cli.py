@@ -196,6 +196,13 @@ def cmd_inspect(args) -> int:
             "model_type": cfg.model_type, "parameters": model.num_parameters,
             "config": {k: v for k, v in cfg.to_dict().items() if k not in ("id2label", "label2id", "architectures")},
             "num_labels": cfg.num_labels, "ignored_tensors": model.ignored_tensors}
+    if model.timm_config is not None:  # timm's layout: what timm wrote beside what refvit runs (refvit/timm.py)
+        from .timm import describe, resolve
+
+        t = model.timm_config
+        hf, arch, args_used = resolve(t)
+        info["timm"] = {"architecture": t.get("architecture"), "model_args": args_used,
+                        "pretrained_cfg": t.get("pretrained_cfg"), "mapped_to": arch}
     if args.json:
         print(json.dumps(info, indent=1, default=list))
         return 0
@@ -206,6 +213,16 @@ def cmd_inspect(args) -> int:
         print(f"  {k:30s}{v}")
     if model.ignored_tensors:
         print(f"  ignored tensors (head of another architecture): {len(model.ignored_tensors)}")
+    if "timm" in info:
+        print(f"  timm checkpoint: {info['timm']['architecture']} -> {info['timm']['mapped_to']}")
+        rows = describe(model.timm_config, hf, arch, args_used)
+        width = max(len(a) for a, _ in rows)
+        print(f"    {'timm (config.json)':{width}s}  refvit (mapped config)")
+        for left, right in rows:
+            print(f"    {left:{width}s}  {right}")
+        pre = info["timm"]["pretrained_cfg"] or {}
+        print("    preprocessing (pretrained_cfg): " + ", ".join(f"{k}={pre[k]}" for k in (
+            "input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std") if k in pre))
     return 0
 
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from . import hub, kernels
+from . import hub, kernels, timm
 from .models.architecture import Architecture, CallOptions
 from .runner import map_tensors, run, strip_or_add_prefix
 from .checkpoint import load_state_dict
@@ -85,6 +85,7 @@ class Model:
         self.source = source
         self.ignored_tensors: list = []
         self.checkpoint: dict | None = None  # {checkpoint name: array} as read, before load-time math (save_pretrained)
+        self.timm_config: dict | None = None  # config.json as timm wrote it, when loaded from timm's layout
         self.kernels = kernels.get(backend)  # this instance's kernel namespace: every forward reads it (a tool may
                                              # replace it on one instance, e.g. with timed kernels)
 
@@ -192,6 +193,8 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
         raise CheckpointError(f"{path}: not a directory (expected one written by save_pretrained)")
     config_path = os.path.join(path, "config.json")
     raw = read_config_json(config_path)
+    if timm.is_timm_config(raw):  # timm's hub layout: refvit/timm.py maps it to the transformers class it equals
+        return _from_timm_dir(path, raw, config_path, dt, backend, architecture)
     arch = choose_architecture(raw, architecture, config_path)
     cfg = parse_config(raw, arch, config_path)
     tensors, what = load_state_dict(path)
@@ -199,6 +202,18 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
     return CLASSES[arch.name]._assemble(cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, path,
                                         tensors, mapped, ignored)
+
+
+def _from_timm_dir(path, raw, config_path, dt, backend, architecture):
+    """A directory timm wrote (config.json with `architecture` + `pretrained_cfg`, timm's tensor names)."""
+    hf, arch_name, _ = timm.resolve(raw, config_path)
+    tensors, what = load_state_dict(path)
+    source = os.path.join(path, what)
+    model = from_state_dict(hf, timm.convert_tensors(tensors, hf, arch_name, source), architecture or arch_name,
+                            dt, backend, source)
+    model.source = path
+    model.timm_config = raw  # what timm wrote, for `refvit inspect`
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -278,6 +293,9 @@ class AutoModel:
     def from_pretrained(path, dtype="float32", backend="numba", revision=None):
         path = hub.resolve_model_dir(path, revision=revision)
         raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
+        if timm.is_timm_config(raw):
+            hf, _, _ = timm.resolve(raw, os.path.join(os.fspath(path), "config.json"))
+            return from_pretrained(path, dtype, backend, architecture=BASE_MODELS[hf["model_type"]])
         if raw.get("model_type") not in BASE_MODELS:
             raise ConfigError(f"{path}/config.json: model_type {raw.get('model_type')!r} is not one of {sorted(BASE_MODELS)}")
         return from_pretrained(path, dtype, backend, architecture=BASE_MODELS[raw["model_type"]])
@@ -290,6 +308,8 @@ class AutoModelForImageClassification:
     def from_pretrained(path, dtype="float32", backend="numba", revision=None):
         path = hub.resolve_model_dir(path, revision=revision)
         raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
+        if timm.is_timm_config(raw):
+            return from_pretrained(path, dtype, backend)
         archs = [a for a in raw.get("architectures") or [] if isinstance(a, str) and "ForImageClassification" in a]
         if archs:
             return from_pretrained(path, dtype, backend, architecture=archs[0])

@@ -15,6 +15,9 @@ Markers (registered below):
   Debian's chromium + chromium-driver); it skips, with a reason, where they are missing. It may skip in the stages
   `base` and `framework`; CI's docs stage (`REFVIT_CI_STAGE=docs`, after installing them, `-m needs_docs`) fails
   when one skips.
+- `needs_timm`: the test compares with timm itself (timm's own code is the oracle) and skips, with a reason, where
+  timm cannot be imported. CI stage `timm` (`REFVIT_CI_STAGE=timm`, in the throwaway timm venv .ci/run builds,
+  `-m needs_timm`) runs them and none may skip there; a test that skips for want of timm without the marker fails CI.
 At the end of every run a summary gives the number of skipped tests grouped by reason.
 """
 
@@ -28,9 +31,10 @@ import pytest
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
 CI = os.environ.get("REFVIT_CI", "") not in ("", "0")
-STAGES = ("base", "framework", "docs")
+STAGES = ("base", "framework", "docs", "timm")
 STAGE = os.environ.get("REFVIT_CI_STAGE", "base")
 FRAMEWORK_IMPORT = re.compile(r"could not import '(torch|transformers|safetensors\.torch)[.']")
+TIMM_IMPORT = re.compile(r"could not import '(timm|torchvision)[.']")
 
 _skips: list = []  # (nodeid, reason, marker names) of every skipped test
 
@@ -47,6 +51,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "needs_docs: builds the docs site and browses it in chromium (the `docs` extra, "
                                        "Debian's chromium + chromium-driver); skips without them, must run in CI "
                                        "stage `docs`")
+    config.addinivalue_line("markers", "needs_timm: compares with timm itself; skips without timm, and must run in CI "
+                                       "stage `timm` (the timm venv of .ci/run)")
     if STAGE not in STAGES:
         raise pytest.UsageError(f"REFVIT_CI_STAGE={STAGE!r}: expected one of {', '.join(STAGES)}")
     if config.getoption("--fuzz-long"):
@@ -71,8 +77,10 @@ def pytest_runtest_logreport(report):
 
 def ci_violation(reason: str, markers: set, stage: str = STAGE) -> str | None:
     """Why a skip with this reason and these markers fails CI in `stage`, or None when the skip is allowed."""
-    framework = "needs_framework" in markers
-    if FRAMEWORK_IMPORT.search(reason) and not framework:
+    framework, needs_timm = "needs_framework" in markers, "needs_timm" in markers
+    if TIMM_IMPORT.search(reason) and not needs_timm:
+        return "skips without timm but is not marked needs_timm (CI stage `timm` would not run it)"
+    if FRAMEWORK_IMPORT.search(reason) and not (framework or needs_timm):
         return "skips without torch/transformers but is not marked needs_framework (CI stage 2 would not run it)"
     if stage == "framework" and framework:
         return "needs_framework test skipped in CI stage `framework` (the golden extra is installed)"
@@ -81,6 +89,10 @@ def ci_violation(reason: str, markers: set, stage: str = STAGE) -> str | None:
         return "needs_docs test skipped in CI stage `docs` (the docs extra and chromium are installed)"
     if docs:
         return None  # stages base and framework: the docs stage runs it
+    if stage == "timm" and needs_timm:
+        return "needs_timm test skipped in CI stage `timm` (the timm venv is installed)"
+    if needs_timm and stage != "timm":
+        return None  # runs in stage `timm`
     if "must_run" in markers and not (framework and stage == "base"):
         return "must_run test skipped in CI"
     return None
@@ -127,3 +139,16 @@ def framework(name: str = "transformers"):
     """Import torch / transformers (or a submodule) for a needs_framework test; skip it, saying why, without them."""
     return pytest.importorskip(name, reason=f"could not import '{name}': needs the `golden` extra "
                                             f"(pip install \".[golden]\": torch 2.13.0 CPU + transformers 5.23.0)")
+
+
+def timm_oracle(name: str = "timm"):
+    """Import timm (or torch, torchvision) for a needs_timm test; skip it, saying why, without them."""
+    return pytest.importorskip(name, reason=f"could not import '{name}': needs the timm venv (.ci/run stage `timm`: "
+                                            "torch 2.14.1 + torchvision 0.29.1 + timm, see README 'timm checkpoints')")
+
+
+def golden_timm_case(name: str) -> Path:
+    path = GOLDEN / "timm" / "models" / name
+    if not path.is_dir():
+        pytest.fail(f"golden timm case {name} is missing: run python golden/generate.py --timm (timm venv)")
+    return path

@@ -37,6 +37,14 @@ def test_ci_runs_every_framework_check():
     assert re.search(r"^export REFVIT_CI=1$", CI_RUN, re.M)
 
 
+def test_ci_runs_every_timm_check():
+    """The timm stage: its own venv with the pinned torch/torchvision pair, every needs_timm test, the timm goldens."""
+    assert "TIMM_PACKAGES=(torch==2.14.1 torchvision==0.29.1 timm " in CI_RUN
+    assert "\nstep timm-install install_timm\n" in CI_RUN
+    assert 'REFVIT_CI_STAGE=timm PYTHONPATH="$PWD" "$TIMM_VENV/bin/python" -m pytest -m needs_timm' in CI_RUN
+    assert '"$TIMM_VENV/bin/python" golden/generate.py --timm --check' in CI_RUN
+
+
 POLICY_TESTS = '''
 import pytest
 
@@ -61,6 +69,15 @@ def test_needs_torch_unmarked():
 @pytest.mark.needs_docs
 def test_needs_chromium():
     pytest.skip("needs the docs extra and Debian's chromium (/usr/bin/chromium missing)")
+
+
+@pytest.mark.needs_timm
+def test_needs_timm():
+    pytest.skip("could not import 'timm': No module named 'timm'")
+
+
+def test_needs_timm_unmarked():
+    pytest.skip("could not import 'timm': No module named 'timm'")
 '''
 
 
@@ -84,7 +101,7 @@ def run_policy(directory, *select, ci=None, stage=None):
 def test_outside_ci_skips_are_counted_by_reason_and_pass(policy_dir):
     rc, out = run_policy(policy_dir)
     assert rc == 0, out
-    assert "4 skipped\n" in out and "    1  an optional package is missing" in out, out
+    assert "6 skipped\n" in out and "    1  an optional package is missing" in out, out
 
 
 def test_ci_fails_a_skipped_must_run_test(policy_dir):
@@ -136,3 +153,22 @@ def test_ci_runs_the_docs_stage():
 def test_unknown_stage_is_refused(policy_dir):
     rc, out = run_policy(policy_dir, "test_runs", ci="1", stage="third")
     assert rc != 0 and "REFVIT_CI_STAGE='third'" in out
+
+
+def test_ci_stages_base_and_framework_let_marked_timm_tests_skip(policy_dir):
+    for stage in ("base", "framework"):
+        rc, out = run_policy(policy_dir, "test_runs", "test_needs_timm", ci="1", stage=stage)
+        assert rc == 0, out
+        assert "must-run tests skipped: 0" in out
+
+
+def test_ci_stage_timm_fails_a_skipped_timm_test(policy_dir):
+    rc, out = run_policy(policy_dir, "test_needs_timm", ci="1", stage="timm")
+    assert rc == 1, out
+    assert "needs_timm test skipped in CI stage `timm`" in out
+
+
+def test_ci_fails_an_unmarked_test_that_skips_without_timm(policy_dir):
+    rc, out = run_policy(policy_dir, "test_needs_timm_unmarked", ci="1")
+    assert rc == 1, out
+    assert "not marked needs_timm" in out

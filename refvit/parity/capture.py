@@ -215,7 +215,11 @@ def load_input(source, model_dir=None, processor=None, dtype="float32"):
             if proc_dir is None:
                 raise InputError(f"{path}: an image needs an image processor: pass processor= (a directory with "
                                  "preprocessor_config.json) or give pixel_values as .npy")
+            from refvit.processing.timm import is_timm_dir
+
             config_path = proc_dir if proc_dir.endswith(".json") else os.path.join(proc_dir, "preprocessor_config.json")
+            if is_timm_dir(proc_dir):  # timm's layout: the eval transform from config.json's pretrained_cfg
+                config_path = os.path.join(proc_dir, "config.json")
             proc_dir = os.path.dirname(config_path) or "."
             if not os.path.isfile(config_path):
                 raise InputError(f"{config_path}: not found; an image input needs the model's preprocessor_config.json "

@@ -57,6 +57,7 @@ from .beit import BeitFeatureExtractor, BeitImageProcessor, reduce_labels  # noq
 from .bit import BitImageProcessor
 from .convnext import ConvNextFeatureExtractor, ConvNextImageProcessor
 from .images import load_image
+from .timm import TimmImageProcessor
 from .transforms import center_crop, normalize, rescale, resize
 from .vit import DeiTFeatureExtractor, DeiTImageProcessor, ViTFeatureExtractor, ViTImageProcessor
 
@@ -73,6 +74,7 @@ __all__ = [
     "BeitImageProcessor",
     "BeitFeatureExtractor",
     "BitImageProcessor",
+    "TimmImageProcessor",
     "AutoImageProcessor",
     "AutoFeatureExtractor",
     "resize",

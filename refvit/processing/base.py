@@ -247,6 +247,20 @@ class ImageProcessor:
         legacy `feature_extractor_type` ("DeiTFeatureExtractor" -> DeiT), else `model_type` in a sibling
         config.json; on `ViTImageProcessor` / `DeiTImageProcessor` that class is used, as in transformers.
         """
+        if cls is ImageProcessor:  # a directory timm wrote: its pretrained_cfg (timm.py)
+            from .timm import TimmImageProcessor, is_timm_dir
+
+            if is_timm_dir(path):
+                return TimmImageProcessor.from_pretrained(path, **overrides)
+            try:
+                path = hub.resolve_model_dir(path, revision=revision, files="processor")
+            except ConfigError:
+                model_dir = hub.resolve_model_dir(path, revision=revision)  # a timm hub repo has no preprocessor file
+                if not is_timm_dir(model_dir):
+                    raise
+                return TimmImageProcessor.from_pretrained(model_dir, **overrides)
+            if is_timm_dir(path):
+                return TimmImageProcessor.from_pretrained(path, **overrides)
         path = hub.resolve_model_dir(path, revision=revision, files="processor")
         config, file = read_processor_config(path)
         target = processor_class(processor_name(config, file)) if cls is ImageProcessor else cls
