@@ -82,7 +82,7 @@ def cmd_classify(args) -> int:
         results.append({"image": path, "top": [{"label": model.config.id2label.get(int(i), str(int(i))), "index": int(i),
                                                 "probability": float(probs[i]), "logit": float(logits[i])} for i in top]})
     if args.json:
-        print(json.dumps(results, indent=1))
+        print_json(results)
     else:
         for r in results:
             print(r["image"])
@@ -144,7 +144,7 @@ def cmd_classify_batch(args) -> int:
                "unreadable": [{"path": r["path"], "error": r["error"]} for r in errors], "seconds": seconds,
                "images_per_s": (len(dataset.items) - resumed) / seconds if seconds > 0 else 0.0, "out": args.out}
     if args.json and args.out:
-        print(json.dumps(summary, indent=1))
+        print_json(summary)
     else:
         print(f"{summary['images']} images ({resumed} resumed), {len(errors)} unreadable, "
               f"{summary['images_per_s']:.1f} images/s" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
@@ -177,7 +177,7 @@ def cmd_evaluate(args) -> int:
                           save_logits=args.save_logits, worst=args.worst, progress=Progress("evaluate"))
     records = report.pop("records")
     if args.json:
-        print(json.dumps(report, indent=1))
+        print_json(report)
     else:
         from . import batch
         model, _ = batch._loaded(batch.ModelSpec(os.path.abspath(args.model_dir), args.dtype, args.backend))
@@ -204,7 +204,7 @@ def cmd_inspect(args) -> int:
         info["timm"] = {"architecture": t.get("architecture"), "model_args": args_used,
                         "pretrained_cfg": t.get("pretrained_cfg"), "mapped_to": arch}
     if args.json:
-        print(json.dumps(info, indent=1, default=list))
+        print_json(info, default=list)
         return 0
     print(f"{info['directory']}\n  architecture  {info['architecture']} (model_type {cfg.model_type})")
     print(f"  parameters    {info['parameters']:,}")
@@ -264,8 +264,8 @@ def cmd_segment(args) -> int:
     rows = [{"index": int(ids[i]), "label": model.config.id2label.get(int(ids[i]), str(int(ids[i]))),
              "pixels": int(counts[i]), "fraction": float(counts[i] / label_map.size)} for i in order]
     if args.json:
-        print(json.dumps({"image": args.image, "mask": args.out, "height": image.height, "width": image.width,
-                          "labels": rows}, indent=1))
+        print_json({"image": args.image, "mask": args.out, "height": image.height, "width": image.width,
+                    "labels": rows})
     else:
         print(f"{args.image} -> {args.out} ({image.width}x{image.height}, {len(rows)} labels present)")
         for r in rows:
@@ -353,12 +353,25 @@ def cmd_compare(args) -> int:
         else:
             default = value
     result = parity.compare(reference, candidate, tolerance=default, mapping=mapping, overrides=overrides,
-                            reference_name=args.reference, candidate_name=args.candidate)
+                            reference_name=args.reference, candidate_name=args.candidate, only=args.only or (),
+                            allow_missing=args.allow_missing)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        print_json(result.to_dict())
     else:
         print(parity.format_report(result, verbose=args.verbose))
-    return 0 if result.ok else 1
+    return 0 if result.ok else 1  # NOT OK and INCOMPLETE: 1
+
+
+def print_json(obj, **kwargs) -> None:
+    """JSON on stdout as UTF-8 whatever the locale (Δ stays Δ, not \\u0394)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False, **kwargs) + "\n"
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
 
 
 # ---- the parser: one small function per subcommand -------------------------------------------------------------------
@@ -573,8 +586,9 @@ def add_capture_parser(sub) -> None:
 
 def add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="compare a candidate trace with a reference, tensor by tensor in execution "
-                       "order: OK / NOT OK per tensor, the first divergence, the block that introduced it "
-                       "(exit 1 on divergence)")
+                       "order: OK / NOT OK / SHAPE per tensor, the first divergence, the block that introduced it; "
+                       "exit 0 OK, 1 NOT OK or INCOMPLETE (a reference tensor neither compared nor ignored), 2 "
+                       "unusable input")
     p.add_argument("reference", help="trace (.safetensors), golden case directory, .npz, .npy directory, or "
                    "transformers' model_addition_debugger_context output (use_repr=False)")
     p.add_argument("candidate", help="the same kinds of input: usually your port's tensors")
@@ -584,7 +598,12 @@ def add_compare_parser(sub) -> None:
                    help="refvit (default: 1e-4·max(1,max|ref|) float32, 1e-10·… float64), transformers (1e-4), "
                    "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; repeat with "
                    "NAME_OR_GLOB=PRESET|VALUE for per-tensor overrides")
-    p.add_argument("--json", action="store_true", help="print the full comparison as JSON")
+    p.add_argument("--only", action="append", metavar="GLOB", help="compare only the reference tensors this glob "
+                   "matches (e.g. logits; repeat for more): a partial check on purpose, which the summary states")
+    p.add_argument("--allow-missing", action="store_true", help="a reference tensor the candidate lacks does not make "
+                   "the verdict INCOMPLETE (exit 1): a partial check on purpose, which the summary states")
+    p.add_argument("--json", action="store_true", help="print the full comparison as JSON (UTF-8; numbers as "
+                   "numbers, NaN/inf as null)")
     p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
                    "and every failing block")
     p.set_defaults(func=cmd_compare)

@@ -155,9 +155,9 @@ def test_optimized_lists_fused_modules(tmp_path, pixels):
     fast = parity.capture_onnx(path, pixels, optimized=True)
     fused = fast.meta.get("fused", {})
     assert "vit.encoder.layer.0" in fused and "vit.encoder.layer.0" not in fast
-    result = parity.compare(plain, fast)
+    result = parity.compare(plain, fast, allow_missing=True)  # hidden_states.1 is layer 0's (fused) output
     statuses = {r.name: r.status for r in result.rows}
-    assert statuses["vit.encoder.layer.0"] == "FUSED" and result.ok
+    assert statuses["vit.encoder.layer.0"] == "FUSED" and result.ok and result.missing == ["hidden_states.1"]
     assert "FUSED" in parity.format_report(result)
     assert statuses["vit.layernorm"] == "OK"
 
@@ -230,7 +230,7 @@ def test_exported_golden_cases_match_every_module(tmp_path, case):
     d = _export(case, tmp_path / "m.onnx")
     ref = parity.from_golden(d)
     cand = parity.capture_onnx(tmp_path / "m.onnx", ref["pixel_values"], like=ref)
-    result = parity.compare(ref, cand)
+    result = parity.compare(ref, cand, allow_missing=True)  # the expected gaps: asserted below
     missing = {r.name for r in result.rows if r.status == "MISSING"}
     assert result.ok, parity.format_report(result)
     assert missing == FAMILY_CASES[case], missing

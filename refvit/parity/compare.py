@@ -92,16 +92,16 @@ def _bound(tol: Tolerance, ref: np.ndarray, both64: bool) -> float:
     return tol.value
 
 
-def _passes(tol: Tolerance, ref, diff, nmse: float, both64: bool) -> tuple[bool, str]:
-    """(ok, the bound in words)."""
+def _passes(tol: Tolerance, ref, diff, nmse: float, both64: bool) -> tuple[bool, float | None, str]:
+    """(ok, the bound as a number — max|Δ|, or NMSE for nmse; None for the elementwise rules —, the bound in words)."""
     if tol.rule in ("transformers", "conversion"):
         atol, rtol = (1e-4, 1e-4) if tol.rule == "transformers" else (1e-3, 1e-5)
         excess = np.abs(diff) - (atol + rtol * np.abs(ref))
-        return bool(np.all(excess <= 0)), f"{atol:g}+{rtol:g}|ref|"
+        return bool(np.all(excess <= 0)), None, f"{atol:g}+{rtol:g}|ref|"
     if tol.rule == "nmse":
-        return bool(nmse <= tol.value), f"nmse≤{tol.value:g}"
-    bound = _bound(tol, ref, both64)
-    return bool(np.max(np.abs(diff)) <= bound) if diff.size else True, f"{bound:.1e}"
+        return bool(nmse <= tol.value), tol.value, f"nmse≤{tol.value:g}"
+    bound = float(_bound(tol, ref, both64))
+    return bool(np.max(np.abs(diff)) <= bound) if diff.size else True, bound, f"{bound:.1e}"
 
 
 def band(nmse: float) -> str:
@@ -126,11 +126,16 @@ def load_mapping(path) -> dict:
                      {"candidate": "blocks.{i}.heads", "reference": "…attention.attention", "transpose": [0, 2, 1, 3],
                       "reshape": [0, 0, -1]}],
          "tolerances": {"*.attention.attention": 1e-3, "logits": "conversion"},
-         "ignore": ["deit.pooler"]}
+         "ignore": {"reference": ["deit.pooler"], "candidate": ["my_debug_*"]}}
 
-    `{i}` (any name in braces) matches one dotted component and is filled in the reference names. Applied in
-    order: layout (NHWC -> NCHW, BCN -> BNC), transpose, reshape (0 keeps an axis, -1 takes the rest), split.
-    The first entry whose pattern matches a candidate name is used; unmatched names are compared as they are."""
+    `{i}` (any name in braces) matches one or more characters other than a dot: a whole dotted component where it
+    stands between dots (`blocks.{i}.attn`), part of one where it does not (`layer{i}`); the same name twice must
+    match the same text. What it matched is filled in the reference names. Applied in order: layout (NHWC -> NCHW,
+    BCN -> BNC), transpose, reshape (0 keeps an axis, -1 takes the rest), split. The first entry whose pattern
+    matches a candidate name is used; unmatched names are compared as they are.
+
+    `ignore` (globs): reference tensors deliberately not compared (not counted as missing), and candidate tensors
+    that are not the reference's (not listed as unmatched). A list is the reference side alone."""
     import os
 
     path = os.fspath(path)
@@ -175,14 +180,30 @@ def check_mapping(mapping, where: str = "mapping") -> dict:
         raise InputError(f"{where}: 'tolerances' must map a name (or glob) to a preset or a number")
     for k, v in tolerances.items():
         parse_tolerance(v)
-    if not isinstance(mapping.get("ignore", []), list):
-        raise InputError(f"{where}: 'ignore' must be a list of names or globs")
+    ignore = mapping.get("ignore", [])
+    sides = ignore if isinstance(ignore, dict) else {"reference": ignore}
+    if not isinstance(ignore, (list, dict)) or set(sides) - {"reference", "candidate"} or not all(
+            isinstance(v, list) and all(isinstance(g, str) for g in v) for v in sides.values()):
+        raise InputError(f"{where}: 'ignore' must be a list of reference names or globs, or "
+                         "{\"reference\": [...], \"candidate\": [...]}")
     return mapping
 
 
+def ignored(mapping: dict | None, side: str) -> list:
+    """The `ignore` globs of one side ("reference" or "candidate") of a checked mapping."""
+    ignore = (mapping or {}).get("ignore", [])
+    return ignore.get(side, []) if isinstance(ignore, dict) else (ignore if side == "reference" else [])
+
+
 def _pattern(template: str):
-    parts = re.split(r"\{(\w+)\}", template)
-    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^.]+)" for i, p in enumerate(parts))
+    """`blocks.{i}.attn` as a regex: each {name} one or more non-dot characters; a name seen again must repeat."""
+    parts, seen, rx = re.split(r"\{(\w+)\}", template), set(), ""
+    for i, p in enumerate(parts):
+        if i % 2 == 0:
+            rx += re.escape(p)
+        else:
+            rx += f"(?P={p})" if p in seen else f"(?P<{p}>[^.]+)"
+            seen.add(p)
     return re.compile(rx + r"\Z")
 
 
@@ -190,7 +211,10 @@ def apply_mapping(candidate: Trace, mapping: dict | None) -> tuple[dict, dict]:
     """Candidate tensors under reference names: ({reference name: array}, {reference name: candidate name})."""
     out, origin = {}, {}
     entries = [(e, _pattern(e["candidate"])) for e in (mapping or {}).get("tensors", [])]
+    skip = ignored(mapping, "candidate")
     for name, arr in candidate.items():
+        if any(fnmatch.fnmatchcase(name, g) for g in skip):
+            continue
         for e, rx in entries:
             m = rx.match(name)
             if not m:
@@ -209,7 +233,7 @@ def apply_mapping(candidate: Trace, mapping: dict | None) -> tuple[dict, dict]:
                     pieces = np.split(x, len(targets), axis=e["split"].get("axis", -1))
                 else:
                     targets, pieces = [e["reference"].format(**m.groupdict())], [x]
-            except (ValueError, IndexError, KeyError) as err:
+            except (ValueError, IndexError, KeyError, TypeError) as err:
                 raise InputError(f"mapping entry {e['candidate']!r} on candidate tensor {name} {tuple(x.shape)}: "
                                  f"{err}") from None
             for t, p in zip(targets, pieces):
@@ -231,18 +255,25 @@ class Row:
     name: str
     kind: str
     shape: list
-    status: str                 # "OK" | "NOT OK" | "MISSING" | "FUSED" (the candidate's runtime fused it away)
+    status: str                 # "OK" | "NOT OK" | "SHAPE" (shapes differ) | "MISSING" | "FUSED" (the candidate's
+    #                             runtime fused it away)
     max_abs: float | None = None
     rel: float | None = None    # max|Δ| / max|ref|
     nmse: float | None = None
     cosine: float | None = None
     band: str | None = None
     worst: dict | None = None   # {"index": [...], "reference": r, "candidate": c}
-    bound: str | None = None
+    bound: float | None = None  # the pass bound: max|Δ| (refvit, llm.c, a number) or NMSE (nmse); None: elementwise
+    rule: str | None = None     # the bound in words: "max|Δ| ≤ 1.0e-04", "|Δ| ≤ 1e-4+1e-4|ref|", "nmse ≤ 1e-07", "exact"
     top1: float | None = None
     top5: float | None = None
     block: str = ""
     candidate_name: str | None = None
+    candidate_shape: list | None = None  # a SHAPE row: the candidate's shape
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("NOT OK", "SHAPE")
 
 
 @dataclass
@@ -265,14 +296,36 @@ class Comparison:
     blocks: list = field(default_factory=list)
     unmatched: list = field(default_factory=list)   # candidate tensors with no reference counterpart
     likely_cause: object = None                      # hints.Hint for the first divergence, None: no known pattern
+    ignored: list = field(default_factory=list)     # reference tensors the mapping's `ignore` leaves out
+    only: list = field(default_factory=list)        # --only globs: the reference tensors selected (empty: all)
+    not_selected: int = 0                           # reference tensors --only leaves out
+    allow_missing: bool = False                     # --allow-missing: MISSING rows do not make it INCOMPLETE
+
+    @property
+    def missing(self) -> list:
+        return [r.name for r in self.rows if r.status == "MISSING"]
+
+    @property
+    def verdict(self) -> str:
+        """NOT OK (a compared tensor is off or has another shape), INCOMPLETE (a selected reference tensor was neither
+        compared nor ignored, and --allow-missing was not given), else OK."""
+        if any(r.failed for r in self.rows):
+            return "NOT OK"
+        return "INCOMPLETE" if self.missing and not self.allow_missing else "OK"
 
     @property
     def ok(self) -> bool:
-        return not any(r.status == "NOT OK" for r in self.rows)
+        """The verdict is OK: every selected reference tensor compared (or explicitly ignored) and within tolerance."""
+        return self.verdict == "OK"
+
+    @property
+    def partial(self) -> bool:
+        """OK on purpose on part of the reference: --only selected some tensors, or --allow-missing let some go."""
+        return bool(self.not_selected or (self.allow_missing and self.missing))
 
     @property
     def first_divergence(self) -> Row | None:
-        return next((r for r in self.rows if r.status == "NOT OK"), None)
+        return next((r for r in self.rows if r.failed), None)
 
     def block_of(self, name: str) -> Block | None:
         row = next((r for r in self.rows if r.name == name), None)
@@ -281,16 +334,31 @@ class Comparison:
     def to_dict(self) -> dict:
         first = self.first_divergence
         block = self.block_of(first.name) if first else None
-        return {"reference": self.reference, "candidate": self.candidate, "tolerance": self.tolerance, "ok": self.ok,
-                "first_divergence": None if first is None else {**asdict(first), "verdict": block.verdict if block
-                                                                 else None},
-                "compared": sum(r.status in ("OK", "NOT OK") for r in self.rows),
-                "fused": [r.name for r in self.rows if r.status == "FUSED"],
-                "failed": sum(r.status == "NOT OK" for r in self.rows),
-                "missing": [r.name for r in self.rows if r.status == "MISSING"], "unmatched": self.unmatched,
-                "likely_cause": None if first is None else (self.likely_cause.to_dict() if self.likely_cause
-                                                            else "no known pattern"),
-                "rows": [asdict(r) for r in self.rows], "blocks": [asdict(b) for b in self.blocks]}
+        return _finite({
+            "reference": self.reference, "candidate": self.candidate, "tolerance": self.tolerance,
+            "verdict": self.verdict, "ok": self.ok, "partial": self.partial, "summary": summary(self),
+            "first_divergence": None if first is None else {**asdict(first), "verdict": block.verdict if block
+                                                             else None},
+            "compared": sum(r.status in ("OK", "NOT OK") for r in self.rows),
+            "fused": [r.name for r in self.rows if r.status == "FUSED"],
+            "failed": sum(r.status == "NOT OK" for r in self.rows),
+            "shape_mismatches": [r.name for r in self.rows if r.status == "SHAPE"],
+            "missing": self.missing, "ignored": self.ignored, "only": self.only, "not_selected": self.not_selected,
+            "allow_missing": self.allow_missing, "unmatched": self.unmatched,
+            "likely_cause": None if first is None else (self.likely_cause.to_dict() if self.likely_cause
+                                                        else "no known pattern"),
+            "rows": [asdict(r) for r in self.rows], "blocks": [asdict(b) for b in self.blocks]})
+
+
+def _finite(x):
+    """JSON has no NaN or infinity: a non-finite float becomes null (the row's status says what happened)."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 _LAYER = re.compile(r"^(.*?\.(?:layer|layers)\.\d+)(?:\.|$)")
@@ -347,19 +415,27 @@ def _is_float64(x: np.ndarray) -> bool:
 
 
 def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dict | None = None,
-            overrides: dict | None = None, reference_name: str = "reference",
-            candidate_name: str = "candidate") -> Comparison:
+            overrides: dict | None = None, reference_name: str = "reference", candidate_name: str = "candidate",
+            only=(), allow_missing: bool = False) -> Comparison:
     """Walk `reference` in execution order and compare each tensor with the candidate's of the same name (after
     `mapping`, see load_mapping). `tolerance`: a preset or number; `overrides`: {name or glob: tolerance}, on top of
-    the mapping's "tolerances". Raises InputError when nothing matches or shapes differ in a way no mapping explains."""
+    the mapping's "tolerances"; `only`: globs, compare just the reference tensors they match; `allow_missing`: a
+    reference tensor the candidate lacks does not make the verdict INCOMPLETE (`Comparison.verdict`).
+
+    A tensor whose shapes differ is a SHAPE row (failed; the walk goes on). Raises InputError when no tensor is in
+    common (nothing could be checked) or `only` selects nothing."""
     default = parse_tolerance(tolerance)
     rules = [(k, parse_tolerance(v)) for k, v in {**(mapping or {}).get("tolerances", {}), **(overrides or {})}.items()]
-    ignore = (mapping or {}).get("ignore", [])
+    ignore, only = ignored(mapping, "reference"), [only] if isinstance(only, str) else list(only or ())
     cand, origin = apply_mapping(candidate, mapping)
     fused = candidate.meta.get("fused") or {}  # capture_onnx(optimized=True): boundaries ORT's fusions removed
-    result = Comparison(reference_name, candidate_name, default.describe())
+    result = Comparison(reference_name, candidate_name, default.describe(), only=only, allow_missing=allow_missing)
     for step, (name, ref) in enumerate(reference.items()):
+        if only and not any(fnmatch.fnmatchcase(name, g) for g in only):
+            result.not_selected += 1
+            continue
         if any(fnmatch.fnmatchcase(name, g) for g in ignore):
+            result.ignored.append(name)
             continue
         row = Row(step, name, reference.kind(name), list(ref.shape), "MISSING", block=block_of(reference.module(name)))
         result.rows.append(row)
@@ -369,28 +445,20 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
         c = np.asarray(cand[name])
         row.candidate_name = origin.get(name, name)
         if c.shape != ref.shape:
-            hint = (" (same number of elements: a layout difference? add a 'layout'/'transpose' mapping entry)"
-                    if c.size == ref.size else "")
-            raise InputError(f"{name}: reference shape {tuple(ref.shape)}, candidate {tuple(c.shape)}"
-                             f"{'' if row.candidate_name == name else f' (from {row.candidate_name})'}{hint}; "
-                             "no mapping explains it (see --map and docs/porting.md)")
-        tol = next((t for g, t in reversed(rules) if fnmatch.fnmatchcase(name, g)), default)
-        s = _stats(ref, c)
-        ok, bound = _passes(tol, ref.astype(np.float64), s["diff"], s["nmse"], _is_float64(ref) and _is_float64(c))
-        if ref.dtype.kind in "biu" or c.dtype.kind in "biu":
-            ok, bound = bool(np.array_equal(ref, c)), "exact"
-        ok = ok and np.isfinite(s["max_abs"])
-        row.status = "OK" if ok else "NOT OK"
-        row.max_abs, row.rel, row.nmse, row.cosine, row.worst, row.bound = (s["max_abs"], s["rel"], s["nmse"],
-                                                                             s["cosine"], s["worst"], bound)
-        row.band = band(s["nmse"])
-        if name.split(".")[-1].endswith("logits") and ref.ndim >= 2 and ref.dtype.kind == "f":
-            row.top1, row.top5 = _topk(ref, c)
+            row.status, row.candidate_shape = "SHAPE", list(c.shape)
+            row.rule = ("same number of elements: a layout difference? add a 'layout'/'transpose' mapping entry"
+                        if c.size == ref.size else "")
+            continue
+        _compare_row(row, ref, c, next((t for g, t in reversed(rules) if fnmatch.fnmatchcase(name, g)), default))
+    if only and not result.rows and not result.ignored:
+        raise InputError(f"--only {' '.join(only)}: no reference tensor matches ({reference.names[:4]}…)")
     matched = set(origin.get(n, n) for n in (r.name for r in result.rows if r.status not in ("MISSING", "FUSED")))
-    result.unmatched = [n for n in candidate if n not in matched]
-    if not any(r.status in ("OK", "NOT OK") for r in result.rows):
-        raise InputError(f"no tensor of the candidate ({len(candidate)}: {candidate.names[:4]}…) matches a reference "
-                         f"name ({reference.names[:4]}…): name them like the reference, or pass a mapping (--map)")
+    skip = ignored(mapping, "candidate")
+    result.unmatched = [n for n in candidate if n not in matched and not any(fnmatch.fnmatchcase(n, g) for g in skip)]
+    if not any(r.status in ("OK", "NOT OK", "SHAPE") for r in result.rows):
+        raise InputError(f"nothing to compare: no tensor of the candidate ({len(candidate)}: {candidate.names[:4]}…) "
+                         f"matches a reference name ({reference.names[:4]}…): name them like the reference, or pass a "
+                         "mapping (--map)")
     result.blocks = attribute(result.rows)
     first = result.first_divergence
     if first is not None:
@@ -398,6 +466,20 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
 
         result.likely_cause = likely_cause(reference, cand, first.name)
     return result
+
+
+def _compare_row(row: Row, ref: np.ndarray, c: np.ndarray, tol: Tolerance) -> None:
+    """Fill one row's statistics and status (OK / NOT OK) for tensors of the same shape."""
+    s = _stats(ref, c)
+    ok, bound, rule = _passes(tol, ref.astype(np.float64), s["diff"], s["nmse"], _is_float64(ref) and _is_float64(c))
+    if ref.dtype.kind in "biu" or c.dtype.kind in "biu":
+        ok, bound, rule = bool(np.array_equal(ref, c)), 0.0, "exact"
+    ok = ok and np.isfinite(s["max_abs"])
+    row.status = "OK" if ok else "NOT OK"
+    row.max_abs, row.rel, row.nmse, row.cosine, row.worst = s["max_abs"], s["rel"], s["nmse"], s["cosine"], s["worst"]
+    row.bound, row.rule, row.band = bound, rule, band(s["nmse"])
+    if row.name.split(".")[-1].endswith("logits") and ref.ndim >= 2 and ref.dtype.kind == "f":
+        row.top1, row.top5 = _topk(ref, c)
 
 
 def attribute(rows: list) -> list:
@@ -410,21 +492,24 @@ def attribute(rows: list) -> list:
         if not groups or groups[-1][0] != r.block:
             groups.append((r.block, []))
         groups[-1][1].append(r)
-    prev = None
+    prev, prev_shape = None, False
     for name, members in groups:
         out = members[-1]
-        failing = next((r for r in members if r.status == "NOT OK"), None)
+        failing = next((r for r in members if r.failed), None)
+        shape = any(r.status == "SHAPE" for r in members)
         if failing is None:
             verdict = "ok"
         elif prev is None:
             verdict = "introduced"
+        elif shape:  # a shape error is introduced where shapes first differ, inherited after
+            verdict = "inherited" if prev_shape else "introduced"
         else:
             worst = max((r.nmse for r in members if r.nmse is not None and np.isfinite(r.nmse)), default=out.nmse)
             grew = _ratio(max(out.nmse if out.nmse is not None else 0, worst or 0), prev.nmse)
             verdict = "introduced" if grew >= INTRODUCED_NMSE_RATIO else "inherited"
         blocks.append(Block(name, verdict, prev.name if prev else None, prev.nmse if prev else None, out.name,
                             out.nmse, failing.name if failing else None))
-        prev = out
+        prev, prev_shape = out, prev_shape or shape
     return blocks
 
 
@@ -449,59 +534,105 @@ def _f(x, fmt="{:.1e}") -> str:
     return "-" if x is None else ("nan" if x != x else fmt.format(x))
 
 
+def summary(result: Comparison) -> str:
+    """Exactly what was checked: reference tensors compared, failed, missing, ignored, not selected, fused."""
+    rows = result.rows
+    total = len(rows) + len(result.ignored) + result.not_selected
+    count = {k: sum(r.status == k for r in rows) for k in ("OK", "NOT OK", "SHAPE", "MISSING", "FUSED")}
+    parts = [f"{count['OK'] + count['NOT OK'] + count['SHAPE']} of {total} reference tensors compared: "
+             f"{count['OK']} OK, {count['NOT OK']} NOT OK, {count['SHAPE']} SHAPE"]
+    if result.not_selected:
+        parts.append(f"{result.not_selected} not selected (--only {' '.join(result.only)})")
+    if result.ignored:
+        parts.append(f"{len(result.ignored)} ignored (the mapping's ignore)")
+    if count["MISSING"]:
+        parts.append(f"{count['MISSING']} missing in the candidate"
+                     + (" (allowed: --allow-missing)" if result.allow_missing else ""))
+    if count["FUSED"]:
+        parts.append(f"{count['FUSED']} FUSED by the candidate's runtime (not compared)")
+    return "; ".join(parts)
+
+
 def format_report(result: Comparison, verbose: bool = False) -> str:
-    """The table (one row per tensor, OK / NOT OK like llm.c), the first divergence, and the blocks that failed."""
+    """The table (one row per tensor, OK / NOT OK / SHAPE like llm.c), what was checked, the verdict, and for NOT OK
+    the first divergence and the blocks that failed."""
     first = result.first_divergence
     width = max([len(r.name) for r in result.rows] + [6])
     lines = [f"reference: {result.reference}", f"candidate: {result.candidate}", f"tolerance: {result.tolerance}", "",
              f"{'step':>4}  {'tensor':<{width}}  {'max|Δ|':>8}  {'rel':>8}  {'NMSE':>8}  {'cosine':>9}  {'bound':>9}"
              f"  status"]
+    blank = f"{'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}"
     for r in result.rows:
         mark = "  <-- first divergence" if r is first else ""
         extra = f"  top1 {r.top1:.0%} top5 {r.top5:.0%}" if r.top1 is not None else ""
         if r.status == "FUSED":
-            lines.append(f"{r.step:>4}  {r.name:<{width}}  {'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}  FUSED "
-                         "(fused away by the candidate's runtime: not compared)")
-            continue
-        if r.status == "MISSING":
+            lines.append(f"{r.step:>4}  {r.name:<{width}}  {blank}  FUSED (fused away by the candidate's runtime: "
+                         "not compared)")
+        elif r.status == "MISSING":
             if verbose:
-                lines.append(f"{r.step:>4}  {r.name:<{width}}  {'':>8}  {'':>8}  {'':>8}  {'':>9}  {'':>9}  "
-                             "missing in candidate")
-            continue
-        lines.append(f"{r.step:>4}  {r.name:<{width}}  {_f(r.max_abs):>8}  {_f(r.rel):>8}  {_f(r.nmse):>8}  "
-                     f"{_f(r.cosine, '{:.6f}'):>9}  {r.bound:>9}  {r.status}{mark}{extra}")
-    lines.append("")
-    compared = sum(r.status in ("OK", "NOT OK") for r in result.rows)
-    fused = sum(r.status == "FUSED" for r in result.rows)
-    failed = sum(r.status == "NOT OK" for r in result.rows)
-    missing = [r.name for r in result.rows if r.status == "MISSING"]
-    lines.append(f"{compared} tensors compared, {failed} NOT OK; {len(missing)} reference tensors missing in the "
-                 f"candidate{'' if verbose or not missing else ' (--verbose lists them)'}, "
-                 f"{len(result.unmatched)} candidate tensors not in the reference"
-                 + (f": {', '.join(result.unmatched[:6])}{' …' if len(result.unmatched) > 6 else ''}"
-                    if result.unmatched else "")
-                 + (f"; {fused} FUSED by the candidate's runtime (not compared)" if fused else ""))
+                lines.append(f"{r.step:>4}  {r.name:<{width}}  {blank}  missing in candidate")
+        elif r.status == "SHAPE":
+            lines.append(f"{r.step:>4}  {r.name:<{width}}  {blank}  SHAPE reference {tuple(r.shape)}, candidate "
+                         f"{tuple(r.candidate_shape)}{mark}")
+        else:
+            lines.append(f"{r.step:>4}  {r.name:<{width}}  {_f(r.max_abs):>8}  {_f(r.rel):>8}  {_f(r.nmse):>8}  "
+                         f"{_f(r.cosine, '{:.6f}'):>9}  {r.rule:>9}  {r.status}{mark}{extra}")
+    missing = result.missing
+    lines += ["", summary(result) + (" (--verbose lists them)" if missing and not verbose else "") + "; "
+              f"{len(result.unmatched)} candidate tensors not in the reference"
+              + (f": {', '.join(result.unmatched[:6])}{' …' if len(result.unmatched) > 6 else ''}"
+                 if result.unmatched else "")]
+    if result.verdict == "INCOMPLETE" or (missing and not result.allow_missing):
+        lines.append(f"{'INCOMPLETE' if first is None else 'Also incomplete'}: {len(missing)} reference tensor"
+                     f"{'s were' if len(missing) > 1 else ' was'} neither compared nor ignored (e.g. "
+                     f"{', '.join(missing[:3])}), so {'this is not a pass' if first is None else 'more may be wrong'}"
+                     ": name the candidate's tensors like the reference or map them (--map), ignore what the port "
+                     "does not produce (the mapping's \"ignore\"), or check part on purpose (--only GLOB, "
+                     "--allow-missing)")
     if first is None:
-        lines.append("OK: every compared tensor is within tolerance")
+        if result.verdict == "OK":
+            lines.append("OK (partial check: only what is counted above as compared was checked): every compared "
+                         "tensor is within tolerance" if result.partial else
+                         "OK: every compared tensor is within tolerance, and every reference tensor was compared"
+                         + (" or ignored" if result.ignored else ""))
         return "\n".join(lines)
-    w = first.worst or {}
     block = result.block_of(first.name)
     lines += ["", f"FIRST DIVERGENCE: {first.name} (step {first.step}, {first.kind})"
-              + (f", from candidate tensor {first.candidate_name}" if first.candidate_name != first.name else ""),
-              f"  max|Δ| {_f(first.max_abs)} at {tuple(w.get('index', ()))}: reference {w.get('reference', 0):.6g}, "
-              f"candidate {w.get('candidate', 0):.6g}; NMSE {_f(first.nmse)} ({first.band}), cosine "
-              f"{_f(first.cosine, '{:.6f}')}",
-              f"  block {block.name}: {block.verdict.upper()} the error" + (
-                  f" (input {block.input}: NMSE {_f(block.input_nmse)}; inside the block up to "
-                  f"{_f(_block_worst(result, block))})" if block.input else " (the first block)")]
+              + (f", from candidate tensor {first.candidate_name}" if first.candidate_name != first.name else "")]
+    if first.status == "SHAPE":
+        lines.append(f"  SHAPE: reference {tuple(first.shape)}, candidate {tuple(first.candidate_shape)}"
+                     + (f" ({first.rule})" if first.rule else ""))
+    else:
+        w = first.worst or {}
+        lines.append(f"  max|Δ| {_f(first.max_abs)} at {tuple(w.get('index', ()))}: reference "
+                     f"{_g(w.get('reference'))}, candidate {_g(w.get('candidate'))}; NMSE {_f(first.nmse)} "
+                     f"({first.band}), cosine {_f(first.cosine, '{:.6f}')}")
+    if first.status == "SHAPE":
+        lines.append(f"  block {block.name}: {block.verdict.upper()} the shape difference" + (
+            f" (its input {block.input} has the reference's shape)" if block.input and block.verdict == "introduced"
+            else "" if block.input else " (the first block)"))
+    else:
+        lines.append(f"  block {block.name}: {block.verdict.upper()} the error" + (
+            f" (input {block.input}: NMSE {_f(block.input_nmse)}; inside the block up to "
+            f"{_f(_block_worst(result, block))})" if block.input else " (the first block)"))
     hint = result.likely_cause
-    lines += [f"LIKELY CAUSE: {hint.cause}", f"  evidence: {hint.evidence}"] if hint else [
-        "LIKELY CAUSE: no known pattern (checked: another reference tensor, transpose, q/k swap, attention scale, "
-        "permutation, qkv split, constant scale, one-pixel shift, tanh GELU, epsilon, per-channel affine, resampling)"]
+    if first.status != "SHAPE":  # the hints compare values; a shape difference speaks for itself
+        lines += [f"LIKELY CAUSE: {hint.cause}", f"  evidence: {hint.evidence}"] if hint else [
+            "LIKELY CAUSE: no known pattern (checked: another reference tensor, transpose, q/k swap, attention scale, "
+            "permutation, qkv split, constant scale, one-pixel shift, tanh GELU, epsilon, per-channel affine, "
+            "resampling)"]
     bad = [b for b in result.blocks if b.verdict != "ok"]
-    lines += ["", "blocks with a NOT OK tensor (NMSE: block input -> block output):"]
+    lines += ["", "blocks with a NOT OK or SHAPE tensor (NMSE: block input -> block output):"]
     for b in bad[: None if verbose else 12]:
         lines.append(f"  {b.verdict:<10}  {b.name:<{width}}  {_f(b.input_nmse)} -> {_f(b.output_nmse)}")
     if len(bad) > 12 and not verbose:
         lines.append(f"  … {len(bad) - 12} more")
+    failed = sum(r.status == "NOT OK" for r in result.rows)
+    shapes = sum(r.status == "SHAPE" for r in result.rows)
+    lines.append(f"NOT OK: {failed} tensor{'s' * (failed != 1)} outside tolerance, {shapes} with another shape; the "
+                 f"first divergence is {first.name}")
     return "\n".join(lines)
+
+
+def _g(x) -> str:
+    return "-" if x is None else f"{x:.6g}"
