@@ -83,6 +83,10 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
     "secondary_sidebar_items": ["page-toc"],
 }
+# Pages without sub-pages get no left sidebar (it would be an empty "Section Navigation"): more room for code.
+html_sidebars = {page: [] for page in ("index", "porting", "cli", "api", "speed", "security", "golden", "quirks",
+                                       "DESIGN", "contributing", "search", "genindex", "py-modindex")}
+smartquotes_action = "qe"  # quotes and ellipses only: `--help` stays two hyphens, not an en dash
 html_show_sourcelink = False
 html_copy_source = False
 html_last_updated_fmt = None
