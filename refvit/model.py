@@ -174,8 +174,11 @@ def _check_options(dtype, backend):
 
 def from_state_dict(config: dict, tensors: dict, architecture: str | None = None, dtype="float32", backend="numba",
                     source: str = "state dict") -> Model:
-    """Build a Model from a config dict (as in config.json) and {checkpoint name: array}."""
+    """Build a Model from a config (a dict as in config.json, or a refvit config such as `BitConfig(...)`) and
+    {checkpoint name: array}."""
     dt = _check_options(dtype, backend)
+    if isinstance(config, PretrainedConfig):
+        config = config.to_dict()
     arch = choose_architecture(config, architecture, source)
     cfg = parse_config(config, arch, source)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)

@@ -6,6 +6,7 @@ Torch-free tests first (CI stage 1); the comparisons with transformers are marke
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,6 +166,56 @@ def test_save_pretrained_refuses_a_non_empty_directory_and_overwrites_atomically
     assert sorted(os.listdir(tmp_path / "dir")) == ["config.json", "model.safetensors"]
     with pytest.raises(CheckpointError, match="not a directory"):
         model.save_pretrained(tmp_path / "notes.txt", overwrite=True)
+
+
+GOLDEN_CASES = sorted(p for p in (Path(__file__).resolve().parent.parent / "golden" / "cases").iterdir()
+                      if (p / "model.safetensors").exists() or (p / "pytorch_model.bin").exists())
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda p: p.name)
+def test_loaded_checkpoints_are_saved_as_read(tmp_path, case):
+    """A checkpoint transformers wrote, loaded and saved by refvit: the same tensors bit for bit (before BiT's weight
+    standardisation and the BatchNorm folds; a transformers-5 state dict's names become the checkpoint names), the
+    same config, and the re-read model gives the same outputs."""
+    from refvit.checkpoint import load_state_dict
+    from refvit.model import strip_or_add_prefix
+    meta = json.loads((case / "meta.json").read_text())
+    model = refvit.from_pretrained(case, architecture=meta["architecture"])
+    model.save_pretrained(tmp_path / "out")
+    again = refvit.from_pretrained(tmp_path / "out")
+    original, _ = load_state_dict(case)
+    arch = model.architecture
+    named, _, _ = strip_or_add_prefix(original, arch)                  # the names as read
+    renamed, _, _ = strip_or_add_prefix(arch.prepare(original), arch)  # transformers-5 names made checkpoint names
+    assert again.checkpoint.keys() == model.checkpoint.keys()
+    for k, v in again.checkpoint.items():
+        expected = named[k] if k in named else renamed[k]
+        assert v.dtype == expected.dtype and np.array_equal(v, expected), k
+    if not any(".layers." in k for k in original):                     # a classic checkpoint: every name as read
+        assert set(again.checkpoint) <= set(named) | {k.removeprefix("beit.") for k in named}
+    assert again.config == model.config.replace(architectures=(meta["architecture"],))
+    inputs = dict(np.load(case / "inputs.npz"))
+    x = inputs.pop("pixel_values")
+    call = {k: v for k, v in meta.get("call", {}).items() if k != "bool_masked_pos"}  # a flag: the mask is an input
+    kwargs = {**{k: v for k, v in inputs.items() if k == "bool_masked_pos"}, **call}
+    for field, value in model(x, **kwargs).items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(again(x, **kwargs)[field], value), field
+
+
+def test_config_json_keys_refvit_does_not_know_are_kept():
+    cfg = refvit.ViTConfig.from_dict({"model_type": "vit", "torch_dtype": "float32", "use_cache": False,
+                                      "segmentation_indices": [1]})
+    d = cfg.to_dict()
+    assert d["dtype"] == "float32" and d["use_cache"] is False and "torch_dtype" not in d
+    assert refvit.ViTConfig.from_dict(d).to_dict() == d
+
+
+def test_from_state_dict_takes_a_config_object():
+    model = small_model("CvtForImageClassification", seed=2)
+    again = refvit.from_state_dict(model.config, model.checkpoint, "CvtForImageClassification")
+    x = pixels("cvt", batch=1)
+    assert np.array_equal(again(x).logits, model(x).logits)
 
 
 def test_model_constructor_errors():
