@@ -69,7 +69,8 @@ def is_offline() -> bool:
 def resolve_model_dir(path, revision: str | None = None, files: str = "model") -> str:
     """A local directory for `path`: the path itself when it exists, else the hub id's snapshot (cache, then download).
 
-    files: "model" (config.json + weights) or "processor" (preprocessor_config.json, config.json when the repo has it).
+    files: "model" (config.json + weights), "processor" (preprocessor_config.json, config.json when the repo has it)
+    or "config" (config.json alone: a timm repo's preprocessing is its pretrained_cfg).
     revision: a branch, tag or full commit sha (default "main"); ignored for a local path, as transformers does.
     A string that is neither an existing path nor a hub id is returned unchanged (the loader then names the path).
     """
@@ -133,6 +134,12 @@ def cached_snapshot(repo_id: str, revision: str, files: str, cache: str) -> tupl
     snapshot = os.path.join(storage, "snapshots", sha)
     absent = _known_absent(storage, sha)
     where = f"{repo_id!r} (revision {revision!r}, commit {sha}) in the Hugging Face cache {snapshot}"
+    if files == "config":  # config.json alone (timm's layout keeps its preprocessing there: pretrained_cfg)
+        if _is_file(snapshot, CONFIG):
+            return snapshot, ""
+        if CONFIG in absent:
+            raise CheckpointError(f"{where}: the repo has no {CONFIG}")
+        return None, f"snapshot {sha[:12]} lacks {CONFIG}"
     if files == "processor":
         if _is_file(snapshot, PREPROCESSOR) or _is_file(snapshot, PROCESSOR):
             return snapshot, ""
@@ -198,6 +205,10 @@ def _unreadable_weights(where: str, found: list[str]) -> CheckpointError:
 def files_to_fetch(listing: set[str], files: str, where: str) -> list[str]:
     """What refvit reads from a repo listing: config.json, the processor configs, the weights (shards come later)."""
     wanted = [name for name in (CONFIG, PREPROCESSOR, PROCESSOR) if name in listing]
+    if files == "config":
+        if CONFIG not in listing:
+            raise CheckpointError(f"{where}: the repo has no {CONFIG}")
+        return [CONFIG]
     if files == "processor":
         if PREPROCESSOR not in listing and PROCESSOR not in listing:
             raise ConfigError(f"{where}: the repo has no {PREPROCESSOR}, so it ships no image processor settings: "

@@ -160,6 +160,11 @@ def _pair(value, key, problems):
     return (224, 224)
 
 
+def _size(pair: tuple):
+    """As transformers' configs hold it: an int when square (BEiT's modeling divides by an int patch_size)."""
+    return pair[0] if pair[0] == pair[1] else list(pair)
+
+
 def _labels(raw: dict, num_classes: int, problems: list) -> dict:
     """id2label from timm's `label_names` (a list, or a dict index -> name); else transformers' LABEL_i."""
     names = raw.get("label_names")
@@ -246,8 +251,8 @@ def _vit_config(kind, args, raw, problems):
     hf = {"model_type": "deit" if kind == "deit_distilled" else "vit", "hidden_size": dim,
           "num_hidden_layers": _int(args, "depth", 12, problems), "num_attention_heads": _int(args, "num_heads", 12, problems),
           "intermediate_size": _mlp_width(dim, args.get("mlp_ratio", 4.0), problems), "hidden_act": "gelu",
-          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": list(_pair(args.get("img_size", 224), "img_size", problems)),
-          "patch_size": list(_pair(args.get("patch_size", 16), "patch_size", problems)),
+          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": _size(_pair(args.get("img_size", 224), "img_size", problems)),
+          "patch_size": _size(_pair(args.get("patch_size", 16), "patch_size", problems)),
           "num_channels": _int(args, "in_chans", 3, problems), "qkv_bias": bool(args.get("qkv_bias", True)),
           "id2label": _labels(raw, num_classes, problems)}
     if kind == "deit_distilled":
@@ -272,8 +277,8 @@ def _beit_config(args, raw, problems):
     hf = {"model_type": "beit", "hidden_size": dim, "num_hidden_layers": _int(args, "depth", 12, problems),
           "num_attention_heads": _int(args, "num_heads", 12, problems),
           "intermediate_size": _mlp_width(dim, args.get("mlp_ratio", 4.0), problems), "hidden_act": "gelu",
-          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": list(_pair(args.get("img_size", 224), "img_size", problems)),
-          "patch_size": list(_pair(args.get("patch_size", 16), "patch_size", problems)),
+          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": _size(_pair(args.get("img_size", 224), "img_size", problems)),
+          "patch_size": _size(_pair(args.get("patch_size", 16), "patch_size", problems)),
           "num_channels": _int(args, "in_chans", 3, problems), "use_mask_token": False,
           "use_absolute_position_embeddings": bool(args.get("use_abs_pos_emb", True)),
           "use_relative_position_bias": bool(args.get("use_rel_pos_bias", False)),
@@ -357,7 +362,8 @@ def _vit_tensors(t: dict, hf: dict, arch: str):
     pos = t.get("pos_embed")
     if pos is not None:
         used.add("pos_embed")
-        grid = (hf["image_size"][0] // hf["patch_size"][0]) * (hf["image_size"][1] // hf["patch_size"][1])
+        (ih, iw), (ph, pw) = (_pair(hf[k], k, []) for k in ("image_size", "patch_size"))
+        grid = (ih // ph) * (iw // pw)
         if pos.ndim == 3 and pos.shape[1] == grid:  # no_embed_class: no position for the class token; timm adds
             # pos_embed before prepending it, which equals a zero position row for the class token (exact)
             pos = np.concatenate([np.zeros((1, 1, pos.shape[2]), pos.dtype), np.asarray(pos)], axis=1)

@@ -114,12 +114,12 @@ def test_mapped_configs_of_real_architectures():
     hf, arch, _ = rtimm.resolve({"architecture": "vit_base_patch16_224", "num_classes": 1000})
     assert arch == "ViTForImageClassification"
     assert (hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"], hf["intermediate_size"],
-            hf["patch_size"], hf["image_size"], hf["layer_norm_eps"]) == (768, 12, 12, 3072, [16, 16], [224, 224], 1e-6)
+            hf["patch_size"], hf["image_size"], hf["layer_norm_eps"]) == (768, 12, 12, 3072, 16, 224, 1e-6)
     hf, arch, _ = rtimm.resolve({"architecture": "deit_small_distilled_patch16_224", "num_classes": 1000})
     assert arch == "DeiTForImageClassificationWithTeacher" and hf["hidden_size"] == 384
     hf, arch, _ = rtimm.resolve({"architecture": "beit_large_patch16_512", "num_classes": 1000})
     assert (hf["image_size"], hf["layer_scale_init_value"], hf["use_mean_pooling"],
-            hf["use_relative_position_bias"], hf["use_absolute_position_embeddings"]) == ([512, 512], 1e-5, True, True, False)
+            hf["use_relative_position_bias"], hf["use_absolute_position_embeddings"]) == (512, 1e-5, True, True, False)
     hf, arch, _ = rtimm.resolve({"architecture": "resnetv2_50x3_bit", "num_classes": 1000})
     assert arch == "BitForImageClassification"
     assert (hf["embedding_size"], hf["hidden_sizes"], hf["depths"], hf["width_factor"]) == \
@@ -236,3 +236,37 @@ def test_cli_classify_inspect_trace_on_a_timm_dir(tmp_path):
     expected = proc(refvit.load_image(image))["pixel_values"]
     pixel_key = next(k for k in trace if k.endswith("pixel_values"))
     assert np.array_equal(trace[pixel_key], expected)
+
+
+def test_hub_id_of_a_timm_repo_from_the_cache(tmp_path, monkeypatch):
+    """A timm hub repo (config.json + model.safetensors, no preprocessor_config.json) read from the cache, offline:
+    the model and timm's eval transform."""
+    from test_hub_support import write_snapshot
+
+    d = golden_timm_case("vit_base_augreg2_reduced")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_snapshot(tmp_path, "timm/vit_test", {n: (d / n).read_bytes() for n in ("config.json", "model.safetensors")})
+    model = refvit.from_pretrained("timm/vit_test")
+    assert model.timm_config["architecture"] == "vit_base_patch16_224"
+    proc = refvit.AutoImageProcessor.from_pretrained("timm/vit_test")
+    assert isinstance(proc, TimmImageProcessor) and proc.input_size == (3, 64, 64)
+    write_snapshot(tmp_path, "org/no_processor", {"config.json": b'{"model_type": "vit"}'})
+    with pytest.raises(refvit.RefvitError, match="preprocessor_config.json"):  # not timm: the usual error
+        refvit.AutoImageProcessor.from_pretrained("org/no_processor")
+
+
+def test_cli_evaluate_on_a_timm_dir(tmp_path):
+    """`refvit evaluate` with timm's preprocessing: an ImageFolder whose class folders are the model's labels."""
+    d = golden_timm_case("resnetv2_50x1_bit_reduced")
+    for label, photo in (("LABEL_1", "chelsea_landscape.jpg"), ("LABEL_2", "astronaut_portrait.jpg")):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        shutil.copy(GOLDEN / "images" / photo, tmp_path / "data" / label / photo)
+    r = subprocess.run([sys.executable, "-m", "refvit.cli", "evaluate", str(d), str(tmp_path / "data"), "--json"],
+                       capture_output=True, text=True, cwd=str(GOLDEN.parent))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    proc, model = TimmImageProcessor.from_pretrained(d), refvit.from_pretrained(d)
+    expected = sum(int(model(proc(refvit.load_image(GOLDEN / "images" / p)).pixel_values).logits.argmax()) == c
+                   for c, p in ((1, "chelsea_landscape.jpg"), (2, "astronaut_portrait.jpg")))
+    assert report["images"] == 2 and report["correct"] == expected, report

@@ -117,3 +117,28 @@ def test_legacy_pytorch_model_bin_and_no_embed_class(timm, tmp_path):
         ref = model.double()(torch.from_numpy(x)).numpy()
     ours = refvit.from_pretrained(tmp_path, dtype="float64")(x).logits
     assert np.abs(ours - ref).max() <= 1e-10 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("case", ["vit_base_augreg2_reduced", "deit_small_distilled_reduced", "beit_base_reduced",
+                                  "resnetv2_50x1_bit_reduced", "vit_small_no_embed_class"])
+def test_timm_to_transformers_through_save_pretrained(timm, case, tmp_path):
+    """refvit as a converter: from_pretrained(timm_dir).save_pretrained(hf_dir) loads in transformers, whose logits
+    equal timm's on the same pixels (float32, the golden tolerance)."""
+    import cases_timm
+    import torch
+    from timm.models import save_for_hf
+
+    transformers = timm_oracle("transformers")
+    name, kwargs, (B, H, W) = cases_timm.CASES[case]
+    model = cases_timm.make_model(name, kwargs, cases_timm.case_seed(case))
+    save_for_hf(model, tmp_path / "timm", safe_serialization=True)
+    refvit.from_pretrained(tmp_path / "timm").save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    hf = getattr(transformers, config["architectures"][0]).from_pretrained(tmp_path / "hf",
+                                                                          attn_implementation="eager").eval()
+    x = np.random.default_rng(1).standard_normal((B, 3, H, W)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.float()(torch.from_numpy(x)).numpy()
+        ours = hf(pixel_values=torch.from_numpy(x)).logits.numpy()
+    err = float(np.abs(ours - ref).max())
+    assert err <= TOL["float32"] * max(1.0, float(np.abs(ref).max())), f"{case}: transformers vs timm max|Δ| {err:.3g}"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import hub
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, RefvitError
 from ..tensors import check_return_tensors, convert
 from .config import processor_name, read_processor_config
 from .images import flat_list_of_images, to_hwc
@@ -254,11 +254,14 @@ class ImageProcessor:
                 return TimmImageProcessor.from_pretrained(path, **overrides)
             try:
                 path = hub.resolve_model_dir(path, revision=revision, files="processor")
-            except ConfigError:
-                model_dir = hub.resolve_model_dir(path, revision=revision)  # a timm hub repo has no preprocessor file
-                if not is_timm_dir(model_dir):
-                    raise
-                return TimmImageProcessor.from_pretrained(model_dir, **overrides)
+            except RefvitError as err:  # a timm hub repo has no preprocessor file: its config.json may be timm's
+                try:
+                    config_dir = hub.resolve_model_dir(path, revision=revision, files="config")
+                except RefvitError:
+                    raise err from None
+                if not is_timm_dir(config_dir):
+                    raise err from None
+                return TimmImageProcessor.from_pretrained(config_dir, **overrides)
             if is_timm_dir(path):
                 return TimmImageProcessor.from_pretrained(path, **overrides)
         path = hub.resolve_model_dir(path, revision=revision, files="processor")
