@@ -341,7 +341,15 @@ def cmd_compare(args) -> int:
     candidate = parity.load(args.candidate)
     reference = parity.load(args.reference, dtype=str(candidate["pixel_values"].dtype)
                             if "pixel_values" in candidate else None)
-    mapping = parity.load_mapping(args.map) if args.map else None
+    from .errors import InputError as RefvitInputError
+
+    if args.map in parity.presets.PRESETS:  # a preset: resolved against both traces' names
+        mapping = parity.presets.resolve(args.map, candidate.names, reference.names)
+    elif args.map and not os.path.isfile(args.map):
+        raise RefvitInputError(f"--map {args.map}: no such mapping file, and not a preset "
+                         f"({', '.join(parity.presets.names())})")
+    else:
+        mapping = parity.load_mapping(args.map) if args.map else None
     default, overrides = "refvit", {}
     for item in args.tolerance or []:  # PRESET|VALUE sets the default; NAME_OR_GLOB=PRESET|VALUE one tensor's
         name, sep, value = item.rpartition("=")
@@ -592,8 +600,10 @@ def add_compare_parser(sub) -> None:
     p.add_argument("reference", help="trace (.safetensors), golden case directory, .npz, .npy directory, or "
                    "transformers' model_addition_debugger_context output (use_repr=False)")
     p.add_argument("candidate", help="the same kinds of input: usually your port's tensors")
-    p.add_argument("--map", help="JSON name mapping for ports that fuse, split or lay out tensors differently "
-                                 "(docs/porting.md)")
+    p.add_argument("--map", metavar="PRESET|names.json", help="name mapping for ports that fuse, split or lay out "
+                   "tensors differently: a JSON file (docs/porting.md) or a preset for a candidate captured from torch "
+                   "module paths (parity.capture_torch): timm-vit (ViT, DeiT, distilled), timm-beit, timm-resnetv2 "
+                   "(BiT), cvt-original (microsoft/CvT)")
     p.add_argument("--tolerance", action="append", metavar="PRESET|VALUE|NAME=VALUE",
                    help="refvit (default: 1e-4·max(1,max|ref|) float32, 1e-10·… float64), transformers (1e-4), "
                    "conversion (1e-3), llm.c (2e-2), nmse[:VALUE] (default 1e-7) or a max|Δ|; repeat with "

@@ -18,11 +18,13 @@ from .compare import (PRESETS, Comparison, apply_mapping, block_of, check_mappin
                       parse_tolerance)
 from .names import record_points
 from .onnx_capture import capture_onnx
+from .torch_capture import capture_torch
+from . import presets
 from .trace import Trace
 
 capture_refvit = capture
 
 __all__ = ["Trace", "capture", "capture_refvit", "capture_transformers", "from_arrays", "from_debugger", "from_golden",
            "from_hidden_states", "load", "load_input", "arrange", "kernels_of", "with_kernels", "with_params", "get_param",
-           "capture_onnx", "compare", "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance",
+           "capture_onnx", "capture_torch", "presets", "compare", "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance",
            "block_of", "Comparison", "PRESETS", "record_points"]

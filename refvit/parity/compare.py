@@ -30,6 +30,7 @@ import numpy as np
 from refvit.errors import InputError
 from refvit.tolerance import allowed_error
 
+from .presets import fill
 from .trace import Trace
 
 PRESETS = ("refvit", "transformers", "conversion", "llm.c", "nmse")
@@ -130,7 +131,8 @@ def load_mapping(path) -> dict:
 
     `{i}` (any name in braces) matches one or more characters other than a dot: a whole dotted component where it
     stands between dots (`blocks.{i}.attn`), part of one where it does not (`layer{i}`); the same name twice must
-    match the same text. What it matched is filled in the reference names. Applied in order: layout (NHWC -> NCHW,
+    match the same text. What it matched is filled in the reference names (`{i+1}`: plus one); a list of reference
+    names records one candidate tensor under each. Applied in order: layout (NHWC -> NCHW,
     BCN -> BNC), transpose, reshape (0 keeps an axis, -1 takes the rest), split. The first entry whose pattern
     matches a candidate name is used; unmatched names are compared as they are.
 
@@ -164,6 +166,9 @@ def check_mapping(mapping, where: str = "mapping") -> dict:
         if not isinstance(e, dict) or bad or not isinstance(e.get("candidate"), str):
             raise InputError(f"{where}: tensors[{i}] must be an object with 'candidate' and 'reference' or 'split'"
                              + (f" (unknown keys {bad})" if bad else ""))
+        if "reference" in e and not (isinstance(e["reference"], str) or (
+                isinstance(e["reference"], list) and e["reference"] and all(isinstance(r, str) for r in e["reference"]))):
+            raise InputError(f"{where}: tensors[{i}].reference must be a name or a list of names")
         if ("reference" in e) == ("split" in e):
             raise InputError(f"{where}: tensors[{i}] ({e['candidate']}) needs exactly one of 'reference' or 'split'")
         if "split" in e and not (isinstance(e["split"], dict) and isinstance(e["split"].get("into"), list)
@@ -229,10 +234,12 @@ def apply_mapping(candidate: Trace, mapping: dict | None) -> tuple[dict, dict]:
                 if "reshape" in e:  # 0 keeps that axis's size, -1 takes the rest (ONNX Reshape's rule)
                     x = x.reshape([x.shape[j] if d == 0 else d for j, d in enumerate(e["reshape"])])
                 if "split" in e:
-                    targets = [t.format(**m.groupdict()) for t in e["split"]["into"]]
+                    targets = [fill(t, m.groupdict()) for t in e["split"]["into"]]
                     pieces = np.split(x, len(targets), axis=e["split"].get("axis", -1))
-                else:
-                    targets, pieces = [e["reference"].format(**m.groupdict())], [x]
+                else:  # one reference name, or several that all are this tensor (a layer's output and its last step)
+                    refs = e["reference"] if isinstance(e["reference"], list) else [e["reference"]]
+                    targets = [fill(t, m.groupdict()) for t in refs]
+                    pieces = [x] * len(targets)
             except (ValueError, IndexError, KeyError, TypeError) as err:
                 raise InputError(f"mapping entry {e['candidate']!r} on candidate tensor {name} {tuple(x.shape)}: "
                                  f"{err}") from None
@@ -427,6 +434,8 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
     default = parse_tolerance(tolerance)
     rules = [(k, parse_tolerance(v)) for k, v in {**(mapping or {}).get("tolerances", {}), **(overrides or {})}.items()]
     ignore, only = ignored(mapping, "reference"), [only] if isinstance(only, str) else list(only or ())
+    # a preset's capture names what it could not record (no module to hook): not expected of the candidate
+    ignore = list(ignore) + list(candidate.meta.get("not_recorded") or [])
     cand, origin = apply_mapping(candidate, mapping)
     fused = candidate.meta.get("fused") or {}  # capture_onnx(optimized=True): boundaries ORT's fusions removed
     result = Comparison(reference_name, candidate_name, default.describe(), only=only, allow_missing=allow_missing)
