@@ -26,6 +26,9 @@ from .compare import _pattern, apply_mapping, check_mapping, load_mapping
 from .trace import Trace, sha256_array
 
 
+EAGER = {"fused_attn": False}  # timm's switch to eager attention, so attn_drop sees the maps (restored after)
+
+
 def _mapping_of(names, module_names, like, base):
     """(mapping or None, preset spec or None, description) for names = None | preset | dict | JSON path."""
     if names is None:
@@ -114,7 +117,7 @@ def capture_torch(module, pixel_values, names=None, like: Trace | None = None, b
     was_training = module.training
     try:
         module.eval()
-        with _attributes(module, (spec or {}).get("setup", {})), torch.no_grad():
+        with _attributes(module, (spec or {}).get("setup", EAGER)), torch.no_grad():
             out = module(torch.from_numpy(np.ascontiguousarray(x)).to(tdtype))
     finally:
         for h in handles:
