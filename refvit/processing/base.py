@@ -15,6 +15,7 @@ from .. import hub
 from ..errors import ConfigError, InputError, RefvitError
 from ..tensors import check_return_tensors, convert
 from .config import processor_name, read_processor_config
+from .feature import BatchFeature
 from .images import flat_list_of_images, to_hwc
 from .transforms import center_crop, normalize, rescale, resize
 
@@ -32,20 +33,6 @@ RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "B
 
 # ----------------------------------------------------------------------------------------------------
 # Output container
-
-
-class BatchFeature(dict):
-    """transformers' BatchFeature: a dict whose keys are also attributes (`batch.pixel_values`)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"BatchFeature has no key {name!r}; keys: {sorted(self)}") from None
-
-    @property
-    def data(self) -> dict:
-        return dict(self)
 
 
 # ----------------------------------------------------------------------------------------------------

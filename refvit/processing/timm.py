@@ -38,11 +38,13 @@ from .. import hub
 from ..config import read_config_json
 from ..errors import ConfigError, InputError
 from ..tensors import check_return_tensors, convert
-from .base import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, BatchFeature, is_number
+from .feature import BatchFeature
 from .images import flat_list_of_images, load_image
 from .transforms import check_output_size
 
 DEFAULT_CROP_PCT = 0.875        # timm/data/constants.py
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_MODE = "center"
 # timm's interpolation names -> torchvision InterpolationMode -> PIL filter (torchvision pil_modes_mapping)
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -159,6 +161,11 @@ class TimmImageProcessor:
             return image
         check_output_size(*size, "resize")
         return image.resize((size[1], size[0]), INTERPOLATIONS[self.interpolation])
+
+
+def is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
 
 
 def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:
