@@ -109,27 +109,46 @@ def visit(driver, url: str, origin: str) -> list[str]:
     driver.get_log("browser")
     driver.get(url)
     wait_for(driver, lambda: driver.execute_script("return document.readyState") == "complete")
-    time.sleep(0.2)  # late requests (search index, fonts) started by scripts after the load event
-    problems = [f"console {e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    urls = {}  # request id -> url
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        method, params = message["method"], message.get("params", {})
-        if method == "Network.requestWillBeSent":
-            request_url = urls[params["requestId"]] = params["request"]["url"]
-            scheme = urlsplit(request_url).scheme
-            if scheme in ("http", "https", "ws", "wss") and not request_url.startswith(origin + "/"):
-                problems.append(f"request to another host: {request_url}")
-        elif method == "Network.loadingFailed" and not params.get("canceled") and params["requestId"] in urls:
-            # (a request sent before this visit, by the browser's start-up, is not this page's)
-            problems.append(f"failed request: {params.get('errorText')} ({params.get('type')}) "
-                            f"{urls[params['requestId']]}")
-        elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
-            problems.append(f"HTTP {params['response']['status']}: {params['response']['url']}")
+    problems: list[str] = []
+    urls: dict = {}  # request id -> url, for the requests this visit sent
+    done: set = set()  # request ids finished or failed
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 30
+    # read the network events until every request the page sent has ended and nothing new came for 1 s: the
+    # scripts start late requests (the search index, images) after the load event
+    while time.monotonic() < deadline:
+        entries = driver.get_log("performance")
+        if entries:
+            quiet_since = time.monotonic()
+        for entry in entries:
+            message = json.loads(entry["message"])["message"]
+            method, params = message["method"], message.get("params", {})
+            request_id = params.get("requestId")
+            if method == "Network.requestWillBeSent":
+                request_url = urls[request_id] = params["request"]["url"]
+                if (urlsplit(request_url).scheme in ("http", "https", "ws", "wss")
+                        and not request_url.startswith(origin + "/")):
+                    problems.append(f"request to another host: {request_url}")
+            elif method == "Network.loadingFinished":
+                done.add(request_id)
+            elif method == "Network.loadingFailed":
+                done.add(request_id)
+                # (a request sent before this visit, by the browser's start-up, is not this page's)
+                if request_id in urls and not params.get("canceled"):
+                    problems.append(f"failed request: {params.get('errorText')} ({params.get('type')}) "
+                                    f"{urls[request_id]}")
+            elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
+                problems.append(f"HTTP {params['response']['status']}: {params['response']['url']}")
+        pending = [u for rid, u in urls.items() if rid not in done and urlsplit(u).scheme in ("http", "https")]
+        if not pending and time.monotonic() - quiet_since > 1.0:
+            break
+        time.sleep(0.05)
+    else:
+        problems.append(f"requests still pending after 30 s: {pending}")
+    problems += [f"console {e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     return problems
 
 
-def wait_for(driver, condition, timeout: float = 20.0):
+def wait_for(driver, condition, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
