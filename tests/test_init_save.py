@@ -423,3 +423,42 @@ def test_transformers_loads_what_refvit_wrote(tmp_path, name):
     for dtype in ("float32", "float64"):
         worst, ratio = round_trip(name, tmp_path / "out", dtype)
         assert ratio <= 1.0, (dtype, worst, ratio)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# timm -> transformers without torch: refvit.from_pretrained(timm_dir).save_pretrained(hf_dir)
+
+
+TIMM_CASES = sorted(p for p in (Path(__file__).resolve().parent.parent / "golden" / "timm" / "models").iterdir())
+
+
+@pytest.mark.parametrize("case", TIMM_CASES, ids=lambda p: p.name)
+def test_timm_checkpoint_saved_as_transformers_reads_back(tmp_path, case):
+    model = refvit.from_pretrained(case)
+    model.save_pretrained(tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == [model.architecture.name] and "pretrained_cfg" not in config
+    again = refvit.from_pretrained(tmp_path / "hf")
+    x = np.load(case / "inputs.npz")["pixel_values"]
+    assert np.array_equal(again(x).logits, model(x).logits)
+
+
+@pytest.mark.needs_framework
+@pytest.mark.parametrize("case", TIMM_CASES, ids=lambda p: p.name)
+def test_timm_to_transformers_converter(tmp_path, case):
+    """The directory refvit writes from a timm checkpoint loads in transformers (no missing or unexpected keys) and
+    gives timm's own logits (golden/timm, written by timm) within the golden tolerances, in float32 and float64."""
+    pytest.importorskip("transformers")
+    import torch
+    refvit.from_pretrained(case).save_pretrained(tmp_path / "hf")
+    name = json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"][0]
+    ref = np.load(case / "outputs.npz")
+    for dtype in ("float32", "float64"):
+        theirs, info = _torch_model(name, tmp_path / "hf", dtype)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+        x = np.load(case / "inputs.npz")["pixel_values"].astype(dtype)
+        with torch.no_grad():
+            logits = theirs(pixel_values=torch.from_numpy(x)).logits.numpy()
+        timm_logits = ref[f"{dtype}/logits"]
+        err = float(np.abs(logits - timm_logits).max())
+        assert err <= TOLERANCE[dtype] * max(1.0, float(np.abs(timm_logits).max())), (dtype, err)
