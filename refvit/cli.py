@@ -367,6 +367,13 @@ def cmd_compare(args) -> int:
         print_json(result.to_dict())
     else:
         print(parity.format_report(result, verbose=args.verbose))
+    if args.report:
+        parity.write_html(result, args.report, title=f"refvit compare: {os.path.basename(args.candidate)} vs "
+                          f"{os.path.basename(args.reference)}")
+        print(f"wrote {args.report}", file=sys.stderr)
+    if args.plot:
+        parity.write_plot(result, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0 if result.ok else 1  # NOT OK and INCOMPLETE: 1
 
 
@@ -614,6 +621,11 @@ def add_compare_parser(sub) -> None:
                    "the verdict INCOMPLETE (exit 1): a partial check on purpose, which the summary states")
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON (UTF-8; numbers as "
                    "numbers, NaN/inf as null)")
+    p.add_argument("--report", type=_out_path, metavar="FILE.html", help="also write a report to look at: one "
+                   "self-contained HTML file (error against depth, the blocks, a |Δ| heatmap of the first divergence, "
+                   "its likely cause; no network)")
+    p.add_argument("--plot", type=_out_path, metavar="FILE.png", help="also draw the error-against-depth figure "
+                   "(needs matplotlib)")
     p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
                    "and every failing block")
     p.set_defaults(func=cmd_compare)

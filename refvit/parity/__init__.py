@@ -20,11 +20,12 @@ from .names import record_points
 from .onnx_capture import capture_onnx
 from .torch_capture import capture_torch
 from . import presets
+from .report import write_html, write_plot
 from .trace import Trace
 
 capture_refvit = capture
 
 __all__ = ["Trace", "capture", "capture_refvit", "capture_transformers", "from_arrays", "from_debugger", "from_golden",
            "from_hidden_states", "load", "load_input", "arrange", "kernels_of", "with_kernels", "with_params", "get_param",
-           "capture_onnx", "capture_torch", "presets", "compare", "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance",
+           "capture_onnx", "capture_torch", "presets", "write_html", "write_plot", "compare", "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance",
            "block_of", "Comparison", "PRESETS", "record_points"]

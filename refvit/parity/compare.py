@@ -307,6 +307,7 @@ class Comparison:
     only: list = field(default_factory=list)        # --only globs: the reference tensors selected (empty: all)
     not_selected: int = 0                           # reference tensors --only leaves out
     allow_missing: bool = False                     # --allow-missing: MISSING rows do not make it INCOMPLETE
+    first_delta: object = field(default=None, repr=False)  # |cand − ref| of the first divergence (report heatmap)
 
     @property
     def missing(self) -> list:
@@ -474,6 +475,9 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
         from .hints import likely_cause
 
         result.likely_cause = likely_cause(reference, cand, first.name)
+        if first.status == "NOT OK":  # kept for the report's heatmap
+            result.first_delta = np.abs(np.asarray(cand[first.name], np.float64)
+                                        - np.asarray(reference[first.name], np.float64)).astype(np.float32)
     return result
 
 
