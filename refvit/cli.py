@@ -622,7 +622,7 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON (UTF-8; numbers as "
                    "numbers, NaN/inf as null)")
     p.add_argument("--report", type=_out_path, metavar="FILE.html", help="also write a report to look at: one "
-                   "self-contained HTML file (error against depth, the blocks, a |Δ| heatmap of the first divergence, "
+                   "self-contained HTML file (error against depth, the blocks, a heatmap of the first divergence's error, "
                    "its likely cause; no network)")
     p.add_argument("--plot", type=_out_path, metavar="FILE.png", help="also draw the error-against-depth figure "
                    "(needs matplotlib)")
