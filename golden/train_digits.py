@@ -7,6 +7,7 @@ scikit-learn):
     python golden/train_digits.py             # train all five (~5 min of CPU, one thread), write golden/models/
     python golden/train_digits.py --check     # framework inference only: re-run the saved models, compare records
     python golden/train_digits.py --distillation-study golden/distillation_study.json   # DeiT study (~10 min CPU)
+    python golden/train_digits.py --record-losses golden/distillation_losses.json       # DeiT losses on one batch
 
 Everything runs on CPU with one thread and fixed seeds. Each image is `refvit.datasets.digit_image(scan)` (the same
 function refvit's tests call) and goes through the model's own transformers image processor, upscaled to 32x32.
@@ -28,6 +29,12 @@ epochs without augmentation); records each student's test accuracy, both heads',
 labels differ from the true labels on the training images. Hard distillation from digits-bit is the golden
 digits-deit recipe, so that row is read from golden/models/digits-deit/logits.npz. Re-running with the same FILE
 resumes (keeps the rows already trained with the same versions and settings). tutorials/02_deit reads it.
+
+--record-losses FILE (writes only FILE): the hard and soft distillation losses of train() (distillation_loss,
+soft_distillation_loss), computed by the framework on one batch, the first LOSS_IMAGES test digits, from the saved
+digits-deit student and digits-bit teacher in eval mode. tutorials/02_deit recomputes both in NumPy from refvit's
+logits and compares; --check recomputes them with the framework and compares too, when FILE is
+golden/distillation_losses.json.
 """
 
 from __future__ import annotations
@@ -150,6 +157,8 @@ def distillation_loss(out, labels, teacher_labels):
 
 SOFT_TAU, SOFT_LAMBDA = 3.0, 0.1   # DeiT §5 soft distillation: the paper's temperature and weight
 WEAK_EPOCHS = 2                    # the study's weak teacher: BiT trained 2 epochs, no augmentation
+LOSS_IMAGES = 64                   # --record-losses: the first 64 test digits, one training batch's worth
+LOSSES_FILE = ROOT / "distillation_losses.json"
 
 
 def soft_distillation_loss(out, labels, teacher_logits):
@@ -328,10 +337,45 @@ def check(names, out: Path) -> int:
             problems.append(f"digits-{name}: accuracy {accuracy} vs recorded {meta['test_accuracy']}")
         print(f"digits-{name}: test accuracy {accuracy:.4f} (recorded {meta['test_accuracy']:.4f}); worst logit "
               f"difference / allowed {worst:.3f}; {int((~decided).sum())} near-tied image(s) not compared by class")
+    if LOSSES_FILE.is_file() and out == MODELS_DIR and {"deit", "bit"} <= set(names):
+        problems += check_losses()
     for p in problems:
         print(p)
     print(f"train_digits --check: {'OK' if not problems else f'{len(problems)} difference(s)'}")
     return 1 if problems else 0
+
+
+def distillation_losses(models: Path = MODELS_DIR) -> dict:
+    """The framework's hard and soft DeiT losses (train()'s functions) on the first LOSS_IMAGES test digits."""
+    import torch
+    import transformers as tf
+
+    setup_torch()
+    _, _, test_scans, test_labels, _ = load_split()
+    scans, y = test_scans[:LOSS_IMAGES], torch.from_numpy(test_labels[:LOSS_IMAGES])
+    student = tf.DeiTForImageClassificationWithTeacher.from_pretrained(models / "digits-deit").eval()
+    teacher = tf.BitForImageClassification.from_pretrained(models / "digits-bit").eval()
+    with torch.no_grad():
+        out = student(pixel_values=pixel_values(tf.DeiTImageProcessorPil.from_pretrained(models / "digits-deit"), scans))
+        teacher_logits = teacher(pixel_values=pixel_values(tf.BitImageProcessorPil.from_pretrained(models / "digits-bit"),
+                                                           scans)).logits
+        hard = distillation_loss(out, y, teacher_logits.argmax(-1)).item()
+        soft = soft_distillation_loss(out, y, teacher_logits).item()
+    return {"images": LOSS_IMAGES, "student": "digits-deit", "teacher": "digits-bit", "tau": SOFT_TAU,
+            "lambda": SOFT_LAMBDA, "hard": hard, "soft": soft}
+
+
+def check_losses(path: Path = LOSSES_FILE, models: Path = MODELS_DIR) -> list[str]:
+    recorded = json.loads(path.read_text())
+    now = distillation_losses(models)
+    problems = []
+    for key in ("hard", "soft"):
+        allowed = CHECK_TOLERANCE * max(1.0, abs(recorded[key]))
+        if not abs(now[key] - recorded[key]) <= allowed:
+            problems.append(f"{path.name}: {key} loss {now[key]} vs recorded {recorded[key]}")
+    print(f"{path.name}: hard {now['hard']:.6f} (recorded {recorded['hard']:.6f}), soft {now['soft']:.6f} "
+          f"(recorded {recorded['soft']:.6f})")
+    return problems
 
 
 def distillation_study(path: Path, models: Path = MODELS_DIR) -> None:
@@ -411,7 +455,18 @@ def main(argv=None) -> int:
     parser.add_argument("--distillation-study", type=Path, metavar="FILE",
                         help="train DeiT students (no teacher / hard / soft, strong and weak BiT teacher) and write "
                              "their accuracies to FILE; golden/models/ is only read")
+    parser.add_argument("--record-losses", type=Path, metavar="FILE",
+                        help="write the framework's hard and soft distillation losses on the first "
+                             f"{LOSS_IMAGES} test digits to FILE (golden/models/ is only read)")
     args = parser.parse_args(argv)
+    if args.record_losses:
+        target = args.record_losses
+        shown = f"golden/{target.name}" if target.resolve().parent == ROOT else target.name
+        record = {"command": f"python golden/train_digits.py --record-losses {shown}",
+                  "versions": versions(), **distillation_losses(args.out)}
+        args.record_losses.write_text(json.dumps(record, indent=1) + "\n")
+        print(record)
+        return 0
     if args.distillation_study:
         distillation_study(args.distillation_study, args.out)
         return 0

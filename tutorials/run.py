@@ -30,6 +30,7 @@ SOLUTIONS = HERE / "solutions"
 WRONG = HERE / "wrong"  # recorded wrong answers: each exercise's check() must reject every one (tests only)
 COMMON = HERE / "common.py"  # helpers imported by the notebooks (kernel cwd = tutorials/)
 STUDY = HERE.parent / "golden" / "distillation_study.json"  # written by golden/train_digits.py --distillation-study
+LOSSES = HERE.parent / "golden" / "distillation_losses.json"  # written by golden/train_digits.py --record-losses
 MODELS = HERE.parent / "golden" / "models"
 TIMEOUT_S = 300  # per cell
 # One BLAS thread in the kernels: on a small shared machine OpenBLAS's thread pool made the notebooks' many small
@@ -86,6 +87,8 @@ def build(source: Path, with_solutions: bool = False) -> nbformat.NotebookNode:
         nb.metadata["refvit"]["common_sha256"] = hashlib.sha256(COMMON.read_bytes()).hexdigest()
     if STUDY.is_file() and STUDY.name in source.read_text():  # 02_deit shows the recorded distillation study
         nb.metadata["refvit"]["distillation_study_sha256"] = hashlib.sha256(STUDY.read_bytes()).hexdigest()
+    if LOSSES.is_file() and LOSSES.name in source.read_text():  # 02_deit recomputes the recorded losses
+        nb.metadata["refvit"]["distillation_losses_sha256"] = hashlib.sha256(LOSSES.read_bytes()).hexdigest()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     make = {"code": nbformat.v4.new_code_cell, "markdown": nbformat.v4.new_markdown_cell}

@@ -356,7 +356,56 @@ plt.show()
 #   epochs) is data-starved in a way this one is not. What these runs do support is the paper's *mechanism*: the two
 #   heads (and so, presumably, the tokens — the study keeps no models to measure them) part exactly as far as their
 #   targets differ. A claim about accuracy would need several seeds per row.
+
+# %% [markdown]
+# ## 5c. The distillation losses, in NumPy
 #
+# What trained the two heads. `golden/train_digits.py` defines both of DeiT's losses (transformers' DeiT model
+# computes none):
+#
+# * **hard** (the `digits-deit` recipe, the paper's eq. 3): `½ CE(cls_logits, y) + ½ CE(distillation_logits, yₜ)`
+#   with `yₜ = argmax` of the teacher's logits — the teacher's decision used as a label;
+# * **soft** (eq. 2 with the distillation token): `(1 − λ) CE(cls_logits, y) + λ τ² KL(softmax(zₜ/τ) ‖
+#   softmax(z_d/τ))`, τ = 3, λ = 0.1: the distillation head matches the teacher's whole softened distribution.
+#
+# `python golden/train_digits.py --record-losses golden/distillation_losses.json` evaluated both, with PyTorch, on one
+# batch (the first 64 test digits, student and teacher in eval mode). We compute them from refvit's logits:
+
+# %%
+recorded_losses = json.loads((student.dir.parent.parent / "distillation_losses.json").read_text())
+nb_ = recorded_losses["images"]
+y_ = labels[:nb_]
+s_out = student.model(pixel_values[:nb_])
+z_cls, z_dist = s_out["cls_logits"].astype(np.float64), s_out["distillation_logits"].astype(np.float64)
+z_t = teacher.model(teacher.pixel_values[:nb_]).logits.astype(np.float64)
+
+
+def log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def cross_entropy(z, y):
+    """mean over the batch of −log softmax(z)[y] (F.cross_entropy)."""
+    return float(-log_softmax(z)[np.arange(len(y)), y].mean())
+
+
+def kl_batchmean(log_p, log_q):
+    """KL(p ‖ q) summed over classes, averaged over the batch (F.kl_div(log_q, log_p, 'batchmean', log_target=True))."""
+    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+tau, lam = recorded_losses["tau"], recorded_losses["lambda"]
+hard = 0.5 * (cross_entropy(z_cls, y_) + cross_entropy(z_dist, z_t.argmax(-1)))
+soft = (1 - lam) * cross_entropy(z_cls, y_) + lam * tau ** 2 * kl_batchmean(log_softmax(z_t / tau),
+                                                                           log_softmax(z_dist / tau))
+for mine_l, key in [(hard, "hard"), (soft, "soft")]:
+    assert_close(mine_l, recorded_losses[key], f"{key} distillation loss")
+    print(f"{key:4s}: NumPy from refvit's logits {mine_l:.6f}, PyTorch (train_digits.py) {recorded_losses[key]:.6f}")
+print(f"teacher's argmax = label on {int(np.sum(z_t.argmax(-1) == y_))} of {nb_} digits: the hard loss's two terms "
+      f"then ask for the same class; KL term of the soft loss {kl_batchmean(log_softmax(z_t / tau), log_softmax(z_dist / tau)):.4f}")
+
+# %% [markdown]
 # ## 6. Planted quirks
 #
 # Three plausible mistakes in a DeiT port, each with the first module (execution order) where the hand-built
