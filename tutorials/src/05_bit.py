@@ -63,10 +63,10 @@ plt.show()
 WS_EPS, GN_EPS = 1e-8, 1e-5
 
 
-def standardize(W, eps=WS_EPS, unbiased=False):
+def standardize(W, eps=WS_EPS):
     """WeightStandardizedConv2d's weight: each output filter to mean 0, variance 1 (biased variance)."""
     flat = W.astype(np.float64).reshape(W.shape[0], -1)                          # (C_out, C_in·k·k)
-    var = flat.var(1, keepdims=True, ddof=1 if unbiased else 0)
+    var = flat.var(1, keepdims=True)
     return ((flat - flat.mean(1, keepdims=True)) / np.sqrt(var + eps)).reshape(W.shape)
 
 
@@ -151,25 +151,25 @@ plt.show()
 # stage) convolves that *pre-activated* input; the residual branch is 1×1 → 3×3 (stride) → 1×1 with GroupNorm+ReLU
 # before each inner conv; no activation after the add. The stem: WS conv 7×7/2 (padding 3), then — with no global
 # padding — a zero pad of 1 and a 3×3/2 max-pool without padding. The head: GroupNorm+ReLU, global mean, Linear.
-# `quirk` is for §5.
+# This is the clean model: no switches for bugs. §5 plants each bug by swapping one small function for a variant.
 
 # %%
-def ws(name, quirk=None):
-    """The standardised weight of one conv (the planted quirks change how)."""
-    return standardize(Wt[f"{name}.weight"], eps=1e-6 if quirk == "ws_eps" else WS_EPS, unbiased=quirk == "ws_unbiased")
+def ws(name):
+    """The standardised weight of one conv."""
+    return standardize(Wt[f"{name}.weight"])
 
 
-def bottleneck(x, name, stride, rec, quirk=None):
+def bottleneck(x, name, stride, rec):
     """BitPreActivationBottleneckLayer."""
     pre = rec[f"{name}.norm1"] = group_norm_relu(x, f"{name}.norm1")
     shortcut = x
     if f"{name}.downsample.conv.weight" in Wt:
-        shortcut = rec[f"{name}.downsample.conv"] = conv2d(pre, ws(f"{name}.downsample.conv", quirk), stride)
-    h = rec[f"{name}.conv1"] = conv2d(pre, ws(f"{name}.conv1", quirk))
+        shortcut = rec[f"{name}.downsample.conv"] = conv2d(pre, ws(f"{name}.downsample.conv"), stride)
+    h = rec[f"{name}.conv1"] = conv2d(pre, ws(f"{name}.conv1"))
     h = rec[f"{name}.norm2"] = group_norm_relu(h, f"{name}.norm2")
-    h = rec[f"{name}.conv2"] = conv2d(h, ws(f"{name}.conv2", quirk), stride, pad=1)
+    h = rec[f"{name}.conv2"] = conv2d(h, ws(f"{name}.conv2"), stride, pad=1)
     h = rec[f"{name}.norm3"] = group_norm_relu(h, f"{name}.norm3")
-    h = rec[f"{name}.conv3"] = conv2d(h, ws(f"{name}.conv3", quirk))
+    h = rec[f"{name}.conv3"] = conv2d(h, ws(f"{name}.conv3"))
     out = rec[name] = h + shortcut
     return out
 
@@ -178,15 +178,19 @@ def max_pool(x, k=3, stride=2):
     return sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride].max(axis=(-1, -2))
 
 
-def forward(x, quirk=None, rec=None):
+def stem_pool(h):
+    """The stem's pooling: zero padding of 1 (transformers' BitMaxPool2d without global padding), then 3×3 / 2."""
+    return max_pool(np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=0.0))
+
+
+def forward(x, rec=None):
     """BitForImageClassification (pre-activation, no global padding) by hand -> logits."""
     rec = {} if rec is None else rec
-    h = rec["bit.embedder.convolution"] = conv2d(x.astype(np.float64), ws("bit.embedder.convolution", quirk), 2, 3)
-    h = np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf if quirk == "pool_pad_inf" else 0.0)
-    h = rec["bit.embedder.pooler"] = max_pool(h)
+    h = rec["bit.embedder.convolution"] = conv2d(x.astype(np.float64), ws("bit.embedder.convolution"), 2, 3)
+    h = rec["bit.embedder.pooler"] = stem_pool(h)
     for s, depth in enumerate(cfg["depths"]):
         for j in range(depth):
-            h = bottleneck(h, f"bit.encoder.stages.{s}.layers.{j}", 2 if s > 0 and j == 0 else 1, rec, quirk)
+            h = bottleneck(h, f"bit.encoder.stages.{s}.layers.{j}", 2 if s > 0 and j == 0 else 1, rec)
     h = rec["bit.norm"] = group_norm_relu(h, "bit.norm")
     pooled = h.mean(axis=(2, 3))                                                   # (B, C)
     return pooled @ Wt["classifier.1.weight"].T + Wt["classifier.1.bias"]
@@ -254,12 +258,50 @@ print(f"refvit, batch of 8 vs one at a time: max diff {np.abs(alone - together).
 #   transformers' zeros: different wherever a border window's conv outputs are all negative.
 
 # %%
-print(f"{'quirk':13s} {'first diverging module':44s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk in ("ws_eps", "ws_unbiased", "pool_pad_inf"):
+import difflib
+import inspect
+from contextlib import contextmanager
+
+
+@contextmanager
+def planted(name, replacement):
+    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
+    at call time), and put the clean one back afterwards."""
+    clean = globals()[name]
+    globals()[name] = replacement
+    try:
+        yield
+    finally:
+        globals()[name] = clean
+
+
+def ws_eps(name):
+    return standardize(Wt[f"{name}.weight"], eps=1e-6)
+
+
+def ws_unbiased(name):
+    W = Wt[f"{name}.weight"].astype(np.float64)
+    flat = W.reshape(W.shape[0], -1)
+    return ((flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True, ddof=1) + WS_EPS)).reshape(W.shape)
+
+
+def pool_pad_inf(h):
+    return max_pool(np.pad(h, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf))
+
+
+quirks = {"ws_eps": ("ws", ws_eps), "ws_unbiased": ("ws", ws_unbiased), "pool_pad_inf": ("stem_pool", pool_pad_inf)}
+body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
+for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
+    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
+    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
+          sep="\n    ")
+print(f"\n{'quirk':13s} {'first diverging module':44s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+for quirk, (name, replacement) in quirks.items():
     rec = {}
-    forward(x, quirk, rec)
+    with planted(name, replacement):
+        forward(x, rec=rec)
+        acc = d.accuracy(forward(pixel_values))
     first, err = first_divergence(rec, inter)
-    acc = d.accuracy(forward(pixel_values, quirk))
     print(f"{quirk:13s} {str(first):44s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
 var_w = {n: t.reshape(t.shape[0], -1).var(1).min() for n, t in Wt.items() if t.ndim == 4}   # every conv's filters
 print(f"smallest filter variance {min(var_w.values()):.1e}: ε = 1e-6 changes such a filter by ≈ "

@@ -22,8 +22,10 @@ def stride_1():
 
 def unbiased():
     """standardised with the unbiased variance"""
-    return conv2d(inter[f"{NORM2}.norm2"].astype(np.float64),
-                  standardize(Wt[f"{NORM2}.conv2.weight"], unbiased=True), 2, pad=1)
+    W = Wt[f"{NORM2}.conv2.weight"].astype(np.float64)
+    flat = W.reshape(W.shape[0], -1)
+    W_hat = ((flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True, ddof=1) + WS_EPS)).reshape(W.shape)
+    return conv2d(inter[f"{NORM2}.norm2"].astype(np.float64), W_hat, 2, pad=1)
 
 
 for wrong in (raw_weights, stride_1, unbiased):
