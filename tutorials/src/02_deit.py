@@ -59,7 +59,7 @@ plt.show()
 #
 # The ViT pieces of notebook 01, compactly (pre-norm layer, biased-variance LayerNorm, exact GELU), and DeiT's
 # embeddings: patch embeddings, then `[CLS]` and `[DIST]` in front (in that order), then one position embedding per
-# token — `N + 2` of them (`DeiTEmbeddings`). `forward` records every module under refvit's name; `quirk` is for §6.
+# token — `N + 2` of them (`DeiTEmbeddings`). `forward` records every module under refvit's name. It is the clean model, with no switches for bugs: §6 plants each bug by swapping one small helper (`special_tokens`, `head_inputs`, `fuse`) for a variant.
 
 # %%
 def layer_norm(x, name, W=Wt):
@@ -83,23 +83,35 @@ def attention(q, k, v):
     return (probs @ split(v)).transpose(0, 2, 1, 3).reshape(q.shape), probs
 
 
-def embed(x, quirk=None):
-    """DeiTEmbeddings -> (B, 2 + N, C). quirk "order": [DIST] before [CLS]."""
+def special_tokens():
+    """[CLS] then [DIST], (1, 1, C) each: their order in the sequence."""
+    return [Wt["deit.embeddings.cls_token"], Wt["deit.embeddings.distillation_token"]]
+
+
+def head_inputs(final):
+    """Which final token feeds which head: token 0 the class head, token 1 the distillation head."""
+    return final[:, 0], final[:, 1]
+
+
+def fuse(cls_logits, dist_logits):
+    """transformers' rule: the mean of the two heads' logits."""
+    return (cls_logits + dist_logits) / 2
+
+
+def embed(x):
+    """DeiTEmbeddings -> (B, 2 + N, C)."""
     proj = Wt["deit.embeddings.patch_embeddings.projection.weight"]                  # (C, 3, P, P)
     B = x.shape[0]
     patches = x.reshape(B, 3, Himg // P, P, Himg // P, P).transpose(0, 2, 4, 1, 3, 5).reshape(B, N, -1)
     tokens = patches @ proj.reshape(C, -1).T + Wt["deit.embeddings.patch_embeddings.projection.bias"]
-    special = [Wt["deit.embeddings.cls_token"], Wt["deit.embeddings.distillation_token"]]   # (1, 1, C) each
-    if quirk == "order":
-        special = special[::-1]
-    special = np.broadcast_to(np.concatenate(special, axis=1), (B, 2, C))
+    special = np.broadcast_to(np.concatenate(special_tokens(), axis=1), (B, 2, C))
     return np.concatenate([special, tokens], axis=1) + Wt["deit.embeddings.position_embeddings"]
 
 
-def forward(x, quirk=None, rec=None):
+def forward(x, rec=None):
     """DeiTForImageClassificationWithTeacher by hand -> (logits, cls_logits, distillation_logits, attention maps)."""
     rec = {} if rec is None else rec
-    hidden = rec["deit.embeddings"] = embed(x.astype(np.float64), quirk)
+    hidden = rec["deit.embeddings"] = embed(x.astype(np.float64))
     maps = []
     for i in range(L):
         name = f"deit.encoder.layer.{i}"
@@ -112,13 +124,10 @@ def forward(x, quirk=None, rec=None):
         hidden = rec[name] = hidden + linear(hdn, f"{name}.output.dense")
         maps.append(probs)
     final = rec["deit.layernorm"] = layer_norm(hidden, "deit.layernorm")
-    cls_tok, dist_tok = (final[:, 1], final[:, 0]) if quirk == "heads" else (final[:, 0], final[:, 1])
+    cls_tok, dist_tok = head_inputs(final)
     cls_logits = rec["cls_classifier"] = linear(cls_tok, "cls_classifier")
     dist_logits = rec["distillation_classifier"] = linear(dist_tok, "distillation_classifier")
-    if quirk == "softmax":   # the paper's rule: add the two heads' softmax outputs
-        logits = softmax(cls_logits) + softmax(dist_logits)
-    else:                    # transformers' rule: the mean of the two heads' logits
-        logits = (cls_logits + dist_logits) / 2
+    logits = fuse(cls_logits, dist_logits)
     return logits, cls_logits, dist_logits, maps
 
 
@@ -419,12 +428,49 @@ print(f"teacher's argmax = label on {int(np.sum(z_t.argmax(-1) == y_))} of {nb_}
 # %%
 reference = {**inter, "logits": out["logits"]}                   # the averaged logits are an output, not a module
 correct = student.accuracy(full[0])
-print(f"{'quirk':8s} {'first diverging module':28s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk in ("softmax", "order", "heads"):
+import difflib
+import inspect
+from contextlib import contextmanager
+
+
+@contextmanager
+def planted(name, replacement):
+    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
+    at call time), and put the clean one back afterwards."""
+    clean = globals()[name]
+    globals()[name] = replacement
+    try:
+        yield
+    finally:
+        globals()[name] = clean
+
+
+def fuse_softmax(cls_logits, dist_logits):
+    return softmax(cls_logits) + softmax(dist_logits)
+
+
+def special_tokens_swapped():
+    return [Wt["deit.embeddings.distillation_token"], Wt["deit.embeddings.cls_token"]]
+
+
+def head_inputs_swapped(final):
+    return final[:, 1], final[:, 0]
+
+
+quirks = {"softmax": ("fuse", fuse_softmax), "order": ("special_tokens", special_tokens_swapped),
+          "heads": ("head_inputs", head_inputs_swapped)}
+body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
+for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
+    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
+    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
+          sep="\n    ")
+print(f"\n{'quirk':8s} {'first diverging module':28s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+for quirk, (name, replacement) in quirks.items():
     rec = {}
-    rec["logits"] = forward(x, quirk, rec)[0]
+    with planted(name, replacement):
+        rec["logits"] = forward(x, rec=rec)[0]
+        acc = student.accuracy(forward(pixel_values)[0])
     first, err = first_divergence(rec, reference)
-    acc = student.accuracy(forward(pixel_values, quirk)[0])
     print(f"{quirk:8s} {str(first):28s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
 
 # %% [markdown]
