@@ -282,10 +282,46 @@ def cmd_bench(args) -> int:
 # --- parity toolkit: `refvit trace`, `refvit capture`, `refvit compare` ---------------------------------------------
 
 
+def cmd_trace_sizes(args) -> int:
+    """refvit trace MODEL INPUT --sizes 224 384x256 --out DIR: one trace per size, DIR/HxW.safetensors."""
+    from . import parity
+    from .parity import sweep
+
+    sizes = [sweep.parse_size(s) for s in args.sizes]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    model_type, configured = config.get("model_type", ""), config.get("image_size", 224)
+    model = None
+    if args.framework == "refvit":
+        import refvit
+
+        model = refvit.from_pretrained(args.model, dtype=args.dtype, backend=args.backend)
+    for size in sizes:
+        x, info = sweep.sweep_input(args.input, size, args.model, args.processor, args.dtype)
+        call = sweep.interpolation(model_type, configured, size)
+        if model is None:
+            trace = parity.capture_transformers(args.model, x, dtype=args.dtype, **call)
+        else:
+            trace = parity.capture(model, x, **call)
+        trace.meta.update({**info, "size": sweep.label(size), **({"interpolate_pos_encoding": True} if call else {})})
+        path = os.path.join(args.out, sweep.label(size) + ".safetensors")
+        trace.save(path)
+        print(f"wrote {path}: {len(trace)} tensors, pixel_values {tuple(x.shape)}"
+              + (", interpolate_pos_encoding" if call else ""))
+    return 0
+
+
 def cmd_trace(args) -> int:
     from . import parity
 
     args.model = hub.resolve_model_dir(args.model, revision=args.revision)  # a hub id: its snapshot
+    if args.sizes:
+        return cmd_trace_sizes(args)
+    if os.path.isdir(args.out):
+        print(f"refvit trace: --out {args.out} is a folder: name a file in it (a folder is for --sizes)",
+              file=sys.stderr)
+        return 2
     if args.framework == "transformers":
         x, info = parity.load_input(args.input, args.model if os.path.isdir(args.model) else None, args.processor,
                                     dtype=args.dtype)
@@ -335,9 +371,40 @@ def cmd_capture(args) -> int:
     return 0
 
 
+def cmd_compare_sweep(args) -> int:
+    """refvit compare REF_DIR CAND_DIR: the HxW.safetensors traces paired by size, one comparison each."""
+    from . import parity
+    from .parity import sweep
+
+    verdicts = {}
+    pairs = sweep.pairs(args.reference, args.candidate)
+    absent = [s for s in sweep.sweep_files(args.reference) if s not in sweep.sweep_files(args.candidate)]
+    for size, ref_path, cand_path in pairs:
+        sub = argparse.Namespace(**{**vars(args), "reference": ref_path, "candidate": cand_path,
+                                    "report": _per_size(args.report, size), "plot": _per_size(args.plot, size)})
+        if not args.json:
+            print(f"===== {size} =====")
+        verdicts[size] = cmd_compare(sub)
+    if not args.json:
+        done = ", ".join(f"{s} {'OK' if v == 0 else 'FAILED'}" for s, v in verdicts.items())
+        print(f"\nsweep: {done}"
+              + (f"; sizes missing in the candidate: {', '.join(absent)}" if absent else ""))
+    return 0 if not absent and all(v == 0 for v in verdicts.values()) else 1
+
+
+def _per_size(path, size):
+    if not path:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}-{size}{ext}"
+
+
 def cmd_compare(args) -> int:
     from . import parity
+    from .parity import sweep
 
+    if sweep.sweep_files(args.reference) and sweep.sweep_files(args.candidate):
+        return cmd_compare_sweep(args)
     candidate = parity.load(args.candidate)
     reference = parity.load(args.reference, dtype=str(candidate["pixel_values"].dtype)
                             if "pixel_values" in candidate else None)
@@ -430,6 +497,18 @@ def _out_path(text: str) -> str:
 
 
 _out_path.__name__ = "output path"
+
+
+def _out_target(text: str) -> str:
+    """--out of `trace`: a file, or an existing writable folder (a --sizes sweep writes one file per size in it)."""
+    if os.path.isdir(text):
+        if not os.access(text, os.W_OK | os.X_OK):
+            raise argparse.ArgumentTypeError(f"cannot write in {text}: choose a folder you can write to")
+        return text
+    return _out_path(text)
+
+
+_out_target.__name__ = "output path"
 
 
 def _model_options(p, model_help: str = MODEL_DIR_HELP) -> None:
@@ -570,13 +649,16 @@ def add_trace_parser(sub) -> None:
     p.add_argument("--revision", help="the hub id's branch, tag or commit sha (default main)")
     p.add_argument("input", help="an image (preprocessed with the model's preprocessor_config.json or --processor) or "
                    "pixel_values as .npy (B, C, H, W)")
-    p.add_argument("--out", type=_out_path, default="trace.safetensors", help="where to write the trace (default "
+    p.add_argument("--out", type=_out_target, default="trace.safetensors", help="where to write the trace (default "
                    "trace.safetensors)")
     _run_options(p)
     p.add_argument("--processor", help="directory with preprocessor_config.json (or the JSON file) for an image input "
                    "(default: the model directory)")
     p.add_argument("--framework", choices=["refvit", "transformers"], default="refvit", help="who runs the model: "
                    "refvit, or transformers with eager attention (needs torch + transformers)")
+    p.add_argument("--sizes", nargs="+", metavar="S|HxW", help="a resolution sweep: one trace per input size "
+                   "(e.g. 224 240 384x256), written as OUT/HxW.safetensors (--out is then a directory); the input is "
+                   "resized to each size, position embeddings interpolated; compare two such directories")
     p.set_defaults(func=cmd_trace)
 
 
