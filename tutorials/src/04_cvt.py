@@ -126,7 +126,8 @@ print(f"stage 0 embedding: {x.shape[2:]} pixels -> {y.shape[2:]} grid = {tokens.
 # `groups=C`, no bias) and an eval-mode BatchNorm (running statistics) produce the q grid (stride 1) and the k, v
 # grids (stride 2); in the last stage `[CLS]` bypasses the convolutions and is put back in front. Then the usual
 # linear projections and softmax attention — with one quirk: CvT scales the scores by **`embed_dim^-½`**, the whole
-# width, not the head width `D^-½` (as the original microsoft/CvT code does). `quirk` is for §6.
+# width, not the head width `D^-½` (as the original microsoft/CvT code does). This is the clean model, with no
+# switches for bugs: §6 plants each bug by swapping one small helper (`kv_stride`, `attention_scale`, `ln_eps`).
 
 # %%
 def dw_bn(grid, name, stride, pad):
@@ -147,12 +148,27 @@ def softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def self_attention(x, hw, s, name, rec, quirk=None):
+def kv_stride(s):
+    """The keys' and values' stride in stage s (the config's stride_kv)."""
+    return cfg["stride_kv"][s]
+
+
+def attention_scale(C, H):
+    """CvT scales the scores by embed_dim^-½ (the whole width C), not the head width's."""
+    return C ** -0.5
+
+
+def ln_eps():
+    """Every LayerNorm: nn.LayerNorm's default eps (CvT never reads config.layer_norm_eps)."""
+    return LN_EPS
+
+
+def self_attention(x, hw, s, name, rec):
     """CvtSelfAttention: conv projections, linear q/k/v, softmax(q kᵀ · C^-½) v per head -> (B, N, C)."""
     C, H = cfg["embed_dim"][s], cfg["num_heads"][s]
     cls, grid = (x[:, :1], x[:, 1:]) if cfg["cls_token"][s] else (None, x)
     grid = to_grid(grid, *hw)
-    stride_kv = 1 if quirk == "kv_stride1" else cfg["stride_kv"][s]
+    stride_kv = kv_stride(s)
     q = dw_bn(grid, f"{name}.convolution_projection_query.convolution_projection", cfg["stride_q"][s], cfg["padding_q"][s])
     k, v = (dw_bn(grid, f"{name}.convolution_projection_{n}.convolution_projection", stride_kv, cfg["padding_kv"][s])
             for n in ("key", "value"))
@@ -164,20 +180,19 @@ def self_attention(x, hw, s, name, rec, quirk=None):
     for n, t in zip(("query", "key", "value"), (q, k, v)):
         rec[f"{name}.projection_{n}"] = t
     split = lambda t: t.reshape(t.shape[0], t.shape[1], H, C // H).transpose(0, 2, 1, 3)   # (B, H, N, D)
-    scale = (C // H) ** -0.5 if quirk == "head_dim_scale" else C ** -0.5                    # CvT: embed_dim^-½
+    scale = attention_scale(C, H)
     probs = rec[f"{name}.dropout"] = softmax(split(q) @ split(k).transpose(0, 1, 3, 2) * scale)   # (B, H, N, N_k)
     ctx = rec[name] = (probs @ split(v)).transpose(0, 2, 1, 3).reshape(q.shape)
     return ctx
 
 
-def cvt_layer(x, hw, s, name, rec, quirk=None):
+def cvt_layer(x, hw, s, name, rec):
     """CvtLayer: x + attention(LN(x)), then + MLP(LN(·))."""
-    ln_eps = cfg["layer_norm_eps"] if quirk == "config_eps" else LN_EPS
-    hdn = rec[f"{name}.layernorm_before"] = layer_norm(x, f"{name}.layernorm_before", ln_eps)
-    ctx = self_attention(hdn, hw, s, f"{name}.attention.attention", rec, quirk)
+    hdn = rec[f"{name}.layernorm_before"] = layer_norm(x, f"{name}.layernorm_before", ln_eps())
+    ctx = self_attention(hdn, hw, s, f"{name}.attention.attention", rec)
     hdn = rec[f"{name}.attention.output"] = linear(ctx, f"{name}.attention.output.dense")
     x = x + hdn
-    hdn = rec[f"{name}.layernorm_after"] = layer_norm(x, f"{name}.layernorm_after", ln_eps)
+    hdn = rec[f"{name}.layernorm_after"] = layer_norm(x, f"{name}.layernorm_after", ln_eps())
     hdn = linear(hdn, f"{name}.intermediate.dense")
     hdn = rec[f"{name}.intermediate"] = 0.5 * hdn * (1 + erf(hdn / np.sqrt(2)))
     x = rec[f"{name}.output"] = linear(hdn, f"{name}.output.dense") + x              # CvtOutput adds the residual
@@ -217,7 +232,7 @@ plt.show()
 # tokens (one token), the classifier.
 
 # %%
-def forward(x, quirk=None, rec=None):
+def forward(x, rec=None):
     """CvtForImageClassification by hand -> logits."""
     rec = {} if rec is None else rec
     grid = x.astype(np.float64)
@@ -227,13 +242,12 @@ def forward(x, quirk=None, rec=None):
         y = rec[f"{emb}.projection"] = conv2d(grid, Wt[f"{emb}.projection.weight"], Wt[f"{emb}.projection.bias"],
                                               cfg["patch_stride"][s], cfg["patch_padding"][s])
         hw = y.shape[2:]
-        tokens = rec[f"{emb}.normalization"] = layer_norm(to_tokens(y), f"{emb}.normalization",
-                                                          cfg["layer_norm_eps"] if quirk == "config_eps" else LN_EPS)
+        tokens = rec[f"{emb}.normalization"] = layer_norm(to_tokens(y), f"{emb}.normalization", ln_eps())
         if cfg["cls_token"][s]:
             tokens = np.concatenate([np.broadcast_to(Wt[f"{name}.cls_token"], (x.shape[0], 1, tokens.shape[2])),
                                      tokens], axis=1)
         for j in range(cfg["depth"][s]):
-            tokens = cvt_layer(tokens, hw, s, f"{name}.layers.{j}", rec, quirk)
+            tokens = cvt_layer(tokens, hw, s, f"{name}.layers.{j}", rec)
         cls, tokens = (tokens[:, :1], tokens[:, 1:]) if cfg["cls_token"][s] else (None, tokens)
         grid = rec[name] = to_grid(tokens, *hw)
     pooled = rec["layernorm"] = layer_norm(cls, "layernorm")                          # (B, 1, C)
@@ -333,12 +347,49 @@ print("  ".join(f"keys {nk}: {t * 1e3:.0f} ms" for nk, t in timings.items()),
 # * `kv_stride1`: keys and values at stride 1 (the config's `stride_kv` ignored): a different attention altogether.
 
 # %%
-print(f"{'quirk':15s} {'first diverging module':70s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk in ("head_dim_scale", "config_eps", "kv_stride1"):
+import difflib
+import inspect
+from contextlib import contextmanager
+
+
+@contextmanager
+def planted(name, replacement):
+    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
+    at call time), and put the clean one back afterwards."""
+    clean = globals()[name]
+    globals()[name] = replacement
+    try:
+        yield
+    finally:
+        globals()[name] = clean
+
+
+def attention_scale_head_dim(C, H):
+    return (C // H) ** -0.5
+
+
+def ln_eps_from_config():
+    return cfg["layer_norm_eps"]
+
+
+def kv_stride_1(s):
+    return 1
+
+
+quirks = {"head_dim_scale": ("attention_scale", attention_scale_head_dim), "config_eps": ("ln_eps", ln_eps_from_config),
+          "kv_stride1": ("kv_stride", kv_stride_1)}
+body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
+for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
+    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
+    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
+          sep="\n    ")
+print(f"\n{'quirk':15s} {'first diverging module':70s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+for quirk, (name, replacement) in quirks.items():
     rec = {}
-    forward(x, quirk, rec)
+    with planted(name, replacement):
+        forward(x, rec=rec)
+        acc = d.accuracy(forward(pixel_values))
     first, err = first_divergence(rec, inter)
-    acc = d.accuracy(forward(pixel_values, quirk))
     print(f"{quirk:15s} {str(first):70s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
 emb0 = "cvt.encoder.stages.0.embedding.convolution_embeddings.projection"
 tok_var = to_tokens(inter[emb0].astype(np.float64)).var(-1)                        # per token, stage 0's LayerNorm
