@@ -16,7 +16,8 @@ def run(arch: Architecture, params: dict, cfg, kernels, dtype, pixel_values, opt
     runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field: value}.
     """
     x = check_pixel_values(pixel_values, cfg.num_channels, dtype)
-    ctx = Forward(kernels, cfg, params, values)
+    make_context = getattr(kernels, "context", None)   # an emulated arithmetic (refvit/precision.py) brings its own
+    ctx = Forward(kernels, cfg, params, values) if make_context is None else make_context(kernels, cfg, params, values)
     if arch.head is None:
         base_ctx = ctx
     else:
