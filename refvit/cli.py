@@ -316,6 +316,10 @@ def cmd_trace(args) -> int:
     from . import parity
 
     args.model = hub.resolve_model_dir(args.model, revision=args.revision)  # a hub id: its snapshot
+    if args.precision and (args.sizes or args.framework != "refvit"):
+        print(f"refvit trace: --precision emulates the format on refvit's own forward; it does not combine with "
+              f"{'--sizes' if args.sizes else '--framework transformers'}", file=sys.stderr)
+        return 2
     if args.sizes:
         return cmd_trace_sizes(args)
     if os.path.isdir(args.out):
@@ -329,6 +333,17 @@ def cmd_trace(args) -> int:
               file=sys.stderr, flush=True)
         trace = parity.capture_transformers(args.model, x, dtype=args.dtype)
         trace.meta.update(info)
+    elif args.precision:
+        from . import precision
+        from .errors import RefvitError
+
+        if args.dtype != "float32":
+            raise RefvitError(f"refvit trace: --precision {args.precision} emulates the format from the float32 model; "
+                             "drop --dtype float64")
+        print(f"refvit trace: running refvit ({args.precision} emulated, {args.backend}) on {args.model} ...",
+              file=sys.stderr, flush=True)
+        trace = precision.capture(args.model, args.input, args.precision, args.accumulate, args.strict,
+                                  args.per_channel, backend=args.backend, processor=args.processor)
     else:
         print(f"refvit trace: running refvit ({args.dtype}, {args.backend}) on {args.model} ...", file=sys.stderr,
               flush=True)
@@ -659,6 +674,14 @@ def add_trace_parser(sub) -> None:
     p.add_argument("--sizes", nargs="+", metavar="S|HxW", help="a resolution sweep: one trace per input size "
                    "(e.g. 224 240 384x256), written as OUT/HxW.safetensors (--out is then a directory); the input is "
                    "resized to each size, position embeddings interpolated; compare two such directories")
+    p.add_argument("--precision", choices=["bf16", "fp16", "int8-dynamic"], help="emulate a reduced-precision "
+                   "arithmetic (refvit's own model, from float32; the header records the arithmetic model)")
+    p.add_argument("--accumulate", choices=["fp32", "fp16", "bf16"], default="fp32", help="where GEMM/conv "
+                   "products accumulate under --precision bf16/fp16 (default fp32; or the format itself)")
+    p.add_argument("--strict", action="store_true", help="LayerNorm/GroupNorm/softmax/GELU internals in the format "
+                   "too (default: float32 internals, output rounded, the common mixed-precision convention)")
+    p.add_argument("--per-channel", action="store_true", help="int8-dynamic: int8 weights per output channel "
+                   "(default per tensor, quantize_dynamic's default)")
     p.set_defaults(func=cmd_trace)
 
 

@@ -66,7 +66,8 @@ ROUND = {"bf16": round_bf16, "fp16": round_fp16}
 class _InFormat(np.ndarray):
     """float32 values that lie in a reduced format: every ufunc result on them is rounded to the format, so the
     NumPy arithmetic a forward does between kernels (residual adds, layer scale, position embeddings) is in the
-    format like every kernel output. Reductions (`sum`, `mean`) return plain float32 (their next use rounds)."""
+    format like every kernel output. A reduction's sum stays float32 (as torch's CPU kernels accumulate) and the op
+    after it rounds: a mean is rounded once, after its division."""
 
     rounder = None
 
@@ -75,8 +76,10 @@ class _InFormat(np.ndarray):
         if out is not None:
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, np.ndarray) else o for o in out)
         result = getattr(ufunc, method)(*plain, **kwargs)
-        if method != "__call__" or not isinstance(result, np.ndarray) or result.dtype != np.float32:
+        if not isinstance(result, np.ndarray) or result.dtype != np.float32:
             return result
+        if method != "__call__":      # a reduction (sum inside mean): float32, not rounded; the next op rounds
+            return result.view(type(self))
         rounded = type(self).rounder(result)
         if out is not None:
             out[0].view(np.ndarray)[...] = rounded
@@ -195,7 +198,10 @@ class EmulatedModel:
         return getattr(self.__dict__["model"], name)
 
     def __call__(self, *args, **kwargs):
+        emulator = self.model.kernels
+        emulator.modules = {}
         out = self.model(*args, **kwargs)
+        check_kept(self.arithmetic, emulator.modules)
         for k in list(out.keys()):
             out[k] = _plain_out(out[k])
         return out
@@ -211,6 +217,20 @@ class EmulatedModel:
             return out, [dataclasses.replace(c, output=_plain_out(c.output)) for c in emulator.calls]
         finally:
             emulator.calls = None
+
+
+def check_kept(arith: Arithmetic, modules: dict) -> None:
+    """The modules kept in float32 must exist; under int8-dynamic they must be ones ORT quantizes (Linear, Conv)."""
+    unknown = sorted(n for n in arith.keep_fp32 if n not in modules)
+    if unknown:
+        raise InputError(f"precision: keep_fp32 names no module of this model: {', '.join(unknown[:5])}; its modules "
+                         f"are {', '.join(list(modules)[:8])} … (refvit precision MODEL DATA lists them all)")
+    if arith.format == "int8-dynamic":
+        bad = sorted(f"{n} ({modules[n]})" for n in arith.keep_fp32 if modules[n] not in QUANTIZED_KERNELS)
+        if bad:
+            raise InputError(f"precision: int8-dynamic cannot quantize {', '.join(bad[:5])}: ONNX Runtime's dynamic "
+                             "quantization only quantizes Linear (MatMul/Gemm) and Conv modules, every other module "
+                             "already runs in float32; keep only Linear/Conv modules in float32")
 
 
 def _plain_out(v):
@@ -245,6 +265,7 @@ class Emulator:
         self.arith = arith
         self.model_type = model_type
         self.calls = None        # list of Call while profiling (set by the caller), else None
+        self.modules = {}        # module name -> kernel, of the last forward
         self._seen = {}
 
     def context(self, kernels, cfg, params, values):
@@ -263,6 +284,7 @@ class Emulator:
     def call(self, name, kernel, args, kwargs):
         base = getattr(self.base, kernel)
         key = self.key(name)
+        self.modules[key] = kernel
         kept = key in self.arith.keep_fp32
         fmt = self.arith.format
         if kernel in ("relative_position_index",):
@@ -562,3 +584,24 @@ def int8_kernel(kernel, emu: Emulator, args, kwargs):
     if bias is not None:
         y = y + (bias if kernel == "linear" else np.asarray(bias).reshape(1, -1, 1, 1))
     return y.astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Traces
+
+
+def capture(model_or_dir, inputs, format: str, accumulate: str = "fp32", strict: bool = False,
+            per_channel: bool = False, keep_fp32=(), backend: str = "numba", processor=None, **call):
+    """`parity.capture` of the model emulating `format`: every module output in the format, the header recording
+    the precision and the arithmetic model (so `refvit compare` against a float64 trace shows where the error grows)."""
+    from . import parity
+    from .model import from_pretrained
+
+    arith = check_arithmetic(format, accumulate, strict, per_channel, keep_fp32)
+    model = from_pretrained(model_or_dir, dtype="float32", backend=backend) \
+        if isinstance(model_or_dir, (str, bytes)) or hasattr(model_or_dir, "__fspath__") else model_or_dir
+    emulated = emulate(model, format, accumulate, strict, per_channel, keep_fp32)
+    trace = parity.capture(emulated, inputs, processor=processor, **call)
+    trace.meta.update(arith.to_meta())
+    trace.meta["attention_implementation"] = f"refvit (eager formula, {format} arithmetic)"
+    return trace

@@ -370,11 +370,11 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
             if kind == "out":
                 def hook(mod, args, out, n=classic):
                     t = out[0] if isinstance(out, (tuple, list)) else out
-                    store[n] = t.detach().cpu().numpy().copy()
+                    store[n] = _numpy(t).copy()      # bfloat16 widened to float32 (exact)
                 handles.append(module.register_forward_hook(hook))
             else:
                 def pre(mod, args, n=classic):
-                    store[n] = args[0].detach().cpu().numpy().copy()
+                    store[n] = _numpy(args[0]).copy()
                 handles.append(module.register_forward_pre_hook(pre))
     exact64 = tdtype == torch.float64 and float64_softmax
     attention = _float64_eager(model) if exact64 else _attention(model, "eager")
@@ -391,12 +391,13 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
             "architecture": type(model).__name__, "model_type": model_type, "dtype": str(tdtype).replace("torch.", ""),
             "backend": "torch", "attention_implementation": "eager (softmax in float64)" if exact64 else "eager",
             "versions": _versions(torch=torch.__version__, transformers=transformers.__version__),
-            "input_sha256": sha256_array(pixel_values.astype(str(tdtype).replace("torch.", ""), copy=False)),
+            "input_sha256": sha256_array(pixel_values.astype(str(tdtype).replace("torch.", "").replace("bfloat16", "float32"),
+                                                             copy=False)),
             **_hub_origin(source)}
     eps = getattr(model.config, "layer_norm_eps", None)
     if eps is not None:
         meta["layer_norm_eps"] = eps
-    x = pixel_values.astype(meta["dtype"], copy=False)
+    x = pixel_values.astype(meta["dtype"] if meta["dtype"] != "bfloat16" else "float32", copy=False)
     return arrange(x, store, out.get("hidden_states") or (), out.get("attentions") or (), fields, meta)
 
 

@@ -61,6 +61,9 @@ def _require():
     return onnx, onnxruntime
 
 
+QUANTIZER_OPS = ("DynamicQuantizeLinear", "QuantizeLinear")
+
+
 def scope_of(node_name: str) -> list[str]:
     """`/deit/layers.0/attention/q_proj/Add` -> ["deit", "layers.0", "attention", "q_proj"]; [] for unscoped names."""
     if not node_name.startswith("/"):
@@ -111,7 +114,9 @@ def module_boundaries(graph, model_type: str | None = None):
     first], position)] for module outputs/inputs; attentions = [(onnx tensor, scope path, position)] from the Softmax
     nodes."""
     nodes = list(graph.node)
-    scopes = [scope_of(n.name) for n in nodes]
+    # nodes a quantizer inserted after a module's output (onnxruntime quantize_dynamic names DynamicQuantizeLinear
+    # `<output>_QuantizeLinear`, inside the producer's scope) belong to the consumer, not to the module: unscoped
+    scopes = [[] if n.op_type in QUANTIZER_OPS else scope_of(n.name) for n in nodes]
     strip = _wrapper_prefix(scopes)
     scopes = [s[strip:] if s else s for s in scopes]
     paths = sorted({".".join(s[:i]) for s in scopes for i in range(1, len(s) + 1)})

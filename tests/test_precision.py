@@ -1,0 +1,213 @@
+"""Reduced-precision emulation (refvit/precision.py): rounding bit for bit, the format reaching every module output,
+ONNX Runtime's int8 arithmetic by hand, the float32 model untouched, bad input. No torch here (the comparisons with
+torch bf16 and ONNX Runtime are in test_precision_framework.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import refvit
+from refvit import parity, precision
+from refvit.cli import main
+from refvit.verify import digits_pixel_values
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "golden" / "models"
+
+
+def bf16_oracle(x: np.ndarray) -> np.ndarray:
+    """Nearest bfloat16 by comparing the two neighbours in float64 (ties to the even mantissa): independent of the
+    bit trick under test."""
+    u = x.view(np.uint32)
+    lo = (u & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)           # truncated toward zero
+    hi_bits = (u & np.uint32(0xFFFF0000)) + np.uint32(0x10000)
+    hi = hi_bits.view(np.float32).astype(np.float64)                                # next one away from zero
+    d_lo, d_hi = np.abs(x.astype(np.float64) - lo), np.abs(hi - x.astype(np.float64))
+    lo_even = ((u >> np.uint32(16)) & np.uint32(1)) == 0
+    pick_lo = (d_lo < d_hi) | ((d_lo == d_hi) & lo_even)
+    return np.where(pick_lo, lo, hi).astype(np.float32)
+
+
+def test_bf16_rounding_matches_the_nearest_even_oracle():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 20000),
+                        # exact ties: the 16 dropped bits are 0x8000
+                        ((rng.integers(0, 2 ** 31, 2000, dtype=np.uint32) & np.uint32(0x7F7F0000)) |
+                         np.uint32(0x8000)).view(np.float32)]).astype(np.float32)
+    x = x[np.isfinite(x)]
+    assert np.array_equal(precision.round_bf16(x).view(np.uint32), bf16_oracle(x).view(np.uint32))
+
+
+def test_bf16_rounding_by_hand():
+    r = precision.round_bf16
+    one = np.float32(1)
+    assert r(np.float32(1 + 2 ** -8)) == one                            # tie -> even (1.0)
+    assert r(np.float32(1 + 3 * 2 ** -8)) == np.float32(1 + 2 ** -6)     # tie -> even (the upper neighbour)
+    assert r(np.float32(1 + 2 ** -8 + 2 ** -20)) == np.float32(1 + 2 ** -7)  # above the tie -> up
+    assert r(np.float32(-(1 + 3 * 2 ** -8))) == np.float32(-(1 + 2 ** -6))
+    assert np.isposinf(r(np.finfo(np.float32).max)) and np.isneginf(r(-np.finfo(np.float32).max))
+    assert np.isnan(r(np.float32("nan")))
+    bits = lambda b: np.array([b], np.uint32).view(np.float32)           # noqa: E731
+    assert r(bits(0x7F7F7FFF)).view(np.uint32)[0] == 0x7F7F0000           # below the tie: the largest finite bf16
+    assert np.isposinf(r(bits(0x7F7F8000)))[0]                            # the tie: 0x7F7F is odd -> up -> inf
+
+
+def test_fp16_rounding_by_hand():
+    r = precision.round_fp16
+    assert r(np.float32(65519)) == 65504 and np.isposinf(r(np.float32(65520)))   # 65520 ties to 65536 = inf
+    assert r(np.float32(1 + 2 ** -11)) == 1 and r(np.float32(1 + 3 * 2 ** -11)) == np.float32(1 + 2 ** -9)
+    assert r(np.float32(2 ** -24)) == np.float32(2 ** -24) and r(np.float32(2 ** -26)) == 0   # subnormals kept
+
+
+def in_format(a: np.ndarray, fmt: str) -> bool:
+    a = np.asarray(a, np.float32)
+    a = a[np.isfinite(a)]
+    if fmt == "bf16":
+        return not np.any(a.view(np.uint32) & np.uint32(0xFFFF))
+    return np.array_equal(a.astype(np.float16).astype(np.float32), a)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    model = refvit.from_pretrained(DIGITS / "digits-vit")
+    x, labels = digits_pixel_values(DIGITS / "digits-vit", 8)
+    return model, x
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "beit", "cvt", "bit"])
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_every_module_output_is_in_the_format(family, fmt):
+    model = refvit.from_pretrained(DIGITS / f"digits-{family}")
+    x, _ = digits_pixel_values(DIGITS / f"digits-{family}", 2)
+    before = model(x, output_intermediates=True)
+    emulated = precision.emulate(model, fmt)
+    out = emulated(x, output_intermediates=True, output_hidden_states=True)
+    assert out.intermediates and all(in_format(v, fmt) for v in out.intermediates.values())
+    assert all(in_format(h, fmt) for h in out.hidden_states) and in_format(out.logits, fmt)
+    assert type(out.logits) is np.ndarray                                 # plain arrays come back
+    assert not np.array_equal(out.logits, before.logits)                  # it did change something
+    after = model(x, output_intermediates=True)                           # the float32 model is untouched
+    assert np.array_equal(after.logits, before.logits)
+    assert all(np.array_equal(after.intermediates[k], v) for k, v in before.intermediates.items())
+
+
+def test_int8_linear_is_ort_integer_arithmetic_by_hand():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    w = rng.standard_normal((7, 16)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    # ONNX DynamicQuantizeLinear and ORT's symmetric int8 weights, written out from their definitions
+    lo, hi = min(x.min(), 0), max(x.max(), 0)
+    sx = np.float32((hi - lo) / np.float32(255))
+    zp = int(np.clip(np.rint(-lo / sx), 0, 255))
+    xq = np.clip(np.rint(x / sx) + zp, 0, 255).astype(np.int64)
+    sw = np.float32(2 * float(np.abs(w).max()) / 254)
+    wq = np.clip(np.rint(w / sw), -128, 127).astype(np.int64)
+    acc = (xq - zp) @ wq.T                                                 # int64, exact
+    expected = acc.astype(np.float32) * np.float32(sx * sw) + b
+    emu = precision.Emulator(refvit.kernels.get("numpy"), precision.check_arithmetic("int8-dynamic"), "vit")
+    got = precision.int8_kernel("linear", emu, (x, w, b), {})
+    assert np.array_equal(got, expected)
+
+
+def test_int8_quantizers_by_hand():
+    q, s = precision.dynamic_quantize(np.array([-1.0, 0.0, 2.0], np.float32))
+    assert s == np.float32(3 / 255) and list(q) == [-85, 0, 170]          # zero point 85: q = [0, 85, 255]
+    q, s = precision.quantize_weight(np.array([-0.5, 0.25, 1.0], np.float32))
+    assert s == np.float32(1 / 127) and list(q) == [-64, 32, 127]        # -63.5 ties to even (-64); 31.75 -> 32
+    q, s = precision.quantize_weight(np.array([[1.0, -0.5], [0.1, 0.2]], np.float32), per_channel=True)
+    assert s.ravel().tolist() == [np.float32(1 / 127), np.float32(0.2 / 127)] and q[1].tolist() == [64, 127]
+
+
+def test_int8_changes_exactly_the_linear_and_conv_modules(vit):
+    model, x = vit
+    out, calls = precision.emulate(model, "int8-dynamic").profile(x)
+    kinds = {c.kernel for c in calls if c.emulated}
+    assert kinds == {"linear"}                                             # ViT: patch embedding (as a GEMM) + Linears
+    names = [c.name for c in calls if c.emulated]
+    assert "vit.embeddings.patch_embeddings" in names and "classifier" in names
+    assert "vit.encoder.layer.0.attention.attention.query" in names
+    assert not any(c.emulated for c in calls if c.kernel in ("attention", "layer_norm", "gelu"))
+
+
+def test_int8_scales_are_per_call(vit):
+    model, x = vit
+    emu = precision.emulate(model, "int8-dynamic")
+    alone = np.concatenate([emu(x[i:i + 1]).logits for i in range(len(x))])
+    together = emu(x).logits
+    assert not np.array_equal(alone, together)                            # one scale per call and tensor
+
+
+def test_keep_fp32_runs_those_modules_in_float32(vit):
+    model, x = vit
+    full = precision.emulate(model, "fp16")(x, output_intermediates=True).intermediates
+    kept = precision.emulate(model, "fp16", keep_fp32=["classifier"])(x, output_intermediates=True).intermediates
+    assert np.array_equal(full["vit.layernorm"], kept["vit.layernorm"])
+    assert in_format(full["classifier"], "fp16") and not in_format(kept["classifier"], "fp16")
+
+
+def test_fp16_overflow_gives_inf_and_strict_layer_norm_overflows():
+    r = precision.round_fp16
+    x = r(np.linspace(-600, 600, 64, dtype=np.float32)[None])            # |x − mean|² up to 3.6e5 > 65504
+    w, b = np.ones(64, np.float32), np.zeros(64, np.float32)
+    strict = precision.strict_layer_norm(r, x, w, b, 1e-5)
+    assert not np.isfinite(strict).all() or np.all(strict == 0)           # variance overflowed to inf
+    conventional = refvit.kernels.get("numpy").layer_norm(x, w, b, 1e-5)
+    assert np.isfinite(conventional).all()
+    emu = precision.Emulator(refvit.kernels.get("numpy"), precision.check_arithmetic("fp16"), "vit")
+    big = np.full((1, 2, 4), 200.0, np.float32)
+    y = precision.reduced_kernel("linear", emu, (big, np.full((3, 4), 100.0, np.float32)), {})
+    assert np.isposinf(y).all()                                           # 80000 > 65504
+
+
+def test_accumulate_in_fp16_differs_from_fp32(vit):
+    model, x = vit
+    a = precision.emulate(model, "fp16")(x).logits
+    b = precision.emulate(model, "fp16", accumulate="fp16")(x).logits
+    assert in_format(b, "fp16") and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"format": "fp8"}, "unknown format"),
+    ({"format": "bf16", "accumulate": "fp8"}, "unknown accumulation"),
+    ({"format": "bf16", "accumulate": "fp16"}, "fp32 or in the format"),
+    ({"format": "int8-dynamic", "strict": True}, "--strict applies"),
+    ({"format": "fp16", "per_channel": True}, "--per-channel applies"),
+])
+def test_bad_arithmetic(vit, kwargs, message):
+    with pytest.raises(refvit.RefvitError, match=message):
+        precision.emulate(vit[0], **kwargs)
+
+
+def test_bad_modules(vit):
+    model, x = vit
+    with pytest.raises(refvit.RefvitError, match="names no module"):
+        precision.emulate(model, "bf16", keep_fp32=["vit.encoder.layer.99.output"])(x)
+    with pytest.raises(refvit.RefvitError, match="cannot quantize .*layernorm_before \\(layer_norm\\)"):
+        precision.emulate(model, "int8-dynamic", keep_fp32=["vit.encoder.layer.0.layernorm_before"])(x)
+    with pytest.raises(refvit.RefvitError, match="float32 model"):
+        precision.emulate(refvit.from_pretrained(DIGITS / "digits-vit", dtype="float64"), "bf16")
+
+
+def test_trace_cli_records_the_arithmetic(tmp_path, vit):
+    model, x = vit
+    np.save(tmp_path / "x.npy", x[:2])
+    out = tmp_path / "t.safetensors"
+    assert main(["trace", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--precision", "bf16",
+                 "--out", str(out)]) == 0
+    t = parity.Trace.load(out)
+    assert t.meta["precision"] == "bf16" and "float32" in t.meta["arithmetic_model"]
+    assert in_format(t["logits"], "bf16")
+    ref = parity.capture(refvit.from_pretrained(DIGITS / "digits-vit", dtype="float64"), x[:2].astype(np.float64))
+    result = parity.compare(ref, t, tolerance="nmse:1e-3")
+    assert result.ok and not parity.compare(ref, t).ok                    # bf16 error: far above float32's
+    with pytest.raises(SystemExit) as exit_:                               # argparse: usage + choices, exit 2
+        main(["trace", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--precision", "fp8", "--out", str(out)])
+    assert exit_.value.code == 2
+    assert main(["trace", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--precision", "bf16", "--dtype",
+                 "float64", "--out", str(out)]) == 2
+    assert json.dumps(t.meta)
