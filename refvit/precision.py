@@ -276,10 +276,10 @@ class Emulator:
         return getattr(self.__dict__["base"], kernel)
 
     def key(self, name: str) -> str:
-        """A unique module name per call of this forward (a second call under one name gets #2, #3 …)."""
+        """A unique module name per call of this forward (a second call under one name gets :2, :3 …)."""
         n = self._seen.get(name, 0) + 1
         self._seen[name] = n
-        return name if n == 1 else f"{name}#{n}"
+        return name if n == 1 else f"{name}:{n}"
 
     def call(self, name, kernel, args, kwargs):
         base = getattr(self.base, kernel)
