@@ -25,7 +25,7 @@ from refvit.errors import InputError
 from .compare import NMSE_BANDS, Comparison
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1f1f1f;padding:0 16px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12.5px}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
 td.n{text-align:right;font-family:ui-monospace,monospace}.bad{color:#b00020;font-weight:600}.ok{color:#1b7d2e}
@@ -85,8 +85,8 @@ def svg_chart(labels: list, series: dict, *, title: str = "", ylabel: str = "", 
                    f'fill="#2ca02c" fill-opacity="0.10"><title>{_e(band_label)}</title></rect>'
                    f'<text x="{left + w - 4}" y="{y(b1) - 3:.1f}" text-anchor="end" fill="#2ca02c">{_e(band_label)}</text>')
     for v, text in hlines:
-        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#999" '
-                   f'stroke-dasharray="3,3"/><text x="{left + 4}" y="{y(v) - 3:.1f}" fill="#777">{_e(text)}</text>')
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="gray" '
+                   f'stroke-dasharray="3,3"/><text x="{left + 4}" y="{y(v) - 3:.1f}" fill="dimgray">{_e(text)}</text>')
     if mark is not None:
         out.append(f'<line x1="{x(mark):.1f}" x2="{x(mark):.1f}" y1="{top}" y2="{top + h}" stroke="#d62728" '
                    f'stroke-width="1.5"/><text x="{x(mark) + 4:.1f}" y="{top + 12}" fill="#d62728">'
@@ -101,7 +101,7 @@ def svg_chart(labels: list, series: dict, *, title: str = "", ylabel: str = "", 
             out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.2" fill="{color}"><title>{_e(labels[i])}: '
                        f'{_e(name)} {v:.3g}</title></circle>')
         out.append(f'<text x="{left + 8 + 150 * k}" y="{height - 6}" fill="{color}">■ {_e(name)}</text>')
-    out.append(f'<text x="{left + w}" y="{height - 6}" text-anchor="end" fill="#777">{_e(ylabel)}</text></svg>')
+    out.append(f'<text x="{left + w}" y="{height - 6}" text-anchor="end" fill="dimgray">{_e(ylabel)}</text></svg>')
     return "".join(out)
 
 
