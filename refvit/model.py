@@ -84,7 +84,7 @@ class Model:
         self.backend = backend
         self.source = source
         self.ignored_tensors: list = []
-        self.checkpoint: dict | None = None  # {checkpoint name: array} as read, before load-time math (save_pretrained)
+        self.checkpoint = None  # {checkpoint name: array} as read, before load-time math (save_pretrained)
         self.timm_config: dict | None = None  # config.json as timm wrote it, when loaded from timm's layout
         self.kernels = kernels.get(backend)  # this instance's kernel namespace: every forward reads it (a tool may
                                              # replace it on one instance, e.g. with timed kernels)
@@ -127,6 +127,19 @@ class Model:
 
     forward = __call__
 
+    @property
+    def checkpoint(self) -> dict | None:
+        """{checkpoint name: array} as save_pretrained writes it: the tensors as read, before load-time math, or as
+        drawn. A memory-mapped safetensors checkpoint stays mapped (no resident memory); a pytorch_model.bin, read into
+        memory, is not kept: it is read again from its directory when asked for."""
+        if self._checkpoint is None and self._reread is not None:
+            return self._reread()
+        return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value):
+        self._checkpoint, self._reread = value, None
+
     def save_pretrained(self, save_directory, overwrite: bool = False) -> str:
         """Write `config.json` and `model.safetensors` as transformers' `save_pretrained` does (checkpoint names, the
         tensors as they were read or drawn, before any load-time preparation), written with NumPy: no torch.
@@ -145,13 +158,17 @@ class Model:
         return save_directory
 
     @classmethod
-    def _assemble(cls, config, params, architecture, dtype, backend, source, tensors=None, mapped=None, ignored=()):
+    def _assemble(cls, config, params, architecture, dtype, backend, source, tensors=None, mapped=None, ignored=(),
+                  reread=None):
         """A model of class `cls` from prepared params (how loading builds one; the public classes' __init__ draws
-        random weights instead). `tensors`/`mapped`: as read and as mapped, kept for save_pretrained."""
+        random weights instead). `tensors`/`mapped`: as read and as mapped, kept for save_pretrained; or `reread`:
+        a function reading them again (checkpoints read into memory are not kept)."""
         model = object.__new__(cls)
         Model.__init__(model, config, params, architecture, dtype, backend, source)
         model.ignored_tensors = list(ignored)
-        if mapped is not None:
+        if reread is not None:
+            model._reread = reread
+        elif mapped is not None:
             model.checkpoint = checkpoint_tensors(tensors, mapped, architecture)
         return model
 
@@ -203,8 +220,21 @@ def from_pretrained(path, dtype="float32", backend="numba", architecture: str | 
     tensors, what = load_state_dict(path)
     source = os.path.join(path, what)
     mapped, ignored = map_tensors(tensors, cfg, arch, source)
+    reread = None if _mapped(what) else lambda: _read_checkpoint(path, cfg, arch, source)
     return CLASSES[arch.name]._assemble(cfg, prepare_params(mapped, dt, source, arch), arch, dt, backend, path,
-                                        tensors, mapped, ignored)
+                                        tensors, mapped, ignored, reread)
+
+
+def _mapped(what: str) -> bool:
+    """Whether load_state_dict memory-mapped what it read (safetensors) rather than reading it into memory (.bin)."""
+    return what.startswith("model.safetensors")
+
+
+def _read_checkpoint(path, cfg, arch, source, convert=lambda tensors: tensors) -> dict:
+    """The checkpoint tensors of a directory read again (save_pretrained of a model loaded from a .bin)."""
+    tensors = convert(load_state_dict(path)[0])
+    mapped, _ = map_tensors(tensors, cfg, arch, source)
+    return checkpoint_tensors(tensors, mapped, arch)
 
 
 def _from_timm_dir(path, raw, config_path, dt, backend, architecture):
@@ -216,6 +246,10 @@ def _from_timm_dir(path, raw, config_path, dt, backend, architecture):
                             dt, backend, source)
     model.source = path
     model.timm_config = raw  # what timm wrote, for `refvit inspect`
+    if not _mapped(what):    # read into memory: read again when saved, not kept
+        model._reread = lambda: _read_checkpoint(path, model.config, model.architecture, source,
+                                                 lambda t: timm.convert_tensors(t, hf, arch_name, source))
+        model._checkpoint = None
     return model
 
 

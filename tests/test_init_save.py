@@ -181,6 +181,8 @@ def test_loaded_checkpoints_are_saved_as_read(tmp_path, case):
     from refvit.model import strip_or_add_prefix
     meta = json.loads((case / "meta.json").read_text())
     model = refvit.from_pretrained(case, architecture=meta["architecture"])
+    if not (case / "model.safetensors").exists():   # a .bin is read into memory: not kept, read again to save
+        assert model._checkpoint is None
     model.save_pretrained(tmp_path / "out")
     again = refvit.from_pretrained(tmp_path / "out")
     original, _ = load_state_dict(case)
@@ -435,6 +437,7 @@ TIMM_CASES = sorted(p for p in (Path(__file__).resolve().parent.parent / "golden
 @pytest.mark.parametrize("case", TIMM_CASES, ids=lambda p: p.name)
 def test_timm_checkpoint_saved_as_transformers_reads_back(tmp_path, case):
     model = refvit.from_pretrained(case)
+    assert (model._checkpoint is None) == (not (case / "model.safetensors").exists())  # a .bin is not kept
     model.save_pretrained(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == [model.architecture.name] and "pretrained_cfg" not in config
