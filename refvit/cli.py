@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import exits, hub
+from .errors import RefvitError
 
 
 def cmd_verify(args) -> int:
@@ -74,21 +75,31 @@ def cmd_classify(args) -> int:
         print(f"refvit classify: {model.architecture.name} has no classification head", file=sys.stderr)
         return 2
     processor = ImageProcessor.from_pretrained(args.model_dir, revision=args.revision)
-    results = []
-    for path in args.images:
-        logits = model(**processor(load_image(path), return_tensors="np")).logits[0]
+    results, bad = [], []
+    for path in args.images:  # a bad image is listed at the end; the good ones are printed as they finish
+        try:
+            logits = model(**processor(load_image(path), return_tensors="np")).logits[0]
+        except (RefvitError, OSError) as e:
+            bad.append({"image": path, "error": exits.describe_os_error(e) if isinstance(e, OSError) else str(e)})
+            continue
         probs = softmax(logits.astype(np.float64))
         top = np.argsort(-probs, kind="stable")[: args.top_k]
-        results.append({"image": path, "top": [{"label": model.config.id2label.get(int(i), str(int(i))), "index": int(i),
-                                                "probability": float(probs[i]), "logit": float(logits[i])} for i in top]})
+        results.append({"image": path, "top": [{"label": model.config.id2label.get(int(i), str(int(i))),
+                                                "index": int(i), "probability": float(probs[i]),
+                                                "logit": float(logits[i])} for i in top]})
+        if not args.json:
+            print(path)
+            for t in results[-1]["top"]:
+                print(f"  {t['probability']:7.2%}  {t['label']}  (class {t['index']})", flush=True)
     if args.json:
-        print_json(results)
-    else:
-        for r in results:
-            print(r["image"])
-            for t in r["top"]:
-                print(f"  {t['probability']:7.2%}  {t['label']}  (class {t['index']})")
-    return 0
+        print_json(results + bad)  # a bad image: {"image", "error"}
+    for b in bad:
+        error = b["error"] if b["error"].startswith(b["image"]) else f"{b['image']}: {b['error']}"
+        print(f"refvit classify: not classified: {error}", file=sys.stderr)
+    if bad:
+        print(f"refvit classify: {len(results)} of {len(args.images)} images classified, {len(bad)} could not be "
+              "read (listed above)", file=sys.stderr)
+    return 1 if bad else 0
 
 
 # ---- evaluate / batch classify (refvit.batch, refvit.evaluate) -------------------------------------------------------
@@ -639,7 +650,8 @@ def add_bench_parser(sub) -> None:
                    "numpy's BLAS at N for the NumPy backend, torch.set_num_threads(N), N ONNX Runtime intra-op "
                    "threads; the sgemm rate with OpenBLAS at N (default: each library's default)")
     p.add_argument("--startup", action="store_true", help="also time a fresh process's import + load of DeiT-S + one "
-                   "forward and its peak RSS, refvit with the Numba cache warm and cold, and torch + transformers")
+                   "forward and its peak RSS, refvit with the Numba cache warm and cold, and torch + transformers "
+                   "(the median of --repeat fresh processes of each)")
     p.add_argument("--profile", action="store_true", help="instead of timing against the peers: per-kernel wall time "
                    "inside refvit's forward in this process (fastest of --repeat forwards), for each model, batch "
                    "and --backend")

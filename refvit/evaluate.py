@@ -186,6 +186,8 @@ def format_report(report: dict, id2label: dict[int, str]) -> str:
                  f"{t['runner']}, batch size {t['batch_size']}{resumed})")
     if report.get("confusion_png"):
         lines.append(f"confusion matrix PNG: {report['confusion_png']}")
+    if report.get("confusion_png_skipped"):
+        lines.append(f"confusion matrix PNG: {report['confusion_png_skipped']}")
     return "\n".join(lines)
 
 
@@ -206,6 +208,17 @@ def format_confusion(confusion: np.ndarray, id2label: dict[int, str]) -> list[st
     pairs = [np.unravel_index(i, off.shape) for i in flat if off.flat[i]]
     return ["most frequent confusions (true -> predicted: images):"] + [
         f"  {id2label[t]} -> {id2label[p]}: {off[t, p]}" for t, p in pairs]
+
+
+NO_MATPLOTLIB = "matplotlib is not installed: pip install matplotlib (refvit[tutorials] has it)"
+
+
+def matplotlib_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def confusion_png(confusion: np.ndarray, id2label: dict[int, str], path) -> bool:
@@ -290,6 +303,8 @@ def evaluate(model_dir, data, *, reference=None, batch_size=16, workers=None, sc
     spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)), dtype, backend)
     if resume and not out:
         raise InputError("--resume needs --out: the results file of the run to continue")
+    if png and not matplotlib_available():  # asked for by name: say so now, not after the run
+        raise InputError(f"--png {png}: the confusion matrix PNG needs matplotlib, and {NO_MATPLOTLIB}")
     dataset = batch.load_dataset(data)
     if label_map and not dataset.labelled:
         raise InputError(f"--label-map {label_map}: {data} has no labels (a flat folder, or a list without a label "
@@ -324,6 +339,8 @@ def evaluate(model_dir, data, *, reference=None, batch_size=16, workers=None, sc
         png = png or (os.path.splitext(out)[0] + ".confusion.png" if out else None)
         if png and confusion_png(np.array(report["confusion"]), id2label, png):
             report["confusion_png"] = png
+        elif png:  # the default name beside --out: the report says why there is no PNG
+            report["confusion_png_skipped"] = f"{png} not written: {NO_MATPLOTLIB}"
     report["records"] = records
     return report
 

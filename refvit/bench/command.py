@@ -84,7 +84,7 @@ def measure(models, args) -> dict:
     result = {"environment": env, "rows": add_ratios(rows, max(samples)),
               "skipped": list({(s["impl"], s["reason"]): s for s in skipped}.values())}
     if args.startup:
-        result["startup"] = startup(include_torch="torch-eager" in args.peers)
+        result["startup"] = startup(runs=args.repeat, include_torch="torch-eager" in args.peers)
     return result
 
 
