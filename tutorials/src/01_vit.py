@@ -228,23 +228,29 @@ print(f"360 test digits by hand: accuracy {d.accuracy(all_logits):.2%}, the same
 # %% [markdown]
 # ## 5. Attention maps
 #
-# Row 0 of an attention map is what `[CLS]` reads from each patch. Per head of the last layer, on a few digits, all on
-# **one colour scale** (a near-uniform head is pale, a peaked one bright):
+# Row 0 of an attention map is what `[CLS]` reads from each patch. Per head of the last layer, on a few digits,
+# **overlaid on the digit** (each patch's weight painted over its P×P pixels). Each panel has **its own colour scale
+# and colour bar**: heads differ a lot in how peaked they are, and one shared scale would leave the flat ones black.
 
 # %%
 last = out.attentions[-1]                                                             # (B, H, 1 + N, 1 + N)
 cls_rows = last[:4, :, 0, 1:]                                                         # (4, H, N)
-fig, axes = plt.subplots(4, H + 1, figsize=(2 * (H + 1), 7.6))
+fig, axes = plt.subplots(4, H + 1, figsize=(2.6 * (H + 1), 8.4))
 for r in range(4):
     axes[r, 0].imshow(x[r, 0], cmap="gray")
     axes[r, 0].set_title(f"label {labels[r]}", fontsize=9)
     for hd in range(H):
-        im = axes[r, hd + 1].imshow(cls_rows[r, hd].reshape(h, w), cmap="magma", vmin=0, vmax=cls_rows.max())
+        ax = axes[r, hd + 1]
+        att = np.kron(cls_rows[r, hd].reshape(h, w), np.ones((P, P)))                # patch weight -> its pixels
+        ax.imshow(x[r, 0], cmap="gray")
+        im = ax.imshow(att, cmap="magma", alpha=0.65, vmin=0, vmax=att.max())
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        cb.ax.tick_params(labelsize=6)
         if r == 0:
-            axes[r, hd + 1].set_title(f"last layer, head {hd}", fontsize=9)
+            ax.set_title(f"last layer, head {hd}", fontsize=9)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-fig.colorbar(im, ax=axes[:, 1:], label="attention of [CLS] to the patch", shrink=0.8)
+fig.suptitle("attention of [CLS] to each patch, over the digit (each panel: its own scale)", fontsize=10)
 plt.show()
 print(f"uniform attention would be {1 / (N + 1):.3f} per token; the largest here is {cls_rows.max():.3f}")
 
@@ -268,15 +274,19 @@ def rollout(attentions):
 R = rollout(out.attentions)
 assert np.allclose(R.sum(-1), 1)                                                     # still a distribution per row
 flow = R[:, 0, 1:]                                                                   # (B, N): [CLS] <- patches
-fig, axes = plt.subplots(2, 8, figsize=(13, 3.6))
+fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))
 for i in range(8):
     axes[0, i].imshow(x[i, 0], cmap="gray")
     axes[0, i].set_title(f"{labels[i]} → {logits[i].argmax()}", fontsize=9)
-    im = axes[1, i].imshow(flow[i].reshape(h, w), cmap="magma", vmin=0, vmax=flow.max())
+    axes[1, i].imshow(x[i, 0], cmap="gray")
+    over = np.kron(flow[i].reshape(h, w), np.ones((P, P)))
+    im = axes[1, i].imshow(over, cmap="magma", alpha=0.65, vmin=0, vmax=over.max())
+    cb = fig.colorbar(im, ax=axes[1, i], fraction=0.046, pad=0.03)
+    cb.ax.tick_params(labelsize=6)
 for ax in axes.flat:
     ax.set_xticks([]), ax.set_yticks([])
-fig.colorbar(im, ax=axes[1], label="rollout weight", shrink=0.9)
-fig.suptitle("digit (label → prediction) and the attention rollout of [CLS] over the patches (shared scale)")
+fig.suptitle("digit (label → prediction) and the attention rollout of [CLS] over the patches, over the digit "
+             "(each panel: its own scale)")
 plt.show()
 
 # %% [markdown]
