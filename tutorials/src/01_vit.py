@@ -121,6 +121,35 @@ plt.show()
 # %% [markdown]
 # ## 3. One attention head by hand
 #
+# **What q, k and v are for, and why √D.** Every token asks a question and offers an answer. Its **query** `q`
+# (what am I looking for?) is compared with every token's **key** `k` (what do I contain?) by a dot product; the
+# softmax of those scores says how much of each token's **value** `v` (what do I pass on?) to take. Three different
+# linear maps of the same token, so that "what I look for" need not equal "what I am". The scores are divided by
+# `√D`: for `q`, `k` with `D` independent unit-variance entries, `q·k` has variance `D`, so without the division a
+# wide head's scores spread out, the softmax saturates to one token and its gradient vanishes. The picture: random
+# `q`, `k` at D = 4, 16, 64, the spread of `q·k`, and the largest softmax weight over 65 keys, with and without the
+# division.
+
+# %%
+rng = np.random.default_rng(0)
+fig, axes = plt.subplots(1, 2, figsize=(10, 2.8))
+for j, dim in enumerate((4, 16, 64)):                        # one colour per D; dashed: divided by √D
+    qs_, ks_ = rng.standard_normal((2000, dim)), rng.standard_normal((2000, 65, dim))
+    scores = np.einsum("nd,nkd->nk", qs_, ks_)
+    axes[0].hist(scores.ravel(), bins=80, histtype="step", density=True, color=f"C{j}",
+                 label=f"D = {dim}: std {scores.std():.1f}")
+    for scaled, ls in ((False, "-"), (True, "--")):
+        z = scores / np.sqrt(dim) if scaled else scores
+        top = (np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)).max(-1)
+        axes[1].hist(top, bins=50, range=(0, 1), histtype="step", ls=ls, density=True, color=f"C{j}",
+                     label=f"D = {dim}{' / √D' if scaled else ''}")
+axes[0].set(title="q·k of random unit-variance vectors", xlabel="score"), axes[0].legend(fontsize=7)
+axes[1].set(title="largest softmax weight over 65 keys", xlabel="max weight (1 = one token takes all)")
+axes[1].legend(fontsize=6, ncol=2)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
 # Layer 0 starts with a LayerNorm (pre-norm), then linear `q, k, v` projections. Head `i` owns channels
 # `i·D … (i+1)·D` of each; its attention map is `softmax(q_i k_iᵀ / √D)` and its output `A_i v_i`
 # (Vaswani et al. 2017, eq. 1; `eager_attention_forward` in modeling_vit.py). LayerNorm uses the **biased**
