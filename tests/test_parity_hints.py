@@ -85,11 +85,13 @@ def planted_layouts(ref):
         "qkv split as (H, 3, D)": (f"{L0}.query", split_wrong, "qkv split in the wrong order"),
         "attention map transposed": ("attentions.0", np.swapaxes(ref["attentions.0"], -1, -2), "transposed"),
         "query times sqrt(head_dim)": (f"{L0}.query", q * np.sqrt(8), "√8"),
+        "query with another bias": (f"{L0}.query", q + np.linspace(-0.3, 0.3, c), "per-channel offset"),
     }
 
 
 @pytest.mark.parametrize("bug", ["query is value", "heads in another order", "cls/distillation tokens swapped",
-                                 "qkv split as (H, 3, D)", "attention map transposed", "query times sqrt(head_dim)"])
+                                 "qkv split as (H, 3, D)", "attention map transposed", "query times sqrt(head_dim)",
+                                 "query with another bias"])
 def test_layout_bug_hint(ref, bug):
     name, value, words = planted_layouts(ref)[bug]
     result = parity.compare(ref, _with(ref, name, value))

@@ -269,3 +269,78 @@ def test_planted_graph_bugs_found_at_their_module(tmp_path):
     r = parity.compare(ref, parity.capture_onnx(tmp_path / "eps.onnx", x, like=ref))
     assert r.first_divergence.name == "deit.encoder.layer.0.layernorm_after"
     assert "epsilon" in r.likely_cause.cause  # its input (a residual sum) is not recorded: the weaker epsilon hint
+    # ORT's FastGelu (the tanh approximation, a com.microsoft contrib op) in place of layer 0's erf GELU subgraph
+    r = parity.compare(ref, parity.capture_onnx(fast_gelu(tmp_path / "m.onnx", tmp_path / "fastgelu.onnx"), x,
+                                                like=ref))
+    assert r.first_divergence.name == "deit.encoder.layer.0.intermediate"
+    assert "tanh approximation" in r.likely_cause.cause
+
+
+def fast_gelu(source, target, layer=0):
+    """The export with layer `layer`'s GELU nodes (Div, Erf, Add, Mul, Mul) replaced by one FastGelu node."""
+    model = onnx.load(source)
+    act = [n for n in model.graph.node if f"/layers.{layer}/mlp/activation_fn/" in n.name]
+    inputs = {t for n in act for t in n.input} - {t for n in act for t in n.output}
+    x = next(t for t in inputs if "fc1" in t)
+    at = list(model.graph.node).index(act[0])
+    for n in act:
+        model.graph.node.remove(n)
+    model.graph.node.insert(at, helper.make_node("FastGelu", [x], [act[-1].output[0]], domain="com.microsoft",
+                                                 name=f"/deit/layers.{layer}/mlp/activation_fn/FastGelu"))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, target)
+    return target
+
+
+def main() -> int:
+    """The table: planted graph bug -> first divergence -> likely cause (needs torch to export)."""
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp())
+    d = _export("deit_teacher", tmp / "m.onnx")
+    ref = parity.from_golden(d)
+    x = ref["pixel_values"]
+
+    def edited(name, edit):
+        model = onnx.load(tmp / "m.onnx")
+        edit(model)
+        onnx.save(model, tmp / name)
+        return tmp / name
+
+    def bump_q(model):
+        inits = {i.name: i for i in model.graph.initializer}
+        w_name = next(t for t in _node(model, "layers.1/attention/q_proj/MatMul").input if t in inits)
+        w = numpy_helper.to_array(inits[w_name]).copy()
+        w[0, :] += 0.05
+        inits[w_name].CopyFrom(numpy_helper.from_array(w, w_name))
+
+    def eps(model):
+        for a in _node(model, "layers.0/layernorm_before/LayerNormalization").attribute:
+            if a.name == "epsilon":
+                a.f = 1e-3
+
+    def swap_qk(model):  # the weight and the bias of q_proj and k_proj trade places
+        inits = {i.name for i in model.graph.initializer}
+        for kind in ("MatMul", "Add"):
+            q, k = _node(model, f"layers.0/attention/q_proj/{kind}"), _node(model, f"layers.0/attention/k_proj/{kind}")
+            qi, ki = list(q.input), list(k.input)
+            del q.input[:], k.input[:]
+            q.input.extend([ki[j] if t in inits else t for j, t in enumerate(qi)])
+            k.input.extend([qi[j] if t in inits else t for j, t in enumerate(ki)])
+
+    cases = {"layer 1 query weight row changed (initializer)": edited("init.onnx", bump_q),
+             "LayerNormalization epsilon 1e-3 for 1e-6 (layer 0, before)": edited("eps.onnx", eps),
+             "q_proj and k_proj weights swapped (layer 0)": edited("qk.onnx", swap_qk),
+             "ORT FastGelu for the erf GELU (layer 0)": fast_gelu(tmp / "m.onnx", tmp / "fastgelu.onnx")}
+    print("| planted graph bug (ONNX, DeiT) | first divergence | likely cause |\n|---|---|---|")
+    for bug, path in cases.items():
+        result = parity.compare(ref, parity.capture_onnx(path, x, like=ref))
+        first = result.first_divergence
+        print(f"| {bug} | `{first.name if first else '-'}` | "
+              f"{result.likely_cause.cause if result.likely_cause else 'no known pattern'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

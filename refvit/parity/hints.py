@@ -358,6 +358,11 @@ def _channel_affine(reference, name, r, c, err):
     resid = C - (a[:, None] * R + b[:, None])
     if not _fits(resid, err):
         return None
+    offs = ", ".join(f"{x:.4g}" for x in b[:6]) + (" …" if len(b) > 6 else "")
+    if np.max(np.abs(a - 1)) <= 1e-4:
+        return Hint("a per-channel offset of the reference: a bias missing, added twice, or another module's",
+                    f"candidate = reference + b_c per channel (axis {axis}), residual {_energy(resid) / err:.1e} of "
+                    f"the error; b = [{offs}]")
     words = ", ".join(f"{x:.4g}" for x in a[:6]) + (" …" if len(a) > 6 else "")
     offs = ", ".join(f"{x:.4g}" for x in b[:6]) + (" …" if len(b) > 6 else "")
     what = ("the input normalization (image_mean/image_std: e.g. the processor left at its defaults)"
