@@ -383,7 +383,7 @@ def cmd_capture(args) -> int:
     print(f"refvit capture: running {args.model} in ONNX Runtime (graph optimizations "
           f"{'on, fusions kept' if args.optimized else 'off'}) ...", file=sys.stderr, flush=True)
     trace = parity.capture_onnx(args.model, like["pixel_values"], like=like, model_type=args.model_type,
-                                optimized=args.optimized)
+                                optimized=args.optimized, all_nodes=args.all_nodes)
     trace.save(args.out)
     named = sum(trace.kind(n) in ("module", "attention", "hidden_state") for n in trace)
     common = sum(n in like for n in trace)
@@ -711,6 +711,8 @@ def add_capture_parser(sub) -> None:
                    "candidate trace")
     q.add_argument("--optimized", action="store_true", help="keep ONNX Runtime's graph fusions (default: off, so every "
                    "module boundary survives); fused-away modules show as FUSED in compare")
+    q.add_argument("--all-nodes", action="store_true", help="also keep every other floating-point node output, as "
+                   "onnx:<tensor name> (Polygraphy's mark all; larger traces)")
     q.add_argument("--model-type", choices=["vit", "deit", "beit", "data2vec-vision", "cvt", "bit"],
                    help="the model family (default: the reference's, else guessed from the node scopes)")
     q.set_defaults(func=cmd_capture)

@@ -145,6 +145,20 @@ def test_like_names_outputs_and_planted_bug(tmp_path, pixels):
     assert "`vit.encoder.layer.0.attention.attention.key`" in result.likely_cause.cause
 
 
+def test_all_nodes_keeps_every_node_output(tmp_path, pixels):
+    w = _weights()
+    path = tmp_path / "toy.onnx"
+    onnx.save(_graph(T5, w), path)
+    named = parity.capture_onnx(path, pixels)
+    every = parity.capture_onnx(path, pixels, all_nodes=True)
+    assert every.names[:len(named)] == named.names                    # the named ones first, unchanged
+    inner = {"onnx:q0", "onnx:k0", "onnx:scores", "onnx:e0", "onnx:kt", "onnx:o0"}   # inside modules, unnamed
+    assert inner <= set(every.names), sorted(set(every.names) - set(named.names))
+    ref = _reference(pixels.astype(np.float64), w)
+    np.testing.assert_allclose(every["onnx:q0"], ref["vit.encoder.layer.0.attention.attention.query"] - w["bq"],
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_optimized_lists_fused_modules(tmp_path, pixels):
     """ORT's SkipLayerNormalization fusion swallows the residual Add: the layer's output boundary is gone and is
     listed as FUSED (not compared, not missing); everything still there matches the unoptimized run."""

@@ -15,8 +15,8 @@ scopes to record and under which checkpoint name, for transformers-5 scope names
 classic ones (`encoder.layer.0.attention.attention.query`, what transformers 4 exported). Attention maps are the
 outputs of the Softmax nodes (after the Casts eager attention adds), in node order: `attentions.0`, `attentions.1` ….
 
-Graph optimizations are off by default (ORT_DISABLE_ALL), so no fusion erases a module boundary, and every node output
-is readable, as Polygraphy's `--onnx-outputs mark all` does. With `optimized=True` ORT's fusions (extended level:
+Graph optimizations are off by default (ORT_DISABLE_ALL), so no fusion erases a module boundary; the boundaries are
+made graph outputs and read (`all_nodes=True` reads every node output, as Polygraphy's `--onnx-outputs mark all`). With `optimized=True` ORT's fusions (extended level:
 SkipLayerNormalization, FastGelu, Attention …) are kept: the graph ORT optimized is saved, the boundaries still in it
 are read, and the modules whose boundary was fused away are listed in the trace's metadata as "fused" (compare shows
 them as FUSED: not compared, not missing).
@@ -202,12 +202,14 @@ def _load_model(onnx, path):
 
 
 def capture_onnx(path, pixel_values, like: Trace | None = None, model_type: str | None = None,
-                 optimized: bool = False) -> Trace:
+                 optimized: bool = False, all_nodes: bool = False) -> Trace:
     """Run an ONNX model in ONNX Runtime on `pixel_values` and record each module's output under its checkpoint name.
 
     `like`: a reference Trace (e.g. refvit's): its model_type, where its hidden states sit and its output names are
     used (the graph's outputs are paired with the reference's outputs in order when their shapes agree).
-    `optimized`: keep ORT's graph fusions; modules whose boundary was fused away are listed in meta["fused"]."""
+    `optimized`: keep ORT's graph fusions; modules whose boundary was fused away are listed in meta["fused"].
+    `all_nodes`: also keep every other floating-point node output, under `onnx:<tensor name>` after the named ones
+    (Polygraphy's "mark all", for looking inside a module; compare lists them as not in the reference)."""
     onnx, onnxruntime = _require()
     model, path = _load_model(onnx, path)
     if like is not None and model_type is None:
@@ -240,6 +242,8 @@ def capture_onnx(path, pixel_values, like: Trace | None = None, model_type: str 
     wanted = [t for _, ts, _ in points for t in ts]
     wanted += [t for k, (t, _, _) in enumerate(attentions) if f"attentions.{k}" not in fused]
     wanted += list(identities.values())
+    if all_nodes:
+        wanted += [o for n in run_model.graph.node if n.op_type not in ("Constant", "Shape") for o in n.output if o]
     existing = [o.name for o in run_model.graph.output]
     exposed = list(dict.fromkeys(existing + wanted))
     del run_model.graph.output[:]
@@ -285,7 +289,13 @@ def capture_onnx(path, pixel_values, like: Trace | None = None, model_type: str 
     if identities:
         meta["identity_modules"] = identities
     families_with_maps = ("vit", "deit", "beit", "data2vec-vision")
-    return arrange(x, store, hidden, maps if model_type in families_with_maps else (), outputs, meta)
+    trace = arrange(x, store, hidden, maps if model_type in families_with_maps else (), outputs, meta)
+    if not all_nodes:
+        return trace
+    named = {t for _, ts, _ in points for t in ts} | {t for t, _, _ in attentions}
+    extra = {f"onnx:{t}": v for t, v in values.items() if t not in named and t not in existing
+             and isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+    return Trace({**trace.tensors, **extra}, trace.meta, trace.kinds, trace.modules)
 
 
 def _identity_plan(like: Trace | None, points: list, fused: dict, graph, inputs: dict) -> dict:
