@@ -41,7 +41,8 @@ def test_ci_runs_every_timm_check():
     """The timm stage: its own venv with the pinned torch/torchvision pair, every needs_timm test, the timm goldens."""
     assert "TIMM_PACKAGES=(torch==2.14.1 torchvision==0.29.1 timm " in CI_RUN
     assert "\nstep timm-install install_timm\n" in CI_RUN
-    assert 'REFVIT_CI_STAGE=timm PYTHONPATH="$PWD" "$TIMM_VENV/bin/python" -m pytest -m needs_timm' in CI_RUN
+    assert 'REFVIT_CI_STAGE=timm PYTHONPATH="$PWD" "$TIMM_VENV/bin/python" -m pytest -m needs_timm $TIMM_TEST_FILES' \
+        in CI_RUN and 'TIMM_TEST_FILES=$(grep -l "needs_timm" tests/test_*.py)' in CI_RUN
     assert '"$TIMM_VENV/bin/python" golden/generate.py --timm --check' in CI_RUN
 
 
