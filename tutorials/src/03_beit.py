@@ -165,7 +165,8 @@ plt.show()
 # Pre-norm attention with the relative bias, then **layer scale**: the attention branch is multiplied per channel by
 # `lambda_1` before the residual add, the MLP branch by `lambda_2`. `key` has no bias in BEiT. With
 # `use_mean_pooling` the final `beit.layernorm` is an identity and the pooler is `LayerNorm(mean of the patch
-# tokens)` — `[CLS]` is left out of the mean. `quirk` is for §6.
+# tokens)` — `[CLS]` is left out of the mean. `forward` is the clean model, with no switches for bugs: §6 plants
+# each bug by swapping one small helper (`window_index`, `pool`) for a variant.
 
 # %%
 def layer_norm(x, name, W=Wt):
@@ -216,18 +217,27 @@ def embed(x, W=Wt, prefix="beit.embeddings", mask=None):
     return x + W[f"{prefix}.position_embeddings"] if f"{prefix}.position_embeddings" in W else x
 
 
-def forward(x, quirk=None, rec=None):
+def window_index():
+    """The relative position index of the digits window (§1)."""
+    return relative_index(h, w)
+
+
+def pool(hidden):
+    """BeitPooler with use_mean_pooling: the mean of the patch tokens, [CLS] left out (then its LayerNorm)."""
+    return hidden[:, 1:].mean(1)
+
+
+def forward(x, rec=None):
     """BeitForImageClassification (digits-beit) by hand -> logits."""
     rec = {} if rec is None else rec
     hidden = rec["beit.embeddings"] = embed(x.astype(np.float64))
-    idx = relative_index(h, w, sign=-1 if quirk == "sign" else 1)
+    idx = window_index()
     for i in range(L):
         name = f"beit.encoder.layer.{i}"
         bias = rec[f"{name}.attention.attention.relative_position_bias"] = bias_of(tables[i], idx)[None]
         hidden, _ = beit_layer(hidden, bias, name, rec)
     rec["beit.layernorm"] = hidden                                                    # nn.Identity (mean pooling)
-    pooled = hidden.mean(1) if quirk == "cls_in_mean" else hidden[:, 1:].mean(1)
-    pooled = rec["beit.pooler"] = layer_norm(pooled, "beit.pooler.layernorm")
+    pooled = rec["beit.pooler"] = layer_norm(pool(hidden), "beit.pooler.layernorm")
     return linear(pooled, "classifier")
 
 
@@ -362,12 +372,44 @@ print("mask", m.shape, f"({m.mean():.0%} masked); logits", out_m.logits.shape, "
 #   every bias. It is not a bug in the port's logic — it is a parity failure against a framework inconsistency.
 
 # %%
-print(f"{'quirk':12s} {'first diverging module':64s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk in ("sign", "cls_in_mean"):
+import difflib
+import inspect
+from contextlib import contextmanager
+
+
+@contextmanager
+def planted(name, replacement):
+    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
+    at call time), and put the clean one back afterwards."""
+    clean = globals()[name]
+    globals()[name] = replacement
+    try:
+        yield
+    finally:
+        globals()[name] = clean
+
+
+def window_index_key_minus_query():
+    return relative_index(h, w, sign=-1)
+
+
+def pool_with_cls(hidden):
+    return hidden.mean(1)
+
+
+quirks = {"sign": ("window_index", window_index_key_minus_query), "cls_in_mean": ("pool", pool_with_cls)}
+body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
+for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
+    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
+    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
+          sep="\n    ")
+print(f"\n{'quirk':12s} {'first diverging module':64s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+for quirk, (name, replacement) in quirks.items():
     rec = {}
-    forward(x, quirk, rec)
+    with planted(name, replacement):
+        forward(x, rec=rec)
+        acc = d.accuracy(forward(pixel_values))
     first, err = first_divergence(rec, inter)
-    acc = d.accuracy(forward(pixel_values, quirk))
     print(f"{quirk:12s} {str(first):64s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
 
 square = [np.array_equal(resize_table(t, (h, w), (h, w), True), resize_table(t, (h, w), (h, w), False))
@@ -393,8 +435,219 @@ print(f"non-square {win[0]}×{win[1]} window, height-major read (consistent with
 # couple of digits: this model also has absolute position embeddings, which still say where each patch is. The
 # `[CLS]`-in-the-mean error is one token of 65 in the average: no digit changes class, but the pooler leaves the
 # tolerance. Accuracy is a blunt instrument for parity; the first diverging module is not.
+
+# %% [markdown]
+# ## 7. Segmentation: the FPN neck, the UperNet head and the FCN auxiliary head, on real masks
 #
-# ## 7. Exercises
+# `BeitForSemanticSegmentation` labels every pixel. It turns four of the encoder's token grids into a feature
+# pyramid, fuses the pyramid with a UperNet head, and trains an extra FCN head on one level. The model here,
+# `golden/models/segment-beit`, was trained by `golden/train_segmentation.py` on synthetic scenes it generates: one or
+# two disks, squares or triangles in random colours on a textured background (stripes, checks or blotches), with a
+# class for every pixel (0 background, 1 disk, 2 square, 3 triangle). Its recorded PyTorch masks for the 96 test
+# scenes are shipped with it, so we can compare refvit's masks pixel for pixel.
+
+# %%
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+seg_dir = ROOT / "golden" / "models" / "segment-beit"
+seg = refvit.from_pretrained(seg_dir, backend="numpy")
+seg_cfg = json.loads((seg_dir / "config.json").read_text())
+seg_meta = json.loads((seg_dir / "meta.json").read_text())
+Ws, _ = load_state_dict(seg_dir)
+classes = seg_meta["dataset"]["classes"]
+scenes = np.load(ROOT / "golden" / "models" / "shapes_test.npz")
+seg_proc = refvit.AutoImageProcessor.from_pretrained(seg_dir)
+xs = seg_proc(images=[Image.fromarray(i) for i in scenes["images"]], return_tensors="np")["pixel_values"]
+seg_all = seg(xs)
+masks = np.stack([np.asarray(m) for m in seg_proc.post_process_semantic_segmentation(
+    seg_all, target_sizes=[(32, 32)] * len(xs))]).astype(np.uint8)
+torch_masks = np.load(seg_dir / "logits.npz")["masks"]                                  # PyTorch's, recorded
+
+
+def iou(pred, truth):
+    inter_ = [np.sum((pred == c) & (truth == c)) for c in range(len(classes))]
+    union = [np.sum((pred == c) | (truth == c)) for c in range(len(classes))]
+    return [i / u for i, u in zip(inter_, union)]
+
+
+per = iou(masks, scenes["masks"])
+assert (masks == torch_masks).all()
+print(f"refvit: mIoU {np.mean(per):.4f} (PyTorch, recorded: {seg_meta['test_miou']:.4f}); same class as PyTorch on "
+      f"{int((masks == torch_masks).sum())} of {masks.size} pixels")
+print("IoU per class:", {c: round(float(v), 3) for c, v in zip(classes, per)})
+
+fig, axes = plt.subplots(3, 6, figsize=(11, 5.6))
+cmap = plt.matplotlib.colors.ListedColormap(["0.15", "C0", "C1", "C2"])
+for j in range(6):
+    for r, (img, title) in enumerate([(scenes["images"][j], "scene"), (scenes["masks"][j], "true mask"),
+                                      (masks[j], "refvit's mask")]):
+        axes[r, j].imshow(img, **({} if r == 0 else dict(cmap=cmap, vmin=0, vmax=3, interpolation="nearest")))
+        axes[r, j].set_axis_off(), axes[r, j].set_title(title, fontsize=8)
+handles = [plt.matplotlib.patches.Patch(color=cmap(i), label=c) for i, c in enumerate(classes)]
+fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
+fig.suptitle("segment-beit on test scenes it never saw")
+plt.show()
+
+# %% [markdown]
+# A tiny model trained for a few minutes of CPU: the background is found almost everywhere, the shapes' outlines
+# roughly, and the class of a shape is often wrong (squares worst). What matters here is that refvit's masks are
+# PyTorch's, pixel for pixel. Now the head, by hand.
+#
+# **Which token grids feed the pyramid.** `config.out_indices` picks four of the encoder's `hidden_states` — but
+# 1-based, with 0 meaning the last: transformers reads `encoder_hidden_states[i - 1]` (`modeling_beit.py`,
+# `BeitForSemanticSegmentation.forward`, line 1045 in 5.23.0), and `hidden_states[0]` is the embedding output. The
+# trainer chose `[0, 2, 3, 4]` so every layer is used: the last layer's output, then those of layers 0, 1 and 2.
+# Each grid drops `[CLS]` and becomes an image of `C` channels over the 8×8 patch grid.
+#
+# **The neck** (`BeitFPNNeck`) makes four scales from them: ×4 (transposed conv 2×2/2, BatchNorm, GELU, transposed
+# conv 2×2/2), ×2 (one transposed conv), ×1 (identity) and ×½ (max-pool 2×2).
+
+# %%
+xs8 = xs[:8]
+si = seg(xs8, output_intermediates=True).intermediates
+hidden = [si["beit.embeddings"]] + [si[f"beit.encoder.layer.{i}"] for i in range(seg_cfg["num_hidden_layers"])]
+gh = gw = seg_cfg["image_size"] // seg_cfg["patch_size"]
+grids = [hidden[i - 1][:, 1:].astype(np.float64).transpose(0, 2, 1).reshape(len(xs8), -1, gh, gw)
+         for i in seg_cfg["out_indices"]]                                   # 1-based; 0 -> hidden[-1]
+BN_EPS = 1e-5
+
+
+def batch_norm(x, name):
+    """BatchNorm2d in eval mode: the running statistics the checkpoint holds."""
+    scale = Ws[f"{name}.weight"] / np.sqrt(Ws[f"{name}.running_var"] + BN_EPS)
+    return (x - Ws[f"{name}.running_mean"][:, None, None]) * scale[:, None, None] + Ws[f"{name}.bias"][:, None, None]
+
+
+def conv_transpose_2x2(x, name):
+    """ConvTranspose2d(k=2, s=2): each input pixel paints its own 2×2 output block, no overlap."""
+    W, b = Ws[f"{name}.weight"], Ws[f"{name}.bias"]                          # (C_in, C_out, 2, 2)
+    B, _, hh, ww = x.shape
+    y = np.einsum("bcij,copq->boipjq", x, W).reshape(B, W.shape[1], 2 * hh, 2 * ww)
+    return y + b[:, None, None]
+
+
+def gelu(x):
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def max_pool_2x2(x):
+    B, C, hh, ww = x.shape
+    return x.reshape(B, C, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
+
+
+pyramid = [conv_transpose_2x2(gelu(batch_norm(conv_transpose_2x2(grids[0], "fpn1.0"), "fpn1.1")), "fpn1.3"),
+           conv_transpose_2x2(grids[1], "fpn2.0"), grids[2], max_pool_2x2(grids[3])]
+for mine_t, name in zip(pyramid, ["fpn1", "fpn2", None, "fpn4"]):
+    if name:
+        assert_close(mine_t, si[name], name)
+print("pyramid:", [p.shape[1:] for p in pyramid], "= refvit's fpn1, fpn2, (identity), fpn4")
+
+# %% [markdown]
+# **The UperNet head** (`BeitUperHead`). Its convolutions are "conv modules": a bias-free conv, BatchNorm, ReLU.
+#
+# 1. *Pyramid pooling* on the coarsest level (4×4): average-pool it to 1×1, 2×2, 3×3 and 6×6 (adaptive pooling:
+#    bin `i` spans `floor(i·n/s)` to `ceil((i+1)·n/s)`, so 4 → 6 makes overlapping bins), a 1×1 conv module each,
+#    resize back bilinearly, concatenate with the input and fuse with a 3×3 conv module (`bottleneck`): global
+#    context for every position.
+# 2. *Laterals*: a 1×1 conv module on each of the three finer levels.
+# 3. *Top-down*: from coarse to fine, each level gets the bilinearly upsampled level above it added.
+# 4. A 3×3 conv module on each of the three finer levels, everything resized to the finest (32×32), concatenated,
+#    a 3×3 conv module (`fpn_bottleneck`) and a 1×1 conv to the classes.
+
+# %%
+def conv(x, W, pad=0):
+    """Conv2d (NCHW), stride 1, as im2col + einsum (notebook 05)."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = W.shape[-1]
+    return np.einsum("bchwij,ocij->bohw", sliding_window_view(x, (k, k), axis=(2, 3)), W, optimize=True)
+
+
+def conv_module(x, name):
+    W = Ws[f"{name}.conv.weight"]
+    return np.maximum(batch_norm(conv(x, W, pad=W.shape[-1] // 2), f"{name}.bn"), 0)
+
+
+def resize(x, oh, ow):
+    """Bilinear, align_corners=False (F.interpolate): sample at (o + ½)·in/out − ½, clamped at the border."""
+    def axis(n_in, n_out):
+        s = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        i0 = np.minimum(np.floor(s).astype(int), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), s - i0
+    (r0, r1, fr), (c0, c1, fc) = axis(x.shape[2], oh), axis(x.shape[3], ow)
+    rows = x[:, :, r0] * (1 - fr)[:, None] + x[:, :, r1] * fr[:, None]
+    return rows[..., c0] * (1 - fc) + rows[..., c1] * fc
+
+
+def adaptive_avg_pool(x, s):
+    n = x.shape[2]
+    bins = [(i * n // s, -(-(i + 1) * n // s)) for i in range(s)]
+    return np.stack([np.stack([x[:, :, a:b, c:d].mean(axis=(2, 3)) for c, d in bins], -1) for a, b in bins], -2)
+
+
+def upernet(levels, rec):
+    top = levels[-1]
+    pooled = [top]
+    for j, s in enumerate(seg_cfg["pool_scales"]):
+        p = rec[f"decode_head.psp_modules.{j}.1"] = conv_module(adaptive_avg_pool(top, s), f"decode_head.psp_modules.{j}.1")
+        pooled.append(resize(p, *top.shape[2:]))
+    lat = []
+    for i, f in enumerate(levels[:-1]):                                                 # laterals
+        lat.append(conv_module(f, f"decode_head.lateral_convs.{i}"))
+        rec[f"decode_head.lateral_convs.{i}"] = lat[-1]
+    lat.append(conv_module(np.concatenate(pooled, 1), "decode_head.bottleneck"))      # pyramid pooling, fused
+    rec["decode_head.bottleneck"] = lat[-1]
+    for i in range(len(lat) - 1, 0, -1):                                               # top-down
+        lat[i - 1] = lat[i - 1] + resize(lat[i], *lat[i - 1].shape[2:])
+    outs = []
+    for i in range(len(lat) - 1):
+        outs.append(conv_module(lat[i], f"decode_head.fpn_convs.{i}"))
+        rec[f"decode_head.fpn_convs.{i}"] = outs[-1]
+    outs.append(lat[-1])
+    outs = [outs[0]] + [resize(o, *outs[0].shape[2:]) for o in outs[1:]]
+    fused = rec["decode_head.fpn_bottleneck"] = conv_module(np.concatenate(outs, 1), "decode_head.fpn_bottleneck")
+    return conv(fused, Ws["decode_head.classifier.weight"]) + Ws["decode_head.classifier.bias"][:, None, None]
+
+
+def fcn(levels):
+    """BeitFCNHead: conv modules on one level (auxiliary_num_convs of them), then a 1×1 conv to the classes."""
+    h_ = levels[2]                                          # BeitFCNHead's in_index: the 8×8 (identity) level
+    for i in range(seg_cfg["auxiliary_num_convs"]):
+        h_ = conv_module(h_, f"auxiliary_head.convs.{i}")
+    return conv(h_, Ws["auxiliary_head.classifier.weight"]) + Ws["auxiliary_head.classifier.bias"][:, None, None]
+
+
+head_rec = {}
+logits_seg = upernet(pyramid, head_rec)
+for name, t in head_rec.items():
+    assert_close(t, si[name], name)
+assert_close(logits_seg, si["decode_head"], "decode_head (the logits)")
+aux = fcn(pyramid)
+assert_close(aux, si["auxiliary_head"], "auxiliary_head")
+print(f"{len(head_rec) + 2} head tensors by hand = refvit's; logits {logits_seg.shape}, auxiliary logits {aux.shape}")
+
+# %% [markdown]
+# The two heads' masks side by side: UperNet predicts at 32×32 from all four levels; the FCN head sees only the
+# 8×8 level (one token per 4×4 pixels), so its mask — upsampled here — is blocky. It exists for training (its loss,
+# weighted by `auxiliary_loss_weight` = 0.4, gives the middle layers a direct signal); at inference transformers
+# computes it and discards it, and `refvit segment` uses only `logits`.
+
+# %%
+main_mask, aux_mask = logits_seg.argmax(1), resize(aux, 32, 32).argmax(1)
+assert (main_mask == masks[:8]).all()                                     # the processor's argmax at 32×32
+fig, axes = plt.subplots(4, 4, figsize=(7.5, 7.8))
+for j in range(4):
+    for r, (img, title) in enumerate([(scenes["images"][j], "scene"), (scenes["masks"][j], "true"),
+                                      (main_mask[j], "UperNet"), (aux_mask[j], "FCN (auxiliary)")]):
+        axes[j, r].imshow(img, **({} if r == 0 else dict(cmap=cmap, vmin=0, vmax=3, interpolation="nearest")))
+        axes[j, r].set_axis_off(), axes[j, r].set_title(title, fontsize=8)
+fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
+plt.show()
+print(f"pixel accuracy on these 8 scenes: UperNet {np.mean(main_mask == scenes['masks'][:8]):.3f}, "
+      f"FCN head {np.mean(aux_mask == scenes['masks'][:8]):.3f}")
+
+# %% [markdown]
+# ## 8. Exercises
 #
 # Solutions: `tutorials/solutions/03_beit.py`.
 #
