@@ -185,3 +185,22 @@ def test_cli_takes_hub_ids_and_revision(hub_env, capsys, golden_dir):
     assert cli_main(["classify", REPO, image, "--revision", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("refvit classify: CheckpointError:") and "'nope'" in err and "\n" not in err
+
+
+def test_timm_repo_processor_fetches_config_json_only(hub_env):
+    """A timm hub repo has no preprocessor_config.json: its eval transform comes from config.json's pretrained_cfg,
+    fetched alone (the weights come with the model, into the same snapshot)."""
+    from conftest import golden_timm_case
+
+    d = golden_timm_case("vit_base_augreg2_reduced")
+    repo = "timm/vit-test.augreg"
+    hub_env.add(repo, {n: (d / n).read_bytes() for n in ("config.json", "model.safetensors", "README.md")
+                       if (d / n).exists()})
+    processor = refvit.AutoImageProcessor.from_pretrained(repo)
+    assert type(processor).__name__ == "TimmImageProcessor" and processor.crop_pct == 0.9
+    assert hub_env.fetched(repo) == ["config.json"]
+    model = refvit.from_pretrained(repo)
+    assert hub_env.fetched(repo)[1:] == ["model.safetensors"]
+    with np.load(d / "inputs.npz") as x, np.load(d / "outputs.npz") as y:
+        ref = y["float32/logits"]
+        assert np.abs(model(x["pixel_values"]).logits - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())

@@ -270,3 +270,21 @@ def test_cli_evaluate_on_a_timm_dir(tmp_path):
     expected = sum(int(model(proc(refvit.load_image(GOLDEN / "images" / p)).pixel_values).logits.argmax()) == c
                    for c, p in ((1, "chelsea_landscape.jpg"), (2, "astronaut_portrait.jpg")))
     assert report["images"] == 2 and report["correct"] == expected, report
+
+
+@pytest.mark.parametrize("cls, case, tokens", [
+    ("ViTModel", "vit_base_augreg2_reduced", 17), ("DeiTModel", "deit_small_distilled_reduced", 18),
+    ("BeitModel", "beit_base_reduced", 17), ("BitModel", "resnetv2_50x1_bit_reduced", None)])
+def test_transformers_named_classes_open_a_timm_dir(cls, case, tokens):
+    """Model-card style: `refvit.ViTModel.from_pretrained(timm_dir)` runs the base model, the head is ignored."""
+    d = golden_timm_case(case)
+    model = getattr(refvit, cls).from_pretrained(d)
+    assert model.architecture.name == cls and model.ignored_tensors
+    out = model(np.load(d / "inputs.npz")["pixel_values"])
+    if tokens is not None:
+        assert out.last_hidden_state.shape[1] == tokens
+    ref = np.load(d / "outputs.npz")
+    name = {"ViTModel": "vit.layernorm", "DeiTModel": "deit.layernorm", "BeitModel": "beit.encoder.layer.1",
+            "BitModel": "bit.norm"}[cls]  # BitModel: the preactivation final norm
+    expected = ref[f"float32/intermediates/{name}"]
+    assert np.abs(out.last_hidden_state - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
