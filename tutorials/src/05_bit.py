@@ -210,6 +210,42 @@ correct = d.accuracy(all_logits)
 print(f"360 digits by hand: accuracy {correct:.2%}, PyTorch's class on every image")
 
 # %% [markdown]
+# **What standardisation does to the activations.** The same trained checkpoint, run once as the model is (every conv
+# weight standardised) and once with the raw weights (`ws` swapped for a function returning them unchanged), on the
+# first 16 digits: the standard deviation of every conv's output. The raw filters' scale (std ≈ 0.04 here) is
+# whatever initialisation, learning rate and weight decay made it; standardised, every filter has variance 1. On this
+# checkpoint every conv's output is 3–20× larger with the standardised weights, and — the point of WS — that scale
+# no longer depends on the raw filters' magnitude (§1 and exercise 3), only on their direction and on the input. (The
+# raw-weight run is not a model anyone trained; it only isolates what the standardisation step contributes.)
+
+# %%
+def ws_raw(name):
+    return Wt[f"{name}.weight"].astype(np.float64)
+
+
+stats = {}
+clean_ws = ws
+for label, weight_fn in (("standardised (the model)", clean_ws), ("raw weights, no standardisation", ws_raw)):
+    rec = {}
+    globals()["ws"] = weight_fn
+    try:
+        forward(x, rec=rec)
+    finally:
+        globals()["ws"] = clean_ws
+    stats[label] = {n: float(t.std()) for n, t in rec.items() if n.split(".")[-1].startswith("conv")}
+names = list(stats["standardised (the model)"])
+fig, ax = plt.subplots(figsize=(9, 3))
+for label, st in stats.items():
+    ax.plot(range(len(names)), [st[n] for n in names], "o-", label=label)
+ax.set_xticks(range(len(names)), [n.replace("bit.encoder.stages.", "s").replace(".layers.0", "")
+                                  .replace("bit.embedder.convolution", "stem") for n in names], rotation=30, fontsize=7)
+ax.set(yscale="log", ylabel="std of the conv output", title="every conv's output, first 16 digits")
+ax.legend(fontsize=8)
+plt.show()
+ratio = [stats["standardised (the model)"][n] / stats["raw weights, no standardisation"][n] for n in names]
+print(f"standardised / raw output std per conv: {np.min(ratio):.0f}x to {np.max(ratio):.0f}x")
+
+# %% [markdown]
 # ## 4. Why batch size stops mattering
 #
 # BatchNorm in training normalises each channel with statistics over the *batch* (and positions): an image's output
