@@ -402,16 +402,22 @@ def cmd_compare_sweep(args) -> int:
     from . import parity
     from .parity import sweep
 
-    verdicts = {}
+    verdicts, documents = {}, {}
     pairs = sweep.pairs(args.reference, args.candidate)
     absent = [s for s in sweep.sweep_files(args.reference) if s not in sweep.sweep_files(args.candidate)]
     for size, ref_path, cand_path in pairs:
-        sub = argparse.Namespace(**{**vars(args), "reference": ref_path, "candidate": cand_path,
+        collect = [] if args.json else None
+        sub = argparse.Namespace(**{**vars(args), "reference": ref_path, "candidate": cand_path, "collect": collect,
                                     "report": _per_size(args.report, size), "plot": _per_size(args.plot, size)})
         if not args.json:
             print(f"===== {size} =====")
         verdicts[size] = cmd_compare(sub)
-    if not args.json:
+        if collect:
+            documents[size] = collect[0]
+    if args.json:
+        print_json({"ok": not absent and all(v == 0 for v in verdicts.values()), "sizes": documents,
+                    "missing_sizes": absent})
+    else:
         done = ", ".join(f"{s} {'OK' if v == 0 else 'FAILED'}" for s, v in verdicts.items())
         print(f"\nsweep: {done}"
               + (f"; sizes missing in the candidate: {', '.join(absent)}" if absent else ""))
@@ -456,7 +462,9 @@ def cmd_compare(args) -> int:
     result = parity.compare(reference, candidate, tolerance=default, mapping=mapping, overrides=overrides,
                             reference_name=args.reference, candidate_name=args.candidate, only=args.only or (),
                             allow_missing=args.allow_missing)
-    if args.json:
+    if getattr(args, "collect", None) is not None:  # a sweep with --json: one document for all sizes
+        args.collect.append(result.to_dict())
+    elif args.json:
         print_json(result.to_dict())
     else:
         print(parity.format_report(result, verbose=args.verbose))

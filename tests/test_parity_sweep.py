@@ -62,6 +62,11 @@ def test_cli_sweep_trace_and_compare(tmp_path):
                        text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "sweep: 32x32 OK, 32x64 OK, 48x48 OK" in r.stdout
+    r = subprocess.run(run + ["compare", str(tmp_path / "ref"), str(tmp_path / "port"), "--json"],
+                       capture_output=True, text=True)
+    doc = json.loads(r.stdout)                               # one JSON document for the whole sweep
+    assert r.returncode == 0 and doc["ok"] and sorted(doc["sizes"]) == ["32x32", "32x64", "48x48"]
+    assert all(d["ok"] for d in doc["sizes"].values())
     (tmp_path / "port" / "48x48.safetensors").unlink()    # a size the candidate lacks: not a pass
     r = subprocess.run(run + ["compare", str(tmp_path / "ref"), str(tmp_path / "port")], capture_output=True,
                        text=True)
