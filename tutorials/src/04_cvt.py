@@ -269,7 +269,36 @@ print(f"360 digits by hand: accuracy {correct:.2%}, PyTorch's class on every ima
 
 # %% [markdown]
 # (`cvt.encoder.stages.N.embedding` is the embedding's token grid, the same numbers as its `normalization` output.)
-#
+
+# %% [markdown]
+# **The token grids, stage by stage.** Each stage's convolutional embedding halves the grid (stride 2) and widens the
+# tokens: 16×16 tokens of 32 channels, then 8×8 of 48, then 4×4 of 64 for one digit. Two views per stage, each panel
+# on its own scale with a colour bar: the length of each token (how much the stage "has to say" there) and its first
+# principal component over the grid (the main direction the tokens vary along: ink vs background, then parts).
+
+# %%
+digit = 3
+fig, axes = plt.subplots(2, S + 1, figsize=(3.2 * (S + 1), 5.6))
+axes[0, 0].imshow(x[digit, 0], cmap="gray"), axes[0, 0].set_title(f"input (label {labels[digit]})", fontsize=9)
+axes[1, 0].set_axis_off()
+for s in range(S):
+    grid = inter[f"cvt.encoder.stages.{s}"][digit].astype(np.float64)                # (C, h, w)
+    C_s, gh_, gw_ = grid.shape
+    tokens_s = grid.reshape(C_s, -1).T                                              # (h·w, C)
+    centred = tokens_s - tokens_s.mean(0)
+    pc1 = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]               # first principal component
+    for r, (img, what, cmap) in enumerate([(np.linalg.norm(tokens_s, axis=1), "token length", "viridis"),
+                                           (pc1, "1st principal component", "RdBu_r")]):
+        lim = np.abs(img).max()
+        im = axes[r, s + 1].imshow(img.reshape(gh_, gw_), cmap=cmap,
+                                   **({} if r == 0 else dict(vmin=-lim, vmax=lim)))
+        fig.colorbar(im, ax=axes[r, s + 1], fraction=0.046, pad=0.03)
+        axes[r, s + 1].set_title(f"stage {s}: {gh_}×{gw_} × {C_s}\n{what}", fontsize=8)
+for ax in axes.flat:
+    ax.set_xticks([]), ax.set_yticks([])
+plt.show()
+
+# %% [markdown]
 # ## 4. What stride-2 keys and values save, and what they cost
 #
 # Per layer, with `N` queries, `N_k` keys, width `C`, kernel `k`, counted in multiply-adds (MACs):
