@@ -41,3 +41,20 @@ assert check("exercise 3 (what standardisation ignores)", exercise_3, {"a", "b",
 # tiny ε) and subtracts its mean (b: a constant added to every weight). A sign flip (c) survives it: the stem's
 # output changes sign, and the max-pool and ReLUs after it are not odd functions. The classifier (d) is a plain
 # Linear, not standardised.
+
+
+# %%
+def exercise_4():
+    """The port's group_norm reshapes to (B, C/G, G, h·w) and normalises over axes 1 and 3: its "group" g holds the
+    channels g, g + G, g + 2G, ... (interleaved). GroupNorm's groups are consecutive channels: (B, G, C/G · h·w)."""
+    def group_norm(x, weight, bias, groups, eps=GN_EPS):
+        g = x.reshape(x.shape[0], groups, -1)
+        y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(x.shape)
+        return y * weight[:, None, None] + bias[:, None, None]
+    return {"group_norm": group_norm}
+
+
+rec = {}
+port.forward(x, Wt, cfg, rec)
+print("the port first diverges at", first_divergence(rec, inter))
+assert check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

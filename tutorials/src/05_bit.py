@@ -396,3 +396,32 @@ def exercise_3():
 # WS maps each filter W_o to (W_o − mean)/std: a positive per-filter scale (a, e) and a constant shift (b) cancel,
 # a sign flip (c) survives it (and the max-pool after the stem is not odd), the classifier (d) is not standardised
 check("exercise 3 (what standardisation ignores)", exercise_3, {"a", "b", "e"})
+
+# %% [markdown]
+# ## 7. Find the bug
+#
+# `tutorials/hunt/bit_port.py` is a NumPy port of this model written from modeling_bit.py, as a porter might — with
+# one bug. Don't read it yet. It runs, and its accuracy on the 360 digits says something is wrong:
+
+# %%
+from hunt import bit_port as port
+
+print(f"the port's accuracy: {d.accuracy(port.forward(pixel_values, Wt, cfg)):.2%} (refvit, PyTorch: {correct:.2%})")
+
+# %% [markdown]
+# **Exercise 4.** Find the bug and fix it: return a dict `{helper name: your corrected function}` that
+# `port.forward(x, Wt, cfg, fixes=...)` uses in place of the port's own helper of that name (same signature).
+# `check` runs the port with your fix and compares its logits with refvit's, so only a real fix passes.
+#
+# *Hint 1 (where to look), if you are stuck:* `port.forward(x, Wt, cfg, rec)` records its intermediates under
+# refvit's names; `first_divergence(rec, inter)` gives the first module where they leave the tolerance.
+#
+# *Hint 2 (which tensor), if you are still stuck:* the first diverging tensor is a GroupNorm's output, and the
+# conv before it agrees. Compare which channels the port puts in one group with `group_norm_relu` in §2.
+
+# %%
+def exercise_4():
+    raise NotImplementedError
+
+
+check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

@@ -76,3 +76,29 @@ def nothing():
 
 for wrong in (unscaled_logits, scale_only, sign_too, nothing):
     assert rejects("exercise 3 (what standardisation ignores)", wrong)
+
+# %%
+def unfixed():
+    """the port as it is, nothing fixed"""
+    return port.forward(x, Wt, cfg, fixes={})
+
+
+def no_affine():
+    """consecutive groups, but the per-channel scale and shift dropped"""
+    def group_norm(t, weight, bias, groups, eps=GN_EPS):
+        g = t.reshape(t.shape[0], groups, -1)
+        return ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(t.shape)
+    return port.forward(x, Wt, cfg, fixes={"group_norm": group_norm})
+
+
+def one_group():
+    """all channels normalised together (groups ignored)"""
+    def group_norm(t, weight, bias, groups, eps=GN_EPS):
+        g = t.reshape(t.shape[0], 1, -1)
+        y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(t.shape)
+        return y * weight[:, None, None] + bias[:, None, None]
+    return port.forward(x, Wt, cfg, fixes={"group_norm": group_norm})
+
+
+for wrong in (unfixed, no_affine, one_group):
+    assert rejects("exercise 4 (the port's bug, fixed)", wrong)
