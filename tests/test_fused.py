@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import refvit
+from refvit.errors import CheckpointError
 from refvit.model import Model
 from refvit.models.common import fuse_qkv, fused_rows
 
@@ -81,7 +82,7 @@ def test_qkv_are_views_of_one_array_and_run_as_one_gemm(case, dtype):
     assert any(name.endswith("attention.attention.query") for name in fused.intermediates)
 
 
-def test_fuse_qkv_leaves_other_tensors_and_odd_shapes_alone():
+def test_fuse_qkv_leaves_other_tensors_alone_and_refuses_odd_shapes():
     rng = np.random.default_rng(0)
     t = {f"l.{n}.weight": rng.standard_normal((4, 3)) for n in ("query", "key", "value")}
     t["l.query.bias"] = rng.standard_normal(4)
@@ -99,6 +100,9 @@ def test_fuse_qkv_leaves_other_tensors_and_odd_shapes_alone():
     assert not any(k.endswith("bias") for k in no_bias)
     assert fused_rows([None, None, None], allow_missing=True).size == 0
     assert fused_rows([None, None, None]) is None and fused_rows([out["l.query.bias"], None, None]) is None
-    odd = {**t, "l.key.weight": rng.standard_normal((5, 3))}            # shapes differ: not fused
-    assert fused_rows([fuse_qkv(odd)[f"l.{n}.weight"] for n in ("query", "key", "value")]) is None
+    odd = {**t, "l.key.weight": rng.standard_normal((5, 3))}            # shapes differ: no silent unfused load
+    with pytest.raises(CheckpointError, match=r"l\.\{query,key,value\}\.weight: cannot fuse .*\(5, 3\)"):
+        fuse_qkv(odd)
+    with pytest.raises(CheckpointError, match="cannot fuse"):
+        fuse_qkv({k: v for k, v in t.items() if k != "l.value.weight"})
     assert fused_rows([out["l.key.weight"], out["l.query.weight"], out["l.value.weight"]]) is None  # wrong order

@@ -51,6 +51,9 @@ class HeadNames:
     psp: str             # pyramid-pooling block i's conv module, under decode_head ({i})
 
 
+# BeitUperHead reads 4 feature maps (in_channels = [hidden_size] * 4): a lateral and an fpn conv for each but the last,
+# which goes through the pyramid pooling
+UPER_LATERALS = 3
 HEAD_NAMES = {"beit": HeadNames("conv", "bn", "bottleneck", "psp_modules.{i}.1"),
               "data2vec-vision": HeadNames("convolution", "normalization", "psp_bottleneck",
                                            "psp_modules.blocks.{i}.conv")}
@@ -140,7 +143,7 @@ def segmentation_shapes(cfg) -> dict:
     for i in range(len(cfg.pool_scales)):
         s.update(conv_module_shapes("decode_head." + n.psp.format(i=i), C, C, 1, n))
     s.update(conv_module_shapes(f"decode_head.{n.bottleneck}", C + len(cfg.pool_scales) * C, C, 3, n))
-    for i in range(3):
+    for i in range(UPER_LATERALS):
         s.update(conv_module_shapes(f"decode_head.lateral_convs.{i}", C, C, 1, n))
         s.update(conv_module_shapes(f"decode_head.fpn_convs.{i}", C, C, 3, n))
     s.update(conv_module_shapes("decode_head.fpn_bottleneck", 4 * C, C, 3, n))
@@ -324,7 +327,7 @@ def base_forward(ctx, inputs):
     if cfg.use_shared_relative_position_bias:
         shared = relative_position_bias(ctx.at("encoder.relative_position_bias"), inputs, seq_len)
     hidden_states, attentions = [x], []
-    for i in range(len(ctx.param("encoder.layer"))):
+    for i in range(cfg.num_hidden_layers):
         layer_ctx, bias = ctx.at(f"encoder.layer.{i}"), shared
         if cfg.use_relative_position_bias:
             own = relative_position_bias(layer_ctx.at("attention.attention.relative_position_bias"), inputs, seq_len)
@@ -335,7 +338,7 @@ def base_forward(ctx, inputs):
     if not cfg.use_mean_pooling:                                                      # else nn.Identity
         x = ctx.layer_norm("layernorm", x, record=False)
     x = ctx.record("layernorm", x)
-    pooled = ctx.record("pooler", pooler(ctx.at("pooler"), x)) if inputs.with_pooler else None
+    pooled = ctx.record("pooler", pooler(ctx.at("pooler", optional=True), x)) if inputs.with_pooler else None
     return {"last_hidden_state": x, "pooler_output": pooled, "hidden_states": tuple(hidden_states),
             "attentions": tuple(attentions) if inputs.output_attentions else None}
 
@@ -385,12 +388,12 @@ def uper_head(ctx, features):
     """BeitUperHead (UperNet): lateral 1×1 convs + pyramid pooling on the last map, top-down sums, 3×3 convs,
     everything resized to the first map's size, concatenated, fused by a 3×3 conv, classified by a 1×1 conv."""
     kernels = ctx.kernels
-    laterals = [conv_module(ctx.at(f"lateral_convs.{i}"), f) for i, f in enumerate(features[:len(ctx.p["lateral_convs"])])]
+    laterals = [conv_module(ctx.at(f"lateral_convs.{i}"), f) for i, f in enumerate(features[:UPER_LATERALS])]
     laterals.append(pyramid_pooling(ctx, features[-1]))
     for i in range(len(laterals) - 1, 0, -1):                                         # top-down path
         laterals[i - 1] = laterals[i - 1] + resize_to(kernels, laterals[i], laterals[i - 1].shape[2:])
     outs = [conv_module(ctx.at(f"fpn_convs.{i}"), laterals[i], padding=1)
-            for i in range(len(ctx.p["fpn_convs"]))] + [laterals[-1]]
+            for i in range(UPER_LATERALS)] + [laterals[-1]]
     outs = [outs[0]] + [resize_to(kernels, o, outs[0].shape[2:]) for o in outs[1:]]   # all at (4h, 4w)
     x = conv_module(ctx.at("fpn_bottleneck"), np.concatenate(outs, axis=1), padding=1)
     return ctx.record("", ctx.conv2d("classifier", x))                               # (B, num_labels, 4h, 4w)
@@ -399,7 +402,7 @@ def uper_head(ctx, features):
 def fcn_head(ctx, features):
     """BeitFCNHead on features[2] (in_index 2): 3×3 conv modules, optionally concatenated with its input, 1×1 conv."""
     residual = h = features[2]
-    for j in range(len(ctx.p.get("convs", []))):
+    for j in range(ctx.cfg.auxiliary_num_convs):
         h = conv_module(ctx.at(f"convs.{j}"), h, padding=1)
     if ctx.cfg.auxiliary_concat_input:
         h = conv_module(ctx.at("conv_cat"), np.concatenate([residual, h], axis=1), padding=1)

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from ..tensors import is_torch_tensor, to_numpy
 
 
@@ -50,26 +50,38 @@ class Forward:
             return self.path
         return f"{self.path}.{child}" if self.path else child
 
-    def param(self, child: str):
-        """The params node at the dotted path `child` ("attention.output.dense"), relative to this module."""
+    def param(self, child: str, optional: bool = False):
+        """The params node at the dotted path `child` ("attention.output.dense"), relative to this module.
+
+        A module or tensor the params do not hold is a CheckpointError naming its checkpoint path (a misspelt name
+        fails here, not later as a TypeError); `optional=True` returns None instead, for the modules a checkpoint
+        may lack (a base model's pooler, BEiT's layer scale …)."""
         node = self.p
         for part in child.split("."):
-            node = node[int(part)] if part.isdigit() else node[part]
+            key = int(part) if part.isdigit() else part
+            if isinstance(node, list) and isinstance(key, int) and key < len(node) or \
+                    isinstance(node, dict) and key in node:
+                node = node[key]
+            elif optional:
+                return None
+            else:
+                held = sorted(map(str, node)) if isinstance(node, dict) else f"{len(node)} numbered children" \
+                    if isinstance(node, list) else "a tensor"
+                raise CheckpointError(f"{self.name(child)}: the params hold no {part!r} here (they hold: {held}); "
+                                      "the code asks for a module this checkpoint does not have")
         return node
 
     def has(self, child: str) -> bool:
-        """Whether the checkpoint holds tensors for `child` (optional modules: a base model's pooler …)."""
-        try:
-            self.param(child)
-        except (KeyError, IndexError, TypeError):
-            return False
-        return True
+        """Whether the params hold `child` (an optional module: a base model's pooler …)."""
+        return self.param(child, optional=True) is not None
 
-    def at(self, child: str, params=None) -> "Forward":
-        """The context of submodule `child`: its params node (or `params`), its path; the same kernels and recorder."""
-        if params is None and self.has(child):
-            params = self.param(child)
-        return Forward(self.kernels, self.cfg, params, self._values, self.name(child))
+    def at(self, child: str, params=None, optional: bool = False) -> "Forward":
+        """The context of submodule `child`: its params node (or `params`), its path; the same kernels and recorder.
+        A child the params do not hold is a CheckpointError (see `param`), unless `optional=True`: then it is a
+        module with no tensors of its own (BeitPooler pooling [CLS]) and its params node is empty."""
+        if params is None:
+            params = self.param(child, optional)
+        return Forward(self.kernels, self.cfg, {} if params is None else params, self._values, self.name(child))
 
     def record(self, child: str, value, copy: bool = False):
         """Record `value` as the output of module `child` (when recording) and return it unchanged. `copy=True` for
@@ -101,8 +113,8 @@ class Forward:
     def linear_qkv(self, x, names=QKV):
         """The q, k, v projections (torch.nn.Linear each, recorded under their names) as one GEMM when their weights
         were concatenated at load (`fuse_qkv`): x @ [Wq; Wk; Wv]ᵀ + [bq; bk; bv], then split along channels (views).
-        Otherwise three GEMMs; the values are the same up to the GEMM's rounding. (The layout check costs ~15 µs a
-        call, ~1% of DeiT-T's batch-1 forward.)"""
+        Loading always fuses them or fails (`fuse_qkv`); three GEMMs run only for params replaced after load (a
+        planted bug, an edited weight), with the same values up to the GEMM's rounding."""
         ps = [self.param(n) for n in names]
         weight = fused_rows([p["weight"] for p in ps])
         bias = None if weight is None else fused_rows([p.get("bias") for p in ps], allow_missing=True)
@@ -141,8 +153,10 @@ def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
         stem = name[:-len(f"{names[0]}.weight")]
         weights = [tensors.get(f"{stem}{n}.weight") for n in names]
         if any(w is None or w.ndim != 2 or w.shape != weights[0].shape or w.dtype != weights[0].dtype
-               for w in weights):
-            continue
+               for w in weights):  # the strict mapping ran before: only a family's wrong names can get here
+            raise CheckpointError(f"{stem}{{{','.join(names)}}}.weight: cannot fuse the q/k/v projections "
+                                  f"(shapes {[None if w is None else w.shape for w in weights]}); refvit's bug, "
+                                  "please report it")
         fused = np.concatenate(weights)                                               # (3C, C)
         biases = [tensors.get(f"{stem}{n}.bias") for n in names]
         if any(b is not None for b in biases):

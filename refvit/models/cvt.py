@@ -116,6 +116,12 @@ def projected_size(method: str, n: int, kernel: int, stride: int, padding: int) 
     return n
 
 
+def query_method(method: str) -> str:
+    """The query's projection for a stage's `qkv_projection_method`: the same, except that the query is never pooled
+    (original CvT's `avg` pools only key and value; the query then has no projection, as `linear`)."""
+    return "linear" if method == "avg" else method
+
+
 def stage_grids(cfg, height: int, width: int) -> list[tuple[int, int]]:
     """The token grid (h, w) of every stage for an input of height × width, checking that every convolution and
     pooling of the model has at least one output position and that the query grid keeps the token grid."""
@@ -127,8 +133,7 @@ def stage_grids(cfg, height: int, width: int) -> list[tuple[int, int]]:
             raise InputError(f"pixel_values: the input is too small for stage {i}'s {k}x{k} embedding convolution "
                              f"(stride {s}, padding {pad}); every stage needs at least one token")
         method, k = cfg.qkv_projection_method[i], cfg.kernel_qkv[i]
-        q_method = "linear" if method == "avg" else method                                # the query is never pooled
-        q = tuple(projected_size(q_method, n, k, cfg.stride_q[i], cfg.padding_q[i]) for n in (height, width))
+        q = tuple(projected_size(query_method(method), n, k, cfg.stride_q[i], cfg.padding_q[i]) for n in (height, width))
         kv = tuple(projected_size(method, n, k, cfg.stride_kv[i], cfg.padding_kv[i]) for n in (height, width))
         if cfg.depth[i] and (q != (height, width) or min(kv) < 1):
             raise InputError(f"pixel_values: stage {i}'s {height}x{width} token grid gives a {q[0]}x{q[1]} query "
@@ -221,11 +226,11 @@ def self_attention(ctx, x, hw, stage):
     with_cls = cfg.cls_token[stage]
     cls, grid = (x[:, :1], x[:, 1:]) if with_cls else (None, x)                      # (B, 1, C), (B, h·w, C)
     method, kernel = cfg.qkv_projection_method[stage], cfg.kernel_qkv[stage]
-    query_method = "linear" if method == "avg" else method                             # the query is never pooled
-    q = PROJECTIONS[query_method](ctx.at("convolution_projection_query"), grid, hw, kernel, cfg.stride_q[stage],
-                                  cfg.padding_q[stage])
-    k, v = (PROJECTIONS[method](ctx.at(f"convolution_projection_{n}"), grid, hw, kernel, cfg.stride_kv[stage],
-                                cfg.padding_kv[stage]) for n in ("key", "value"))
+    q_method = query_method(method)
+    q = PROJECTIONS[q_method](ctx.at("convolution_projection_query", optional=q_method != "dw_bn"), grid, hw, kernel,
+                              cfg.stride_q[stage], cfg.padding_q[stage])
+    k, v = (PROJECTIONS[method](ctx.at(f"convolution_projection_{n}", optional=method != "dw_bn"), grid, hw, kernel,
+                                cfg.stride_kv[stage], cfg.padding_kv[stage]) for n in ("key", "value"))
     q, k, v = (ctx.record(f"convolution_projection_{n}", t) for n, t in zip(("query", "key", "value"), (q, k, v)))
     if with_cls:
         q, k, v = (np.concatenate([cls, t], axis=1) for t in (q, k, v))               # (B, 1 + N', C)
@@ -254,7 +259,7 @@ def stage_forward(ctx, x, i):
     if ctx.cfg.cls_token[i]:
         cls = np.broadcast_to(ctx.param("cls_token"), (tokens.shape[0], 1, tokens.shape[2]))
         tokens = np.concatenate([cls, tokens], axis=1)                                 # (B, 1 + N, C)
-    for j in range(len(ctx.p.get("layers", []))):
+    for j in range(ctx.cfg.depth[i]):
         tokens = layer(ctx.at(f"layers.{j}"), tokens, hw, i)
     cls, tokens = (tokens[:, :1], tokens[:, 1:]) if ctx.cfg.cls_token[i] else (None, tokens)
     return ctx.record("", to_grid(tokens, *hw)), cls
@@ -264,7 +269,7 @@ def base_forward(ctx, inputs):
     """CvtModel.forward: the stages in turn. hidden_states[i] is stage i's output grid (no embedding entry);
     cls_token_value is the last stage's class token (None when it has none)."""
     x, cls, hidden_states = inputs.pixel_values, None, []
-    for i in range(len(ctx.param("encoder.stages"))):
+    for i in range(ctx.cfg.num_stages):
         x, cls = stage_forward(ctx.at(f"encoder.stages.{i}"), x, i)                   # (B, C, h, w)
         hidden_states.append(x)
     return {"last_hidden_state": x, "cls_token_value": cls, "hidden_states": tuple(hidden_states)}

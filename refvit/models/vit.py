@@ -193,7 +193,7 @@ def base_forward(ctx, inputs):
     """
     x = ctx.record("embeddings", embeddings(ctx.at("embeddings"), inputs))
     hidden_states, attentions = [x], []
-    for i in range(len(ctx.param("encoder.layer"))):
+    for i in range(ctx.cfg.num_hidden_layers):
         x, probs = layer(ctx.at(f"encoder.layer.{i}"), x, inputs.output_attentions)
         hidden_states.append(x)
         attentions.append(probs)
