@@ -94,7 +94,7 @@ def test_every_config_problem_listed_at_once(tmp_path, case, changes):
 def test_deeply_nested_config_json(tmp_path):
     d = config_dir(tmp_path, "vit_model")
     (d / "config.json").write_text('{"hidden_size": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    refused(ConfigError, lambda: refvit.from_pretrained(d), d / "config.json", "not valid UTF-8 JSON")
+    refused(ConfigError, lambda: refvit.from_pretrained(d), d / "config.json", "not valid JSON", "nested too deeply")
 
 
 @pytest.mark.parametrize("name", ["config.json", "model.safetensors", "preprocessor_config.json", "cat.png"])

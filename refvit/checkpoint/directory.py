@@ -13,13 +13,13 @@ every listed shard exists, and each shard holds exactly the tensors the index as
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from refvit.checkpoint.safetensors import read_safetensors
 from refvit.checkpoint.torch_bin import read_torch_bin
+from refvit import strict_json
 from refvit.errors import CheckpointError
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -79,7 +79,7 @@ def _load_sharded(directory: str, index_path: str, reader) -> tuple[dict[str, np
 
 def read_index(index_path: str) -> dict[str, str]:
     """Parse and validate a shard index; return its weight_map (tensor name -> shard file name)."""
-    index = _read_json_object(index_path)
+    index = strict_json.load(index_path, CheckpointError, MAX_INDEX_BYTES, "shard index (*.index.json)")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor -> shard file")
@@ -88,33 +88,6 @@ def read_index(index_path: str) -> dict[str, str]:
             raise CheckpointError(f"{index_path}: tensor {tensor!r} maps to {shard!r}, not a file name")
         _check_plain_filename(shard, index_path)
     return weight_map
-
-
-def _read_json_object(path: str) -> dict:
-    def no_duplicates(pairs):
-        seen = {}
-        for key, value in pairs:
-            if key in seen:
-                raise CheckpointError(f"{path}: duplicate key {key!r} (a tensor listed twice?)")
-            seen[key] = value
-        return seen
-
-    def no_constants(token):
-        raise CheckpointError(f"{path}: contains the non-JSON number {token!r}")
-
-    try:
-        if os.path.getsize(path) > MAX_INDEX_BYTES:
-            raise CheckpointError(f"{path}: index file larger than {MAX_INDEX_BYTES} bytes")
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-        value = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError too
-        raise CheckpointError(f"{path}: not a valid JSON index: {e}") from e
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: index must be a JSON object")
-    return value
 
 
 def _check_plain_filename(name: str, index_path: str) -> None:

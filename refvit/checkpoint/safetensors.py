@@ -26,6 +26,7 @@ import struct
 
 import numpy as np
 
+from refvit import strict_json
 from refvit.errors import CheckpointError
 
 MAX_HEADER_SIZE = 100_000_000  # bytes; same limit as the Rust reference (`MAX_HEADER_SIZE`)
@@ -113,39 +114,11 @@ def _read_header(buf, path: str) -> tuple[dict, int]:
         raise CheckpointError(
             f"{path}: header length {n} runs past the end of the file ({len(buf)} bytes)"
         )
-    try:
-        text = bytes(buf[8 : 8 + n]).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: header is not valid UTF-8 (byte offset {8 + e.start})") from e
-    if not text.startswith("{"):
+    raw = bytes(buf[8 : 8 + n])
+    if not raw.startswith(b"{"):
         raise CheckpointError(f"{path}: header must be a JSON object starting with '{{'")
-    header = _parse_json_object(text, path)
+    header = strict_json.loads(raw, f"{path}: header", CheckpointError, offset=8)
     return header, 8 + n
-
-
-def _parse_json_object(text: str, path: str) -> dict:
-    """Strict JSON: no duplicate keys, no NaN/Infinity tokens, top level must be an object."""
-
-    def no_duplicates(pairs):
-        seen = {}
-        for key, value in pairs:
-            if key in seen:
-                raise CheckpointError(f"{path}: header has duplicate key {key!r}")
-            seen[key] = value
-        return seen
-
-    def no_constants(token):
-        raise CheckpointError(f"{path}: header contains the non-JSON number {token!r}")
-
-    try:
-        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except CheckpointError:
-        raise
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: header is not valid JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: header is not a JSON object")
-    return header
 
 
 def _validate_entries(header: dict, buffer_len: int, path: str) -> dict[str, tuple]:

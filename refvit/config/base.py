@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 from dataclasses import MISSING, fields
 from typing import Any
 
+from .. import strict_json
 from ..errors import ConfigError
 
 # Activations transformers' ACT2FN offers that refvit implements (see refvit/models/common.py).
@@ -356,36 +356,9 @@ def _is_number(v) -> bool:
 # Reading config.json
 
 
+MAX_CONFIG_BYTES = 16 * 2**20  # config.json of any real checkpoint is a few kB; id2label of 22k classes ~1 MB
+
+
 def read_config_json(path: str | os.PathLike) -> dict:
-    """Read config.json as a dict, refusing duplicate keys and NaN/Infinity tokens."""
-    def no_duplicates(pairs):
-        keys = [k for k, _ in pairs]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        if dup:
-            raise ConfigError(f"{path}: duplicate key(s) {dup}")
-        return dict(pairs)
-
-    def no_constants(token):
-        raise ConfigError(f"{path}: invalid JSON number {token}")
-
-    try:
-        if stat.S_ISDIR(os.stat(path).st_mode):
-            raise IsADirectoryError(path)
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block open() forever, a device never end
-            raise ConfigError(f"{path}: not a regular file")
-        with open(path, "rb") as f:
-            text = f.read(16 * 1024 * 1024 + 1)
-        if len(text) > 16 * 1024 * 1024:
-            raise ConfigError(f"{path}: larger than 16 MiB, not a config file")
-        raw = json.loads(text.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (a save_pretrained directory has config.json)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
-        raise ConfigError(f"{path}: not valid UTF-8 JSON ({e})") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected config.json") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return raw
+    """Read config.json as a dict, strictly (refvit/strict_json.py: duplicate keys, NaN, FIFOs … refused)."""
+    return strict_json.load(path, ConfigError, MAX_CONFIG_BYTES, "config.json")

@@ -4,12 +4,12 @@ family modules, which import refvit/processing/base.py, which reads the settings
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
 from typing import Any
 
+from .. import strict_json
 from ..errors import ConfigError
 
 MAX_JSON_BYTES = 16 * 2**20  # preprocessor_config.json (and the config.json it may consult): as config.json's limit
@@ -43,29 +43,7 @@ def read_processor_config(path: str | os.PathLike) -> tuple[dict[str, Any], path
 
 
 def _load_json(file: pathlib.Path) -> dict[str, Any]:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        dups = sorted({k for k in keys if keys.count(k) > 1})
-        if dups:
-            raise ConfigError(f"{file}: duplicate keys {dups}")
-        return dict(pairs)
-
-    def no_constants(token: str) -> Any:
-        raise ConfigError(f"{file}: {token} is not valid JSON")
-
-    try:
-        with open(file, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise ConfigError(f"{file}: larger than {MAX_JSON_BYTES} bytes, not a processor config")
-        data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ConfigError(f"{file}: not valid UTF-8 JSON: {err}") from None
-    except OSError as err:
-        raise ConfigError(f"{file}: cannot read: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: top level must be a JSON object, got {type(data).__name__}")
-    return data
+    return strict_json.load(file, ConfigError, MAX_JSON_BYTES, "processor config")
 
 
 def processor_name(config: dict[str, Any], file: pathlib.Path) -> str:
