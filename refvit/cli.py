@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import exits, hub
+from . import exits, hub, kernels
 from .errors import RefvitError
 
 
@@ -59,11 +59,6 @@ def cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def cmd_classify(args) -> int:
     if _classify_is_batch(args):
         return cmd_classify_batch(args)
@@ -82,7 +77,7 @@ def cmd_classify(args) -> int:
         except (RefvitError, OSError) as e:
             bad.append({"image": path, "error": exits.describe_os_error(e) if isinstance(e, OSError) else str(e)})
             continue
-        probs = softmax(logits.astype(np.float64))
+        probs = kernels.get("numpy").softmax(logits.astype(np.float64))
         top = np.argsort(-probs, kind="stable")[: args.top_k]
         results.append({"image": path, "top": [{"label": model.config.id2label.get(int(i), str(int(i))),
                                                 "index": int(i), "probability": float(probs[i]),

@@ -112,16 +112,16 @@ def erf_float32(v):
     """
     v = min(max(v, np.float32(-4.0)), np.float32(4.0))
     v2 = v * v
-    p = v2 * np.float32(-2.72614225801306e-10) + np.float32(2.77068142495902e-08)
-    p = v2 * p + np.float32(-2.10102402082508e-06)
-    p = v2 * p + np.float32(-5.69250639462346e-05)
-    p = v2 * p + np.float32(-7.34990630326855e-04)
-    p = v2 * p + np.float32(-2.95459980854025e-03)
-    p = v2 * p + np.float32(-1.60960333262415e-02)
-    q = v2 * np.float32(-1.45660718464996e-05) + np.float32(-2.13374055278905e-04)
-    q = v2 * q + np.float32(-1.68282697438203e-03)
-    q = v2 * q + np.float32(-7.37332916720468e-03)
-    q = v2 * q + np.float32(-1.42647390514189e-02)  # q < 0 everywhere: no division by zero
+    p = v2 * np.float32(ERF32_P[0]) + np.float32(ERF32_P[1])      # Horner in v², ERF32_P/Q: the one table
+    p = v2 * p + np.float32(ERF32_P[2])
+    p = v2 * p + np.float32(ERF32_P[3])
+    p = v2 * p + np.float32(ERF32_P[4])
+    p = v2 * p + np.float32(ERF32_P[5])
+    p = v2 * p + np.float32(ERF32_P[6])
+    q = v2 * np.float32(ERF32_Q[0]) + np.float32(ERF32_Q[1])
+    q = v2 * q + np.float32(ERF32_Q[2])
+    q = v2 * q + np.float32(ERF32_Q[3])
+    q = v2 * q + np.float32(ERF32_Q[4])  # q < 0 everywhere: no division by zero
     return v * p / q
 
 

@@ -32,8 +32,8 @@ from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig
 from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import (BN_EPS, fold_batch_norm, fold_batch_norms, fuse_qkv,  # noqa: F401 (fold_batch_norm: API)
-                     rename_modules)
+from .common import (BN_EPS, classifier_or_identity, classifier_shapes, fold_batch_norm,  # noqa: F401 (fold_batch_norm: API)
+                     fold_batch_norms, fuse_qkv, rename_modules)
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
 
 
@@ -102,11 +102,9 @@ def pooler_shapes(cfg) -> dict:
     return {"pooler.layernorm.weight": (C,), "pooler.layernorm.bias": (C,)} if cfg.use_mean_pooling else {}
 
 
-def classifier_shapes(cfg) -> dict:
-    """`nn.Linear(hidden, num_labels)`, or nothing when num_labels == 0 (transformers uses nn.Identity then)."""
-    if cfg.num_labels == 0:
-        return {}
-    return {"classifier.weight": (cfg.num_labels, cfg.hidden_size), "classifier.bias": (cfg.num_labels,)}
+def classification_shapes(cfg) -> dict:
+    """`classifier`: nn.Linear(hidden, num_labels), nn.Identity when num_labels == 0."""
+    return classifier_shapes("classifier", cfg.num_labels, cfg.hidden_size)
 
 
 def mim_shapes(cfg) -> dict:
@@ -421,7 +419,7 @@ def to_grid(tokens, grid):
 def image_classification(ctx, base, inputs):
     """BeitForImageClassification: classifier on the pooled output (identity when num_labels == 0)."""
     pooled = base["pooler_output"]
-    return {"logits": ctx.linear("classifier", pooled) if ctx.cfg.num_labels > 0 else ctx.record("classifier", pooled)}
+    return {"logits": classifier_or_identity(ctx, "classifier", pooled)}
 
 
 def masked_image_modeling(ctx, base, inputs):
@@ -509,7 +507,7 @@ def family(prefix):
 
 
 BEIT, DATA2VEC_VISION = family("beit."), family("data2vec_vision.")
-CLASSIFICATION = Head("classification", image_classification, classifier_shapes)
+CLASSIFICATION = Head("classification", image_classification, classification_shapes)
 MIM = Head("mim", masked_image_modeling, mim_shapes)
 SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes)
 BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True)

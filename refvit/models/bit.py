@@ -27,6 +27,7 @@ from .. import config
 from ..config import BitConfig, make_div, raise_problems  # noqa: F401 (BitConfig: the family's config)
 from ..errors import InputError
 from ..outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
+from .common import classifier_or_identity, classifier_shapes
 
 
 WS_EPS = 1e-8          # WeightStandardizedConv2d defaults to eps=1e-6, but every call site in modeling_bit.py passes 1e-8
@@ -103,11 +104,9 @@ def base_shapes(cfg) -> dict[str, tuple]:
     return s
 
 
-def classifier_shapes(cfg) -> dict[str, tuple]:
+def classification_shapes(cfg) -> dict[str, tuple]:
     """`nn.Sequential(nn.Flatten(), nn.Linear(hidden_sizes[-1], num_labels))`; Identity when num_labels == 0."""
-    if cfg.num_labels == 0:
-        return {}
-    return {"classifier.1.weight": (cfg.num_labels, cfg.hidden_sizes[-1]), "classifier.1.bias": (cfg.num_labels,)}
+    return classifier_shapes("classifier.1", cfg.num_labels, cfg.hidden_sizes[-1])
 
 
 CONV_WEIGHT = re.compile(r"(^|\.)(embedder\.convolution|conv[123]|downsample\.conv)\.weight$")
@@ -279,8 +278,7 @@ def encode(ctx, x):
 def image_classification(ctx, base, inputs):
     """BitForImageClassification: Flatten, then Linear(hidden_sizes[-1], num_labels) (Identity when 0 labels)."""
     pooled = base["pooler_output"].reshape(base["pooler_output"].shape[0], -1)   # (B, C)
-    return {"logits": ctx.linear("classifier.1", pooled, record="classifier") if ctx.cfg.num_labels > 0
-            else ctx.record("classifier", pooled)}
+    return {"logits": classifier_or_identity(ctx, "classifier.1", pooled, record="classifier")}
 
 
 def backbone(ctx, base, inputs):
@@ -353,6 +351,6 @@ BIT = Family(prefix="bit.", parse_config=parse_config, shapes=lambda cfg, arch: 
 ARCHITECTURES = [
     Architecture("BitModel", "bit", BIT, None, BaseModelOutputWithPoolingAndNoAttention),
     Architecture("BitForImageClassification", "bit", BIT, Head("classification", image_classification,
-                                                               classifier_shapes), ImageClassifierOutputWithNoAttention),
+                                                               classification_shapes), ImageClassifierOutputWithNoAttention),
     Architecture("BitBackbone", "bit", BIT, Head("backbone", backbone), BackboneOutput),
 ]

@@ -141,6 +141,18 @@ class Forward:
         return activation(name, x, self.kernels)
 
 
+def classifier_or_identity(ctx, name: str, x, record: str | None = None):
+    """transformers' `nn.Linear(C, num_labels) if num_labels > 0 else nn.Identity()`: the Linear `name` on x, or x
+    itself when the config has no labels; either recorded under `record` (default `name`)."""
+    record = record or name
+    return ctx.linear(name, x, record=record) if ctx.cfg.num_labels > 0 else ctx.record(record, x)
+
+
+def classifier_shapes(name: str, num_labels: int, width: int) -> dict[str, tuple]:
+    """The tensors of `classifier_or_identity`: Linear(width, num_labels) under `name`; none for the identity."""
+    return {f"{name}.weight": (num_labels, width), f"{name}.bias": (num_labels,)} if num_labels > 0 else {}
+
+
 def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
     """Family.prepare_cast of ViT/DeiT/BEiT: each attention's q, k, v weights copied once into one (3C, C) array and
     replaced by views of its rows, the biases likewise into one (3C,) array, zeros standing in for a missing one

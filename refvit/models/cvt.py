@@ -27,7 +27,7 @@ from ..config import CvtConfig, cvt_config_from_dict  # noqa: F401 (CvtConfig: t
 from ..errors import InputError
 from ..kernels.sizes import conv_output_size, pool_output_size
 from ..outputs import BaseModelOutputWithCLSToken, ImageClassifierOutputWithNoAttention
-from .common import fold_batch_norms
+from .common import classifier_or_identity, classifier_shapes, fold_batch_norms
 
 LAYER_NORM_EPS = 1e-5   # nn.LayerNorm's default: modeling_cvt.py never passes config.layer_norm_eps
 BATCH_NORM_EPS = 1e-5   # nn.BatchNorm2d(embed_dim) default eps (CvtSelfAttentionConvProjection)
@@ -85,10 +85,7 @@ def base_shapes(cfg) -> dict[str, tuple]:
 def head_shapes(cfg) -> dict[str, tuple]:
     """CvtForImageClassification: LayerNorm(embed_dim[-1]) and nn.Linear(embed_dim[-1], num_labels) (identity if 0)."""
     C = cfg.embed_dim[-1]
-    s = {"layernorm.weight": (C,), "layernorm.bias": (C,)}
-    if cfg.num_labels > 0:
-        s.update({"classifier.weight": (cfg.num_labels, C), "classifier.bias": (cfg.num_labels,)})
-    return s
+    return {"layernorm.weight": (C,), "layernorm.bias": (C,), **classifier_shapes("classifier", cfg.num_labels, C)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -287,7 +284,7 @@ def image_classification(ctx, base, inputs):
     else:
         x = to_tokens(base["last_hidden_state"])                                       # (B, N, C)
     pooled = ctx.layer_norm("layernorm", x, LAYER_NORM_EPS).mean(axis=1)               # (B, C)
-    return {"logits": ctx.linear("classifier", pooled) if ctx.cfg.num_labels > 0 else ctx.record("classifier", pooled)}
+    return {"logits": classifier_or_identity(ctx, "classifier", pooled)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..config import DeiTConfig, ViTConfig, vit_config_from_dict
 from ..errors import InputError
 from ..outputs import (BaseModelOutputWithPooling, DeiTForImageClassificationWithTeacherOutput, ImageClassifierOutput,
                        MaskedImageModelingOutput)
-from .common import fuse_qkv, pixel_shuffle, rename_modules
+from .common import classifier_or_identity, classifier_shapes, fuse_qkv, pixel_shuffle, rename_modules
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What a checkpoint holds, per architecture (checkpoint names, shapes derived from the config)
@@ -54,13 +54,6 @@ def pooler_shapes(cfg) -> dict[str, tuple]:
 
 def mask_token_shapes(cfg) -> dict[str, tuple]:
     return {"embeddings.mask_token": (1, 1, cfg.hidden_size)}
-
-
-def classifier_shapes(cfg, name: str) -> dict[str, tuple]:
-    """`nn.Linear(hidden, num_labels)`, or nothing when num_labels == 0 (transformers uses nn.Identity then)."""
-    if cfg.num_labels == 0:
-        return {}
-    return {f"{name}.weight": (cfg.num_labels, cfg.hidden_size), f"{name}.bias": (cfg.num_labels,)}
 
 
 def decoder_shapes(cfg) -> dict[str, tuple]:
@@ -212,21 +205,16 @@ def pooler(ctx, x):
 # Heads: head(ctx, base, inputs) -> output fields, ctx at the top of the checkpoint
 
 
-def classifier(ctx, name, x):
-    """`nn.Linear(hidden, num_labels)`, or identity when num_labels == 0 (as transformers)."""
-    return ctx.linear(name, x) if ctx.cfg.num_labels > 0 else ctx.record(name, x)
-
-
 def image_classification(ctx, base, inputs):
     """ViTForImageClassification / DeiTForImageClassification: classifier on the [CLS] token of the final LayerNorm."""
-    return {"logits": classifier(ctx, "classifier", base["last_hidden_state"][:, 0])}
+    return {"logits": classifier_or_identity(ctx, "classifier", base["last_hidden_state"][:, 0])}
 
 
 def image_classification_with_teacher(ctx, base, inputs):
     """DeiTForImageClassificationWithTeacher: class head on token 0, distillation head on token 1, logits = mean."""
     x = base["last_hidden_state"]
-    cls_logits = classifier(ctx, "cls_classifier", x[:, 0])
-    distillation_logits = classifier(ctx, "distillation_classifier", x[:, 1])
+    cls_logits = classifier_or_identity(ctx, "cls_classifier", x[:, 0])
+    distillation_logits = classifier_or_identity(ctx, "distillation_classifier", x[:, 1])
     logits = (cls_logits + distillation_logits) / 2                                   # inference: average both heads
     return {"logits": logits, "cls_logits": cls_logits, "distillation_logits": distillation_logits}
 
@@ -288,11 +276,12 @@ def optional_groups(cfg, arch) -> list:
 
 
 def classifier_head_shapes(cfg):
-    return classifier_shapes(cfg, "classifier")
+    return classifier_shapes("classifier", cfg.num_labels, cfg.hidden_size)
 
 
 def teacher_head_shapes(cfg):
-    return {**classifier_shapes(cfg, "cls_classifier"), **classifier_shapes(cfg, "distillation_classifier")}
+    return {**classifier_shapes("cls_classifier", cfg.num_labels, cfg.hidden_size),
+            **classifier_shapes("distillation_classifier", cfg.num_labels, cfg.hidden_size)}
 
 
 def family(prefix):
