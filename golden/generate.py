@@ -1,6 +1,6 @@
 """Write the golden cases: run transformers (torch, CPU) on seeded weights and record every output tensor.
 
-This is the only writer of golden data (DESIGN.md §5). It needs the `golden` extra:
+This is the only writer of golden data (docs/DESIGN.md §7). It needs the `golden` extra:
     pip install -e ".[golden]"          # torch==2.13.0 (CPU) + transformers==5.23.0
     python golden/generate.py           # (re)write golden/cases/ and golden/processing/
     python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
@@ -250,7 +250,7 @@ def generate(out: Path, only: list[str] | None = None) -> None:
 #   5th-gen Xeon Scalable, AVX-512 + AMX, KVM guest), torch 2.13.0+cpu, one thread: worst float32 difference
 #   6.2e-6·max(1, max|ref|) (bit_50_448 hidden_states/4: 1.03e-3 on values up to 166; every other case at most
 #   4.1e-6, beit_base_224), 89 float32 tensors above the old 1e-6 bound, every float64 tensor within 1.4e-14.
-#   2e-5 is 3x that worst case and 5x below the 1e-4 bound refvit must meet (DESIGN.md §5): a change of the
+#   2e-5 is 3x that worst case and 5x below the 1e-4 bound refvit must meet (docs/DESIGN.md §7): a change of the
 #   framework's float32 output big enough to matter for parity still fails the check.
 FLOAT32_REGENERATION_TOL = 2e-5
 FLOAT64_REGENERATION_TOL = 1e-12

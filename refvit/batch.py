@@ -273,7 +273,7 @@ def dask_available() -> bool:
 
 def worker_environment(threads: int) -> dict:
     """Environment of a LocalCluster worker process: `threads` Numba threads, BLAS single-threaded (refvit threads
-    its GEMM blocks itself; two spinning pools on the same cores are slower, DESIGN.md §8)."""
+    its GEMM blocks itself; two spinning pools on the same cores are slower: docs/speed.md)."""
     n = str(threads)
     return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}  # this refvit, not another install

@@ -173,14 +173,15 @@ def resume_note(args) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import Progress, evaluate, format_report
+    from .evaluate import EvaluateOptions, Progress, evaluate, format_report
 
     args.model_dir = hub.resolve_model_dir(args.model_dir, revision=args.revision)  # a hub id: its snapshot
+    options = EvaluateOptions(reference=args.reference, batch_size=args.batch_size, workers=args.workers,
+                              scheduler=args.scheduler, out=args.out, resume=args.resume, label_map=args.label_map,
+                              dtype=args.dtype, backend=args.backend, png=args.png, save_logits=args.save_logits,
+                              worst=args.worst, progress=Progress("evaluate"))
     with exits.note_on_interrupt(lambda: resume_note(args)):
-        report = evaluate(args.model_dir, args.data, reference=args.reference, batch_size=args.batch_size,
-                          workers=args.workers, scheduler=args.scheduler, out=args.out, resume=args.resume,
-                          label_map=args.label_map, dtype=args.dtype, backend=args.backend, png=args.png,
-                          save_logits=args.save_logits, worst=args.worst, progress=Progress("evaluate"))
+        report = evaluate(args.model_dir, args.data, options)
     records = report.pop("records")
     if args.json:
         print_json(report)

@@ -15,11 +15,14 @@ Data for tests and docs/guide/datasets.md (`python -m refvit.evaluate ...`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -294,49 +297,69 @@ def run_header(spec, data: str, reference: str | None) -> dict:
             "reference_sha256": digest(reference) if reference else None}
 
 
-def evaluate(model_dir, data, *, reference=None, batch_size=16, workers=None, scheduler=None, client=None,
-             out=None, resume=False, label_map=None, dtype="float32", backend="numba", png=None, save_logits=False,
-             worst=WORST, progress=None) -> dict:
-    """Classify every image of `data` with the model in `model_dir` and return the report (see `summarize`)."""
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How `evaluate` runs and what it writes (the `refvit evaluate` options of the same names)."""
+
+    reference: str | None = None      # reference logits to compare with (results file, .npz or .npy)
+    batch_size: int = 16              # images per forward
+    workers: int | None = None        # local Dask workers (None or 1: in this process)
+    scheduler: str | None = None      # address of a running Dask scheduler
+    client: Any = None                # a distributed.Client to use instead
+    out: str | None = None            # results file (JSON lines), one record per image
+    resume: bool = False              # continue the run recorded in `out`
+    label_map: str | None = None      # JSON file mapping the data's label names to the model's
+    dtype: str = "float32"
+    backend: str = "numba"
+    png: str | None = None            # the confusion matrix as an image (default: beside `out`)
+    save_logits: bool = False         # every image's logits in the results file
+    worst: int = WORST                # how many of the worst-agreeing images the report lists
+    progress: Any = None              # called after each chunk (a Progress), closed at the end
+
+
+def evaluate(model_dir, data, options: EvaluateOptions | None = None, **settings) -> dict:
+    """Classify every image of `data` with the model in `model_dir` and return the report (see `summarize`).
+    `options`, or the same fields as keywords (`evaluate(dir, data, batch_size=32)`), say how."""
     from . import batch
 
-    spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)), dtype, backend)
-    if resume and not out:
+    o = dataclasses.replace(options or EvaluateOptions(), **settings)
+    spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)), o.dtype, o.backend)
+    if o.resume and not o.out:
         raise InputError("--resume needs --out: the results file of the run to continue")
     if png and not matplotlib_available():  # asked for by name: say so now, not after the run
         raise InputError(f"--png {png}: the confusion matrix PNG needs matplotlib, and {NO_MATPLOTLIB}")
     dataset = batch.load_dataset(data)
-    if label_map and not dataset.labelled:
-        raise InputError(f"--label-map {label_map}: {data} has no labels (a flat folder, or a list without a label "
+    if o.label_map and not dataset.labelled:
+        raise InputError(f"--label-map {o.label_map}: {data} has no labels (a flat folder, or a list without a label "
                          "column), so there is nothing to map: leave --label-map out, or give labelled data")
     model, _ = batch._loaded(spec)  # the parent's copy: labels, and the in-process runner's model
     id2label = {int(k): str(v) for k, v in dict(model.config.id2label).items()}
-    ids = label_ids({i.label for i in dataset.items if i.label is not None}, model.config, label_map) \
+    ids = label_ids({i.label for i in dataset.items if i.label is not None}, model.config, o.label_map) \
         if dataset.labelled else None
-    ref = load_reference(reference) if reference else None
+    ref = load_reference(o.reference) if o.reference else None
     finish = (lambda r: reference_fields(r, ref)) if ref is not None else None
-    results = batch.ResultsFile(out, run_header(spec, data, reference), resume, save_logits) if out else None
-    runner = ("in-process" if not (client or scheduler or (workers or 1) > 1 and batch.dask_available())
-              else "Dask " + (scheduler or ("client" if client else f"LocalCluster({workers} workers)")))
+    results = batch.ResultsFile(o.out, run_header(spec, data, o.reference), o.resume, o.save_logits) if o.out else None
+    runner = ("in-process" if not (o.client or o.scheduler or (o.workers or 1) > 1 and batch.dask_available())
+              else "Dask " + (o.scheduler or ("client" if o.client else f"LocalCluster({o.workers} workers)")))
     try:
         resumed = len(results.done) if results else 0
         t0 = time.perf_counter()
-        done = batch.run_dataset(spec, dataset, batch_size=batch_size, workers=workers, scheduler=scheduler,
-                                 client=client, results=results, finish=finish, on_chunk=progress)
+        done = batch.run_dataset(spec, dataset, batch_size=o.batch_size, workers=o.workers, scheduler=o.scheduler,
+                                 client=o.client, results=results, finish=finish, on_chunk=o.progress)
         seconds = time.perf_counter() - t0
     finally:
         if results is not None:
             results.close()
-        if progress is not None and hasattr(progress, "close"):
-            progress.close()
+        if o.progress is not None and hasattr(o.progress, "close"):
+            o.progress.close()
     records = [done[item.key] for item in dataset.items]
     computed = len(records) - resumed
-    run = {"model": spec.path, "data": os.path.abspath(data), "reference_file": reference, "results_file": out,
+    run = {"model": spec.path, "data": os.path.abspath(data), "reference_file": o.reference, "results_file": o.out,
            "throughput": {"computed": computed, "resumed": resumed, "seconds": seconds, "runner": runner,
-                          "batch_size": batch_size, "images_per_s": computed / seconds if seconds > 0 else 0.0}}
-    report = summarize(records, id2label, ids, run, worst)
+                          "batch_size": o.batch_size, "images_per_s": computed / seconds if seconds > 0 else 0.0}}
+    report = summarize(records, id2label, ids, run, o.worst)
     if "confusion" in report:
-        png = png or (os.path.splitext(out)[0] + ".confusion.png" if out else None)
+        png = o.png or (os.path.splitext(o.out)[0] + ".confusion.png" if o.out else None)
         if png and confusion_png(np.array(report["confusion"]), id2label, png):
             report["confusion_png"] = png
         elif png:  # the default name beside --out: the report says why there is no PNG
@@ -446,8 +469,8 @@ _NEEDS_DASK = ("timing a LocalCluster (--workers N) needs Dask: pip install 'ref
 
 
 def bench(model_dir, data, workers=(1, 2), batch_size: int = 16) -> list[dict]:
-    """`bench_one` in-process and on LocalClusters of each worker count, each in a fresh process (DESIGN.md §8:
-    fair timing), with the 1-minute load average when it ended (the machine may be shared)."""
+    """`bench_one` in-process and on LocalClusters of each worker count, each in a fresh process (fair
+    timing, as `refvit bench`), with the 1-minute load average when it ended (the machine may be shared)."""
     import subprocess
 
     from . import batch

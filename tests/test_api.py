@@ -1,4 +1,4 @@
-"""Public API behaviour (DESIGN.md §4): loading, output objects, strict mapping, bad inputs, transformers-style use."""
+"""Public API behaviour (docs/DESIGN.md §2, §4, §8): loading, output objects, strict mapping, bad inputs, transformers-style use."""
 
 import json
 import shutil

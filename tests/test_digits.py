@@ -3,7 +3,7 @@
 The models in golden/models/ were trained by golden/train_digits.py (transformers + torch), which recorded PyTorch's
 float32 logits and predicted class for every test image. Here refvit's own processor and model run on the same
 images (`refvit.datasets.digit_image`) and must give the same class for every image, the same accuracy, and logits
-within DESIGN.md §5's float32 tolerance, 1e-4·max(1, max|ref|). No torch, no scikit-learn needed.
+within docs/DESIGN.md §7's float32 tolerance, 1e-4·max(1, max|ref|). No torch, no scikit-learn needed.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Every golden case on both backends and both dtypes, every recorded tensor within DESIGN.md §5's tolerance:
+"""Every golden case on both backends and both dtypes, every recorded tensor within docs/DESIGN.md §7's tolerance:
 float32 max|ours - ref| <= 1e-4·max(1, max|ref|), float64 <= 1e-10·max(1, max|ref|)."""
 
 import json

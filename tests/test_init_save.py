@@ -317,7 +317,7 @@ def _torch_model(name, directory, dtype):
 @pytest.mark.parametrize("name", sorted(refvit.CLASSES))
 def test_names_and_shapes_equal_transformers_state_dict(tmp_path, name):
     """transformers 5 renamed some modules inside its classes (BEiT's `layers.N.attention.q_proj`) and converts
-    them back when it saves: the state dict as saved is the checkpoint's contract (docs/DESIGN.md §3)."""
+    them back when it saves: the state dict as saved is the checkpoint's contract (docs/DESIGN.md §4)."""
     transformers = pytest.importorskip("transformers")
     from refvit.checkpoint.safetensors import read_safetensors
     model = small_model(name)
@@ -376,7 +376,7 @@ def test_init_statistics_match_transformers(tmp_path, name):
         assert abs(a.std() - b.std()) <= 6 * b.std() * np.sqrt(2 / n) + 1e-12, kind
 
 
-TOLERANCE = {"float32": 1e-4, "float64": 1e-10}   # docs/DESIGN.md §5, the golden tolerances
+TOLERANCE = {"float32": 1e-4, "float64": 1e-10}   # docs/DESIGN.md §7, the golden tolerances
 
 
 def _arrays(value):

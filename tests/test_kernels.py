@@ -1,7 +1,7 @@
 """Kernels: every Numba kernel against its NumPy twin (hypothesis, odd shapes, both dtypes), and the
 NumPy twins against torch where torch is installed (those tests skip without it).
 
-Tolerance, as in DESIGN §5: max|got - ref| <= TOL[dtype] * max(1, max|ref|), with
+Tolerance, as in docs/DESIGN.md §7: max|got - ref| <= TOL[dtype] * max(1, max|ref|), with
 TOL = 1e-5 for float32 and 1e-12 for float64 (bicubic/bilinear vs torch: 2e-6 / 1e-12).
 """
 

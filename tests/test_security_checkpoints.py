@@ -1,4 +1,4 @@
-"""Untrusted checkpoints (DESIGN.md §6): what tests/test_checkpoint_*.py do not already cover.
+"""Untrusted checkpoints (docs/DESIGN.md §8): what tests/test_checkpoint_*.py do not already cover.
 
 - end to end through `refvit.from_pretrained`: malicious pickles in `pytorch_model.bin` and in a shard, every
   protocol and every code-running opcode; a sentinel file proves nothing ran, `sys.modules` proves nothing was

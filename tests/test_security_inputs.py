@@ -1,4 +1,4 @@
-"""Untrusted configs, processor configs and images (DESIGN.md §6): clear errors, bounded resources.
+"""Untrusted configs, processor configs and images (docs/DESIGN.md §8): clear errors, bounded resources.
 
 - config.json of every family: wrong types, heads not dividing, unknown architecture, mismatched tensor shapes, each
   a `ConfigError` / `CheckpointError` naming the file and the key; several problems listed in one error;

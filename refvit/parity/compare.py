@@ -8,7 +8,7 @@ block; the RMS error grew ≥ 10× inside the block), or when it is the first bl
 
 Tolerance presets (a max |Δ| bound unless said; |ref| elementwise, max|ref| over the tensor):
     refvit        refvit's golden tolerance (default): 1e-4·max(1, max|ref|) in float32, 1e-10·max(1, max|ref|) when
-                  both traces are float64 (refvit/tolerance.py, DESIGN §7)
+                  both traces are float64 (refvit/tolerance.py, docs/DESIGN.md §7)
     transformers  |Δ| ≤ 1e-4 + 1e-4·|ref| elementwise (integration tests: torch.testing.assert_close(rtol=atol=1e-4))
     conversion    |Δ| ≤ 1e-3 + 1e-5·|ref| elementwise (conversion scripts: torch.allclose(…, atol=1e-3))
     llm.c         max |Δ| ≤ 2e-2 (llm.c test_gpt2's check_tensor)

@@ -2,7 +2,7 @@
 
 transformers 5 renamed the internal modules of ViT/DeiT and BEiT (`deit.layers.3.attention.q_proj`) but
 `save_pretrained` still writes, and every hub checkpoint holds, the classic names
-(`deit.encoder.layer.3.attention.attention.query`), and refvit names its intermediates after them (DESIGN §3.2).
+(`deit.encoder.layer.3.attention.attention.query`), and refvit names its intermediates after them (docs/DESIGN.md §5).
 `record_points(model_type, module_path)` says what to record for one transformers module:
 [("out" | "in", checkpoint name)] — "out" is the module's output (a forward hook), "in" its first input (a
 pre-hook), for classic modules that no longer exist as one module in transformers 5 (e.g. the classic
