@@ -68,7 +68,7 @@ def prepare_params(tensors: dict, dtype: np.dtype, source: str, arch: Architectu
         out[name] = np.asarray(t, dtype=dtype)
         if out[name] is not t:                 # cast: the mapped original's pages leave RSS now, not after every cast
             release_replaced([t], [out[name]])
-    prepared = arch.prepare_cast(out)
+    prepared = arch.after_cast(out)
     release_replaced(tensors.values(), prepared.values())  # memory-mapped tensors now copied: their pages leave RSS
     return nest(prepared)
 
@@ -116,12 +116,11 @@ class Model:
             raise InputError("pixel_values is required")
         opts = CallOptions(bool_masked_pos, bool(interpolate_pos_encoding), bool(output_hidden_states),
                            bool(output_attentions))
-        intermediates = {} if output_intermediates else None
+        recorder = {} if output_intermediates else None  # {checkpoint name: array}, filled by the forward
         with kernels.forward_scope(self.backend):  # Numba's BLAS on one thread for the forward (kernels/threads.py)
-            values = run(self.architecture, self.params, self.config, self.kernels, self.dtype, pixel_values, opts,
-                         intermediates)
-        if intermediates is not None:
-            values["intermediates"] = intermediates
+            values = run(self, pixel_values, opts, recorder)
+        if recorder is not None:
+            values["intermediates"] = recorder
         out = self.architecture.output(**values)
         return out if return_dict else out.to_tuple()
 

@@ -257,7 +257,7 @@ def _round_tree(node, cls):
 
 class Emulator:
     """The kernel namespace of an emulated model: every kernel call goes through `call`, named by module.
-    `architecture.run` builds the forward context with `context` (a `PrecisionForward`)."""
+    `runner.run` builds the forward context with `context` (a `PrecisionForward`)."""
 
     def __init__(self, base, arith: Arithmetic, model_type: str):
         self.base = base
@@ -268,9 +268,9 @@ class Emulator:
         self.modules = {}        # module name -> kernel, of the last forward
         self._seen = {}
 
-    def context(self, kernels, cfg, params, values):
+    def context(self, kernels, cfg, params, recorder):
         self._seen = {}
-        return PrecisionForward(self, cfg, params, values, "")
+        return PrecisionForward(self, cfg, params, recorder, "")
 
     def __getattr__(self, kernel):           # direct kernel use outside a forward (tools, tests)
         return getattr(self.__dict__["base"], kernel)
@@ -337,14 +337,15 @@ class PrecisionForward(Forward):
 
     __slots__ = ("emulator",)
 
-    def __init__(self, emulator, cfg, params, values=None, path=""):
-        super().__init__(BoundKernels(emulator, path), cfg, params, values, path)
+    def __init__(self, emulator, cfg, params, recorder=None, path=""):
+        super().__init__(BoundKernels(emulator, path), cfg, params, recorder, path)
         self.emulator = emulator
 
-    def at(self, child, params=None):
-        if params is None and self.has(child):
-            params = self.param(child)
-        return PrecisionForward(self.emulator, self.cfg, params, self._values, self.name(child))
+    def at(self, child, params=None, optional=False):
+        if params is None:
+            params = self.param(child, optional)
+        return PrecisionForward(self.emulator, self.cfg, {} if params is None else params, self.recorder,
+                                self.name(child))
 
     def linear(self, name, x, record=True):
         p = self.param(name)

@@ -8,23 +8,26 @@ from .models.architecture import Architecture, CallOptions
 from .models.common import Forward, check_pixel_values
 
 
-def run(arch: Architecture, params: dict, cfg, kernels, dtype, pixel_values, opts: CallOptions,
-        values: dict | None) -> dict:
+def run(model, pixel_values, opts: CallOptions, recorder: dict | None = None) -> dict:
     """The forward of every class (docs/DESIGN.md §2): input checks, the base model, then the head.
 
-    One context is built for the call (the kernels, the recorder `values` or None, the module path); the base model
-    runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field: value}.
+    `model` holds what the call runs on (refvit/model.py `Model`: architecture, params, config, kernels, dtype);
+    `recorder` is the {checkpoint name: array} dict intermediates are recorded into, or None. One context is built
+    for the call; the base model runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field:
+    value}.
     """
-    x = check_pixel_values(pixel_values, cfg.num_channels, dtype)
+    arch, params, cfg, kernels = model.architecture, model.params, model.config, model.kernels
+    x = check_pixel_values(pixel_values, cfg.num_channels, model.dtype)
     make_context = getattr(kernels, "context", None)   # an emulated arithmetic (refvit/precision.py) brings its own
-    ctx = Forward(kernels, cfg, params, values) if make_context is None else make_context(kernels, cfg, params, values)
+    ctx = Forward(kernels, cfg, params, recorder) if make_context is None else make_context(kernels, cfg, params,
+                                                                                            recorder)
     if arch.head is None:
         base_ctx = ctx
     else:
         prefix = arch.base_prefix[:-1]
         base_ctx = ctx.at(prefix, params=params if arch.head.base_at_top else params[prefix])
-    inputs = arch.base.check(arch, cfg, base_ctx.p, x, opts)
-    base = arch.base.forward(base_ctx, inputs)
+    inputs = arch.base_model.check(arch, cfg, base_ctx.p, x, opts)
+    base = arch.base_model.forward(base_ctx, inputs)
     out = dict(base) if arch.head is None else arch.head.forward(ctx, base, inputs)
     out["hidden_states"] = base["hidden_states"] if opts.output_hidden_states else None
     if "attentions" in arch.output.FIELDS:
@@ -70,7 +73,7 @@ def _check_layer_count(cfg, tensors: dict, arch: Architecture, source: str) -> N
 
 def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[dict, list]:
     """Check names and shapes strictly; every missing, unexpected and wrong-shape tensor is reported in one error."""
-    tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.prepare(tensors), arch)
+    tensors, ignored, base_checkpoint = strip_or_add_prefix(arch.before_mapping(tensors), arch)
     _check_layer_count(cfg, tensors, arch, source)
     required = arch.shapes(cfg)
     groups = arch.optional_groups(cfg)

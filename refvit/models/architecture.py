@@ -73,9 +73,11 @@ class Family:
     check: Callable                  # (arch, cfg, base params, pixel values, CallOptions) -> Inputs; InputError
     forward: Callable                # (ctx, Inputs) -> {"last_hidden_state": …, "hidden_states": (…), …}
     optional_groups: Callable = _no_groups  # (cfg, arch) -> [{name: shape}]: groups a checkpoint may hold, all or none
-    prepare: Callable = _identity    # ({name: tensor}, arch) -> {name: tensor}, once at load, before the strict check:
-                                     # name fixes (transformers-5 state dicts), weight standardisation, BatchNorm folds
-    prepare_cast: Callable = _identity  # ({name: tensor}, arch) -> {name: tensor}, once at load in the run dtype
+    before_mapping: Callable = _identity  # ({name: tensor}, arch) -> {name: tensor}: once at load, on the checkpoint's
+                                     # tensors before the strict check: name fixes (transformers-5 state dicts), weight
+                                     # standardisation, BatchNorm folds in float64
+    after_cast: Callable = _identity  # ({name: tensor}, arch) -> {name: tensor}: once at load, on the checked tensors
+                                     # in the run dtype: BatchNorm folds in that dtype, the q/k/v fusion
     anchor: str = "embeddings.cls_token"  # a tensor every checkpoint of the family has (finds the prefix)
     default_groups: Callable = lambda arch: ()  # indices of optional_groups that transformers' class builds by default
 
@@ -88,7 +90,7 @@ class Architecture:
 
     name: str                        # transformers class name
     family: str                      # model_type of the code that runs it ("vit", "deit", …)
-    base: Family                     # the family's base model and checks
+    base_model: Family               # the family's base model and checks (its outputs, in a head: `base`)
     head: Head | None                # None: a base model (no head)
     output: type                     # transformers' output class
 
@@ -99,7 +101,7 @@ class Architecture:
 
     @property
     def base_prefix(self) -> str:
-        return self.base.prefix
+        return self.base_model.prefix
 
     @property
     def prefix(self) -> str:
@@ -107,28 +109,28 @@ class Architecture:
 
     @property
     def anchor(self) -> str:
-        return self.base.anchor
+        return self.base_model.anchor
 
     @property
     def default_groups(self) -> tuple:
-        return self.base.default_groups(self)
+        return self.base_model.default_groups(self)
 
     def parse_config(self, raw: dict, source: str = "config.json"):
-        return self.base.parse_config(raw, source, self)
+        return self.base_model.parse_config(raw, source, self)
 
     def shapes(self, cfg) -> dict:
         """Every tensor the class needs: the base model's (under its prefix), then the head's own."""
         head = self.head.shapes(cfg) if self.head is not None else {}
-        return {**{self.prefix + k: v for k, v in self.base.shapes(cfg, self).items()}, **head}
+        return {**{self.prefix + k: v for k, v in self.base_model.shapes(cfg, self).items()}, **head}
 
     def optional_groups(self, cfg) -> list:
-        return self.base.optional_groups(cfg, self)
+        return self.base_model.optional_groups(cfg, self)
 
-    def prepare(self, tensors: dict) -> dict:
-        return self.base.prepare(tensors, self)
+    def before_mapping(self, tensors: dict) -> dict:
+        return self.base_model.before_mapping(tensors, self)
 
-    def prepare_cast(self, tensors: dict) -> dict:
-        return self.base.prepare_cast(tensors, self)
+    def after_cast(self, tensors: dict) -> dict:
+        return self.base_model.after_cast(tensors, self)
 
 
 def check_mask(bool_masked_pos, batch: int, num_patches: int, has_mask_token: bool, arch_name: str):

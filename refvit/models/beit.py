@@ -14,7 +14,7 @@ bottleneck. transformers 5 renamed BEiT's modules (`layers.3.attention.q_proj`, 
 `fpn.fpn1.conv_transpose1`, `psp_modules.blocks.0.conv.convolution` …) but `save_pretrained` writes the classic names;
 data2vec-vision kept its module names, so its segmentation head's checkpoint names differ from BEiT's (`HeadNames`).
 
-Load-time preparation (`prepare_tensors`, run through Family.prepare on the flat checkpoint tensors): every
+Load-time preparation (`prepare_tensors`, run through Family.before_mapping on the flat checkpoint tensors): every
 BatchNorm (eval mode) is folded into the convolution before it, once, in float64 (`common.fold_batch_norms`,
 docs/DESIGN.md §4).
 Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w patch grid (or feature-map size).
@@ -204,7 +204,7 @@ def batch_norm_pairs(tensors: dict, names: HeadNames) -> list:
 
 
 def prepare_tensors(tensors: dict, arch) -> dict:
-    """Family.prepare for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
+    """Family.before_mapping for a BEiT / data2vec-vision class: checkpoint names, then the BatchNorm folding."""
     t = classic_names(tensors) if arch.family == "beit" else dict(tensors)
     if arch.head is not None and arch.head.base_at_top and any(k.startswith(("embeddings.", "fpn1.", "fpn2."))
                                                                 for k in t):
@@ -271,7 +271,7 @@ def relative_position_bias(ctx, inputs, seq_len):
     bias = kernels.relative_position_bias(table, relative_position_index(kernels.relative_position_index, inputs.grid))
     if inputs.interpolate:
         bias = kernels.interpolate_bilinear(bias, seq_len, seq_len)                    # (H, N+1, N+1)
-    ctx.record("", bias[None])                                                        # (1, H, N+1, N+1)
+    ctx.record_output(bias[None])                                                        # (1, H, N+1, N+1)
     return bias
 
 
@@ -285,7 +285,7 @@ def self_attention(ctx, x, bias, need_probs):
     cfg = ctx.cfg
     context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5, bias=bias,
                                            need_probs=need_probs)
-    return ctx.record("", context), probs                                             # (B, N, C), (B, H, N, N)
+    return ctx.record_output(context), probs                                             # (B, N, C), (B, H, N, N)
 
 
 def layer_scale(ctx, key, h):
@@ -297,12 +297,12 @@ def layer(ctx, x, bias, need_probs=False):
     """BeitLayer: pre-norm attention and MLP blocks, each scaled per channel (layer scale) and added to its residual."""
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, bias, need_probs)
-    h = ctx.linear("attention.output.dense", h, record="attention.output")
+    h = ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False))
     x = layer_scale(ctx, "lambda_1", h) + x
     h = ctx.layer_norm("layernorm_after", x)
-    h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
-    h = ctx.linear("output.dense", h, record="output")                               # BeitOutput: no residual
-    return ctx.record("", layer_scale(ctx, "lambda_2", h) + x), probs
+    h = ctx.record("intermediate", ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record=False))
+    h = ctx.record("output", ctx.linear("output.dense", h, record=False))            # BeitOutput: no residual
+    return ctx.record_output(layer_scale(ctx, "lambda_2", h) + x), probs
 
 
 def pooler(ctx, x):
@@ -351,7 +351,7 @@ def conv_module(ctx, x, padding=0):
     bn.bias, used as the conv's bias."""
     names = HEAD_NAMES[ctx.cfg.model_type]
     y = ctx.conv2d(names.conv, x, padding=(padding,) * 4, bias=ctx.param(names.bn)["bias"], record=False)
-    return ctx.record("", np.maximum(y, 0, out=y))                                    # ReLU
+    return ctx.record_output(np.maximum(y, 0, out=y))                                    # ReLU
 
 
 def resize_to(kernels, x, size):
@@ -394,7 +394,7 @@ def uper_head(ctx, features):
             for i in range(UPER_LATERALS)] + [laterals[-1]]
     outs = [outs[0]] + [resize_to(kernels, o, outs[0].shape[2:]) for o in outs[1:]]   # all at (4h, 4w)
     x = conv_module(ctx.at("fpn_bottleneck"), np.concatenate(outs, axis=1), padding=1)
-    return ctx.record("", ctx.conv2d("classifier", x))                               # (B, num_labels, 4h, 4w)
+    return ctx.record_output(ctx.conv2d("classifier", x))                               # (B, num_labels, 4h, 4w)
 
 
 def fcn_head(ctx, features):
@@ -404,7 +404,7 @@ def fcn_head(ctx, features):
         h = conv_module(ctx.at(f"convs.{j}"), h, padding=1)
     if ctx.cfg.auxiliary_concat_input:
         h = conv_module(ctx.at("conv_cat"), np.concatenate([residual, h], axis=1), padding=1)
-    return ctx.record("", ctx.conv2d("classifier", h))                               # (B, num_labels, h, w)
+    return ctx.record_output(ctx.conv2d("classifier", h))                               # (B, num_labels, h, w)
 
 
 def to_grid(tokens, grid):
@@ -502,7 +502,7 @@ def optional_groups(cfg, arch) -> list:
 
 def family(prefix):
     return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
-                  optional_groups=optional_groups, prepare=prepare_tensors, prepare_cast=fuse_qkv,
+                  optional_groups=optional_groups, before_mapping=prepare_tensors, after_cast=fuse_qkv,
                   default_groups=lambda arch: (0,) if arch.head is None and arch.family == "beit" else ())
 
 

@@ -10,7 +10,7 @@ are recorded under the same names (`bit.encoder.stages.1.layers.0.conv2`). Every
 B batch, C channels, h/w feature-map height and width.
 
 Load-time preparation: every convolution of BiT is a `WeightStandardizedConv2d`, which standardises its weight on
-every call; refvit standardises each weight once, at load (`standardize_weight`, run through Family.prepare on the
+every call; refvit standardises each weight once, at load (`standardize_weight`, run through Family.before_mapping on the
 flat checkpoint tensors, in float64), so the forward runs plain convolutions.
 """
 
@@ -186,7 +186,7 @@ def embeddings(ctx, x):
     pad = (dynamic_pad(x.shape[2], POOL_KERNEL, POOL_STRIDE, 1) + dynamic_pad(x.shape[3], POOL_KERNEL, POOL_STRIDE, 1)
            if cfg.embedding_dynamic_padding else (0, 0, 0, 0))
     x = ctx.record("pooler", ctx.kernels.max_pool2d(x, POOL_KERNEL, POOL_STRIDE, pad, False, 0.0))
-    return ctx.record("", x)                                                          # (B, E, h, w)
+    return ctx.record_output(x)                                                          # (B, E, h, w)
 
 
 def residual_add(h, shortcut):
@@ -212,7 +212,7 @@ def preactivation_layer(ctx, x, stride):
     h = ws_conv(ctx, "conv2", h, stride)
     h = group_norm_act(ctx, "norm3", h)
     h = ctx.record("conv3", ws_conv(ctx, "conv3", h, record=False), copy=True)       # the add below writes into h
-    return ctx.record("", residual_add(h, shortcut))
+    return ctx.record_output(residual_add(h, shortcut))
 
 
 def bottleneck_layer(ctx, x, stride, dilation):
@@ -229,7 +229,7 @@ def bottleneck_layer(ctx, x, stride, dilation):
     h = group_norm_act(ctx, "norm2", h)
     h = ws_conv(ctx, "conv3", h)
     h = ctx.record("norm3", group_norm_act(ctx, "norm3", h, apply_activation=False, record=False), copy=True)
-    return ctx.record("", ctx.act(ctx.cfg.hidden_act, residual_add(h, shortcut)))    # the add writes into h
+    return ctx.record_output(ctx.act(ctx.cfg.hidden_act, residual_add(h, shortcut)))    # the add writes into h
 
 
 def stage(ctx, x, plan: StagePlan):
@@ -240,7 +240,7 @@ def stage(ctx, x, plan: StagePlan):
             x = preactivation_layer(ctx.at(f"layers.{i}"), x, stride)
         else:
             x = bottleneck_layer(ctx.at(f"layers.{i}"), x, stride, dilation)
-    return ctx.record("", x)
+    return ctx.record_output(x)
 
 
 def base_forward(ctx, inputs):
@@ -278,7 +278,7 @@ def encode(ctx, x):
 def image_classification(ctx, base, inputs):
     """BitForImageClassification: Flatten, then Linear(hidden_sizes[-1], num_labels) (Identity when 0 labels)."""
     pooled = base["pooler_output"].reshape(base["pooler_output"].shape[0], -1)   # (B, C)
-    return {"logits": classifier_or_identity(ctx, "classifier.1", pooled, record="classifier")}
+    return {"logits": classifier_or_identity(ctx, "classifier.1", pooled, record_as="classifier")}
 
 
 def backbone(ctx, base, inputs):
@@ -346,7 +346,7 @@ def prepare(tensors: dict, arch) -> dict:
 
 
 BIT = Family(prefix="bit.", parse_config=parse_config, shapes=lambda cfg, arch: base_shapes(cfg), check=check,
-             forward=base_forward, prepare=prepare, anchor="embedder.convolution.weight")
+             forward=base_forward, before_mapping=prepare, anchor="embedder.convolution.weight")
 
 ARCHITECTURES = [
     Architecture("BitModel", "bit", BIT, None, BaseModelOutputWithPoolingAndNoAttention),

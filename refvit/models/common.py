@@ -31,18 +31,18 @@ class Forward:
     Recording only stores values (docs/DESIGN.md §5): the arithmetic is the same whether or not anything records.
     """
 
-    __slots__ = ("kernels", "cfg", "p", "path", "_values")
+    __slots__ = ("kernels", "cfg", "p", "path", "recorder")
 
-    def __init__(self, kernels, cfg, params, values: dict | None = None, path: str = ""):
+    def __init__(self, kernels, cfg, params, recorder: dict | None = None, path: str = ""):
         self.kernels = kernels     # the backend's kernel namespace (refvit.kernels.get(backend), or a wrapped one)
         self.cfg = cfg             # the model's frozen config
         self.p = params            # params node of the current module (checkpoint names; lists for numbered children)
         self.path = path           # its checkpoint-name path ("" at the top of the checkpoint)
-        self._values = values      # {name: array} being recorded, or None when nothing records
+        self.recorder = recorder   # {checkpoint name: array} being recorded, or None when nothing records
 
     @property
     def recording(self) -> bool:
-        return self._values is not None
+        return self.recorder is not None
 
     def name(self, child: str = "") -> str:
         """The checkpoint-name path of `child` (dotted, relative to this module; "" = this module)."""
@@ -81,26 +81,31 @@ class Forward:
         module with no tensors of its own (BeitPooler pooling [CLS]) and its params node is empty."""
         if params is None:
             params = self.param(child, optional)
-        return Forward(self.kernels, self.cfg, {} if params is None else params, self._values, self.name(child))
+        return Forward(self.kernels, self.cfg, {} if params is None else params, self.recorder, self.name(child))
 
     def record(self, child: str, value, copy: bool = False):
-        """Record `value` as the output of module `child` (when recording) and return it unchanged. `copy=True` for
-        a value the forward later overwrites in place (the recorded array keeps what the module returned)."""
-        if self._values is not None:
-            self._values[self.name(child)] = value.copy() if copy else value
+        """Record `value` as the output of submodule `child` (when recording) and return it unchanged. `copy=True`
+        for a value the forward later overwrites in place (the recorded array keeps what the module returned)."""
+        if self.recorder is not None:
+            self.recorder[self.name(child)] = value.copy() if copy else value
         return value
 
-    # torch.nn modules by checkpoint name: params p[name], output recorded under `record` (True: name; False: not)
+    def record_output(self, value, copy: bool = False):
+        """Record `value` as the output of this module itself (under `ctx.path`) and return it unchanged."""
+        return self.record("", value, copy)
 
-    def _out(self, name, record, value):
-        return self.record(name if record is True else record, value) if record else value
+    # torch.nn modules by checkpoint name: params p[name], the output recorded under `name` unless record=False
+    # (a module whose output transformers' hooks see at its parent: record the parent, `ctx.record(parent, …)`)
 
-    def linear(self, name: str, x, record=True):
+    def _out(self, name: str, record: bool, value):
+        return self.record(name, value) if record else value
+
+    def linear(self, name: str, x, record: bool = True):
         """torch.nn.Linear `name`: x @ Wᵀ + b (kernels.linear)."""
         p = self.param(name)
         return self._out(name, record, self.kernels.linear(x, p["weight"], p.get("bias")))
 
-    def linear_act(self, name: str, x, act: str, record=True):
+    def linear_act(self, name: str, x, act: str, record: bool = True):
         """Linear `name` then ACT2FN[act]; for erf-GELU the bias add and the GELU are one fused kernel pass."""
         p = self.param(name)
         if act == "gelu" and "bias" in p:
@@ -124,13 +129,14 @@ class Forward:
         C = weight.shape[0] // len(names)
         return tuple(self.record(n, y[..., i * C:(i + 1) * C]) for i, n in enumerate(names))
 
-    def layer_norm(self, name: str, x, eps: float | None = None, record=True):
+    def layer_norm(self, name: str, x, eps: float | None = None, record: bool = True):
         """torch.nn.LayerNorm `name` over the last axis; eps defaults to the config's layer_norm_eps."""
         p = self.param(name)
         eps = self.cfg.layer_norm_eps if eps is None else eps
         return self._out(name, record, self.kernels.layer_norm(x, p["weight"], p["bias"], eps))
 
-    def conv2d(self, name: str, x, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bias=None, record=True):
+    def conv2d(self, name: str, x, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bias=None,
+               record: bool = True):
         """torch.nn.Conv2d `name` (NCHW, padding (top, bottom, left, right)); `bias` replaces the module's own."""
         p = self.param(name)
         bias = p.get("bias") if bias is None else bias
@@ -141,11 +147,11 @@ class Forward:
         return activation(name, x, self.kernels)
 
 
-def classifier_or_identity(ctx, name: str, x, record: str | None = None):
+def classifier_or_identity(ctx, name: str, x, record_as: str | None = None):
     """transformers' `nn.Linear(C, num_labels) if num_labels > 0 else nn.Identity()`: the Linear `name` on x, or x
-    itself when the config has no labels; either recorded under `record` (default `name`)."""
-    record = record or name
-    return ctx.linear(name, x, record=record) if ctx.cfg.num_labels > 0 else ctx.record(record, x)
+    itself when the config has no labels; either recorded under `record_as` (None: `name`)."""
+    y = ctx.linear(name, x, record=False) if ctx.cfg.num_labels > 0 else x
+    return ctx.record(name if record_as is None else record_as, y)
 
 
 def classifier_shapes(name: str, num_labels: int, width: int) -> dict[str, tuple]:
@@ -154,7 +160,7 @@ def classifier_shapes(name: str, num_labels: int, width: int) -> dict[str, tuple
 
 
 def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
-    """Family.prepare_cast of ViT/DeiT/BEiT: each attention's q, k, v weights copied once into one (3C, C) array and
+    """Family.after_cast of ViT/DeiT/BEiT: each attention's q, k, v weights copied once into one (3C, C) array and
     replaced by views of its rows, the biases likewise into one (3C,) array, zeros standing in for a missing one
     (BEiT's key has no bias; that name stays absent). The tree keeps its names and values; the originals' mapped
     pages are released by `prepare_params`, so the copy adds no memory. `Forward.linear_qkv` then runs one GEMM."""

@@ -159,7 +159,7 @@ def conv_embedding(ctx, x, stage):
 
 
 def fold_projection_batch_norms(tensors: dict, arch) -> dict:
-    """Family.prepare_cast: every `dw_bn` projection's BatchNorm folded into its depthwise conv, once at load, in the
+    """Family.after_cast: every `dw_bn` projection's BatchNorm folded into its depthwise conv, once at load, in the
     run dtype (common.fold_batch_norms; the same rounding as the per-call fold it replaces)."""
     suffix = ".convolution_projection.normalization.running_var"
     pairs = [(n[:-len(".running_var")], n[:-len(suffix)] + ".convolution_projection.convolution", 0)
@@ -235,18 +235,18 @@ def self_attention(ctx, x, hw, stage):
     context, probs = ctx.kernels.attention(q, k, v, cfg.num_heads[stage], cfg.embed_dim[stage] ** -0.5,
                                            need_probs=True)                            # probs: the buffer it fills
     ctx.record("dropout", probs)                                                       # (B, H, Nq, Nk)
-    return ctx.record("", context)                                                     # (B, N, C)
+    return ctx.record_output(context)                                                     # (B, N, C)
 
 
 def layer(ctx, x, hw, stage):
     """CvtLayer: pre-norm attention and MLP blocks, each added to its residual (drop path is identity at inference)."""
     h = ctx.layer_norm("layernorm_before", x, LAYER_NORM_EPS)
     h = self_attention(ctx.at("attention.attention"), h, hw, stage)
-    x = x + ctx.linear("attention.output.dense", h, record="attention.output")
+    x = x + ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False))
     h = ctx.layer_norm("layernorm_after", x, LAYER_NORM_EPS)
-    h = ctx.linear_act("intermediate.dense", h, "gelu", record="intermediate")        # (B, N, I), nn.GELU (erf)
+    h = ctx.record("intermediate", ctx.linear_act("intermediate.dense", h, "gelu", record=False))  # nn.GELU: erf
     x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)         # CvtOutput adds the residual
-    return ctx.record("", x)
+    return ctx.record_output(x)
 
 
 def stage_forward(ctx, x, i):
@@ -259,7 +259,7 @@ def stage_forward(ctx, x, i):
     for j in range(ctx.cfg.depth[i]):
         tokens = layer(ctx.at(f"layers.{j}"), tokens, hw, i)
     cls, tokens = (tokens[:, :1], tokens[:, 1:]) if ctx.cfg.cls_token[i] else (None, tokens)
-    return ctx.record("", to_grid(tokens, *hw)), cls
+    return ctx.record_output(to_grid(tokens, *hw)), cls
 
 
 def base_forward(ctx, inputs):
@@ -307,7 +307,7 @@ def check(arch, cfg, p, pixel_values, opts):
 
 CVT = Family(prefix="cvt.", parse_config=lambda raw, source, arch: cvt_config_from_dict(raw, source),
              shapes=lambda cfg, arch: base_shapes(cfg), check=check, forward=base_forward,
-             prepare_cast=fold_projection_batch_norms,
+             after_cast=fold_projection_batch_norms,
              anchor="encoder.stages.0.embedding.convolution_embeddings.projection.weight")
 
 ARCHITECTURES = [

@@ -165,18 +165,18 @@ def self_attention(ctx, x, need_probs):
     cfg = ctx.cfg
     context, probs = ctx.kernels.attention(q, k, v, cfg.num_attention_heads, cfg.head_dim ** -0.5,
                                            need_probs=need_probs)
-    return ctx.record("", context), probs                                             # (B, N, C), (B, H, N, N)
+    return ctx.record_output(context), probs                                             # (B, N, C), (B, H, N, N)
 
 
 def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, need_probs)
-    x = x + ctx.linear("attention.output.dense", h, record="attention.output")
+    x = x + ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False))
     h = ctx.layer_norm("layernorm_after", x)
-    h = ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record="intermediate")  # (B, N, I)
+    h = ctx.record("intermediate", ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record=False))
     x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
-    return ctx.record("", x), probs
+    return ctx.record_output(x), probs
 
 
 def base_forward(ctx, inputs):
@@ -198,7 +198,7 @@ def base_forward(ctx, inputs):
 
 def pooler(ctx, x):
     """ViTPooler: dense + activation (tanh by default) on the first token."""
-    return ctx.record("", ctx.act(ctx.cfg.pooler_act, ctx.linear("dense", x[:, 0], record=False)))
+    return ctx.record_output(ctx.act(ctx.cfg.pooler_act, ctx.linear("dense", x[:, 0], record=False)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -286,8 +286,8 @@ def teacher_head_shapes(cfg):
 
 def family(prefix):
     return Family(prefix=prefix, parse_config=parse_config, shapes=shapes, check=check, forward=base_forward,
-                  optional_groups=optional_groups, prepare=lambda tensors, arch: classic_names(tensors),
-                  prepare_cast=fuse_qkv,
+                  optional_groups=optional_groups, before_mapping=lambda tensors, arch: classic_names(tensors),
+                  after_cast=fuse_qkv,
                   default_groups=lambda arch: (0,) if arch.head is None else ())  # ViTModel builds its pooler
 
 
