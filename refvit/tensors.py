@@ -1,7 +1,8 @@
 """torch tensors in and out, without importing torch at module level (refvit computes in NumPy).
 
 - `check_return_tensors`: the processors' `return_tensors` argument: None or "np" (NumPy), "pt" (torch, when installed).
-- `convert(batch, return_tensors)`: the processor's NumPy arrays as torch tensors sharing their memory (`torch.from_numpy`).
+- `convert(batch, return_tensors)`: the processor's NumPy arrays as torch tensors sharing their memory
+  (`torch.from_numpy`).
 - `is_torch_tensor` / `to_numpy`: a torch tensor handed to a model is read in place through `.numpy()`; torch is
   recognised by the object's type module, so nothing is imported to check.
 """

@@ -23,7 +23,8 @@ from .tolerance import TOLERANCE, allowed_error  # noqa: F401 (TOLERANCE: refvit
 
 def find_golden_dir(explicit: str | os.PathLike | None = None) -> Path:
     """`explicit`, else golden/ of the checkout refvit is imported from, else ./golden."""
-    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parent.parent / "golden", Path.cwd() / "golden"]
+    candidates = [Path(explicit)] if explicit else [Path(__file__).resolve().parent.parent / "golden",
+                                                     Path.cwd() / "golden"]
     for c in candidates:
         if (c / "cases").is_dir():
             return c

@@ -30,6 +30,6 @@ from .zoo import FLOOR_TARGET_MODELS, LABELS, MODELS, count_flops, model_config,
 
 __all__ = ["FLOOR_TARGET_MODELS", "IMPLS", "LABELS", "MODELS", "PEERS", "RUNS_PER_PROCESS", "STARTUP_MODEL",
            "THREAD_VARS", "add_ratios", "bench", "count_flops", "environment", "format_profile", "format_rows",
-           "format_skipped", "format_startup", "impl_env", "impls_for", "load_result", "markdown", "measure", "missing_peer",
-           "model_config", "model_kernels", "profile", "run_cli", "set_model_kernels", "sgemm_gflops",
+           "format_skipped", "format_startup", "impl_env", "impls_for", "load_result", "markdown", "measure",
+           "missing_peer", "model_config", "model_kernels", "profile", "run_cli", "set_model_kernels", "sgemm_gflops",
            "sgemm_gflops_at", "startup", "targets", "torch_model", "worker_main", "write_model"]

@@ -44,7 +44,7 @@ def startup(runs: int = 3, include_torch: bool = True, model: str = STARTUP_MODE
     arch, config, side = model_config(model)
     tensors = synthetic.random_state_dict(synthetic.shapes_for(config, arch), seed=0)
     has_torch = include_torch and workers.importable("torch") and workers.importable("transformers")
-    env = workers.base_env()                                     # a default process: no thread variable set
+    env = workers.base_env()                                # a default process: no thread variable set
     results: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as model_dir:
         from ..checkpoint import write_safetensors
@@ -57,7 +57,8 @@ def startup(runs: int = 3, include_torch: bool = True, model: str = STARTUP_MODE
                     results.setdefault(process, []).append(_run_child("refvit", model_dir, arch, side, cached))
             if has_torch:
                 results.setdefault("torch + transformers", []).append(_run_child("torch", model_dir, arch, side, env))
-            workers.log(f"startup run {r + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['wall_s']:.2f} s" for k, v in results.items()))
+            workers.log(f"startup run {r + 1}/{runs}: "
+                        + ", ".join(f"{k} {v[-1]['wall_s']:.2f} s" for k, v in results.items()))
     return [{"process": k, "model": model, "runs": len(v),
              **{f: float(np.median([x[f] for x in v])) for f in v[0] if f != "top_class"}}
             for k, v in results.items()]

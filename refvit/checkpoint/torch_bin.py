@@ -18,7 +18,7 @@ it emulates with NumPy. Anything else raises `UnsafeCheckpointError` before any 
 from __future__ import annotations
 
 import dataclasses
-import encodings.cp437  # noqa: F401  zipfile decodes legacy entry names with it: imported now, so reading imports nothing
+import encodings.cp437  # noqa: F401  zipfile decodes legacy entry names with it: imported now, reading imports none
 import math
 import os
 import pickletools
@@ -571,9 +571,11 @@ class _Interpreter:
             target[self._key(items[i])] = items[i + 1]
 
     def _key(self, key):
-        """Refuse tuple keys: hashing one the memo made a DAG of 2**60 leaves would never return (torch writes str keys)."""
+        """Refuse tuple keys: hashing one the memo made a DAG of 2**60 leaves would never return (torch writes str
+        keys)."""
         if type(key) is tuple:
-            raise CheckpointError(f"{self.where}: byte {self.op_pos}: dict key {_short(key)} is a tuple; keys must be scalars")
+            raise CheckpointError(f"{self.where}: byte {self.op_pos}: dict key {_short(key)} is a tuple; "
+                                  "keys must be scalars")
         return key
 
     def _target(self, kind: type):
@@ -633,7 +635,8 @@ class _Interpreter:
                 raise CheckpointError(
                     f"{self.where}: byte {self.op_pos}: tensors copied out of their storages (strided, expanded or "
                     f"BF16 views) total {self.copied_bytes} bytes, over the limit of {budget} (2 x the "
-                    f"{self.storage_bytes} storage bytes + {MAX_COPIED_SLACK_BYTES}); last one from storage {storage.key!r}"
+                    f"{self.storage_bytes} storage bytes + {MAX_COPIED_SLACK_BYTES}); "
+                    f"last one from storage {storage.key!r}"
                 )
         return tensor
 

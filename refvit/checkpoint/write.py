@@ -82,7 +82,8 @@ def prepare_directory(save_directory, overwrite: bool) -> str:
     if os.path.exists(save_directory) and not os.path.isdir(save_directory):
         raise CheckpointError(f"{save_directory}: exists and is not a directory")
     if os.path.isdir(save_directory) and os.listdir(save_directory) and not overwrite:
-        raise CheckpointError(f"{save_directory}: directory is not empty ({', '.join(sorted(os.listdir(save_directory))[:5])}"
+        listed = ", ".join(sorted(os.listdir(save_directory))[:5])
+        raise CheckpointError(f"{save_directory}: directory is not empty ({listed}"
                               f"{' …' if len(os.listdir(save_directory)) > 5 else ''}); pass overwrite=True to replace "
                               "the files refvit writes, or choose an empty directory")
     os.makedirs(save_directory, exist_ok=True)

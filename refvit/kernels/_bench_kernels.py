@@ -67,7 +67,8 @@ def main(argv=None):
         xm = rng.standard_normal((B * N, C)).astype(dt)
         wm = rng.standard_normal((C, hidden)).astype(dt)
         matmul = lambda: xm @ wm  # noqa: E731
-        print(f"\nB={B} {dt} (median ms of {args.repeat}); numpy matmul (B*N,C)@(C,4C): {_median_ms(matmul, args.repeat):.1f}")
+        print(f"\nB={B} {dt} (median ms of {args.repeat}); "
+              f"numpy matmul (B*N,C)@(C,4C): {_median_ms(matmul, args.repeat):.1f}")
         print(f"  {'kernel':28s} {'numpy':>8s} {'numba':>8s}   after a matmul: {'numpy':>8s} {'numba':>8s}")
         for label, (name, a, kw) in cases(B).items():
             t = [

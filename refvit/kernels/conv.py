@@ -118,9 +118,8 @@ def _conv_gemm_blocks(cols, weight, bias, has_bias, by_channel, out, bounds):
                 gemm(w, c, o, 1.0 if has_bias else 0.0)
 
 
-CHANNEL_SPLIT = 256  # at least this many output channels per group: blocks of channels, else of pixels. BiT-50's
-                     # GEMMs on 2 cores: 187-208 GFLOP/s by channels vs 179-203 by pixels for 256-2048 channels;
-                     # 119-194 by pixels vs 99-177 by channels for 64-128
+CHANNEL_SPLIT = 256  # at least this many output channels per group: blocks of channels, else of pixels (the faster
+                     # split of BiT-50's GEMMs on each side of it: docs/speed.md, "Kernel choices")
 
 
 def _gemm_blocks(cols, weight, bias, groups, Ho, Wo, out=None):
@@ -173,7 +172,8 @@ def im2col_numpy(x, kernel, stride, padding, dilation, Ho, Wo):
 
 
 def conv2d_numpy(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
-    """torch.nn.functional.conv2d on (B, Cin, H, W) with (top, bottom, left, right) zero padding -> (B, Cout, Ho, Wo)."""
+    """torch.nn.functional.conv2d on (B, Cin, H, W) with (top, bottom, left, right) zero padding
+    -> (B, Cout, Ho, Wo)."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
         return _gemm(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)

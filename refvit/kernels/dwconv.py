@@ -4,7 +4,8 @@ CvT (Wu et al. 2021, "CvT: Introducing Convolutions to Vision Transformers", §3
 seen as an h×w grid, with a depthwise convolution followed by BatchNorm before the linear q/k/v projections
 (transformers/models/cvt/modeling_cvt.py `CvtSelfAttentionConvProjection`: `nn.Conv2d(C, C, kernel, stride,
 padding, bias=False, groups=C)` then `nn.BatchNorm2d(C)`). The model folds the eval-mode BatchNorm into the
-convolution once at load (refvit/models/common.py `fold_batch_norms`), so the kernel computes one depthwise conv with a bias:
+convolution once at load (refvit/models/common.py `fold_batch_norms`), so the kernel computes one depthwise conv
+with a bias:
 
     out[b, oy·wo + ox, c] = bias[c] + Σ_{i<kh, j<kw} x[b, iy·w + ix, c] · weight[c, 0, i, j],
     iy = oy·sh − ph + i,  ix = ox·sw − pw + j   (taps outside the grid read zero padding)

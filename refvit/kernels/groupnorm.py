@@ -28,7 +28,8 @@ def _check_args(x, num_groups, weight, bias):
     if x.ndim < 2 or x.shape[0] == 0:
         raise InputError(f"group_norm: x must be (B, C, ...) with B >= 1, got {x.shape}")
     C = x.shape[1]
-    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1 or C % num_groups:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups < 1 \
+            or C % num_groups:
         raise InputError(f"group_norm: num_groups {num_groups!r} must be a positive divisor of the {C} channels")
     for name, a in (("weight", weight), ("bias", bias)):
         if not isinstance(a, np.ndarray) or a.shape != (C,):
@@ -80,8 +81,9 @@ def _group_norm_blocks(x, num_groups, weight, bias, eps, relu, out, bounds):
 
 
 def group_norm_act_numba(x, num_groups, weight, bias, eps, relu=False):
-    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in blocks across Numba's threads, normalisation + affine + ReLU in one
-    pass over the output; float64 moments even for float32 input (torch accumulates float32 in float32)."""
+    """Numba twin of `group_norm_act_numpy`: (sample, group) pairs in blocks across Numba's threads,
+    normalisation + affine + ReLU in one pass over the output; float64 moments even for float32 input (torch
+    accumulates float32 in float32)."""
     _check_args(x, num_groups, weight, bias)
     B, C = x.shape[:2]
     x3 = np.require(x, x.dtype, ["C", "A"]).reshape(B * num_groups, C // num_groups, -1)  # (B·G, C/G, P)

@@ -112,7 +112,8 @@ def _separable_resize(x, iy, wy, ix, wx):
 
 
 def interpolate_bicubic_numpy(x, out_h, out_w):
-    """x (..., h, w) -> (..., out_h, out_w): F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False)."""
+    """x (..., h, w) -> (..., out_h, out_w):
+    F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False)."""
     _check_args(x, out_h, out_w)
     iy, wy = cubic_indices_weights(x.shape[-2], int(out_h), x.dtype)  # (out_h, 4)
     ix, wx = cubic_indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, 4)
@@ -120,7 +121,8 @@ def interpolate_bicubic_numpy(x, out_h, out_w):
 
 
 def interpolate_bilinear_numpy(x, out_h, out_w):
-    """x (..., h, w) -> (..., out_h, out_w): F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)."""
+    """x (..., h, w) -> (..., out_h, out_w):
+    F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)."""
     _check_args(x, out_h, out_w)
     iy, wy = linear_indices_weights(x.shape[-2], int(out_h), x.dtype)  # (out_h, 2)
     ix, wx = linear_indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, 2)

@@ -66,8 +66,8 @@ def linear_numba(x, weight, bias=None):
     bias = np.require(bias if has_bias else np.empty(0, dtype), dtype, ["C", "A"])
     y = np.empty((x2.shape[0], weight.shape[0]), dtype)                 # (M, out)
     M, (N, K) = len(x2), weight.shape
-    by_column = M <= COLUMN_SPLIT_ROWS  # 2 cores, M = 197, N >= 576: 178-195 GFLOP/s by columns, 152-183 by rows;
-    if by_column:                       # M = 1576: 213 by rows, 207 by columns
+    by_column = M <= COLUMN_SPLIT_ROWS  # few rows (batch 1): blocks of columns, else of rows, whichever measured
+    if by_column:                       # faster for that shape (docs/speed.md, "Kernel choices")
         bounds = threads.blocks(N, M * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·M·in flops per column
     else:
         bounds = threads.blocks(M, N * K // 8, threads.MIN_GEMM_BLOCK)      # ~2·in·out flops per row

@@ -1,11 +1,11 @@
 """Row reductions for the Numba kernels: sum, sum of squared deviations, maximum — in independent lanes.
 
 A plain `for j: total += row[j]` is one chain of dependent additions: each waits for the last (~4 cycles), and
-without fast-math LLVM keeps that order. The sums here allow reassociation only (fast-math flag "reassoc": no
-change to NaN, infinity or signed-zero handling), so LLVM keeps SIMD lanes of partial sums: 0.28 → 0.09 ns per
-float32 element on this machine; softmax and layer norm spent most of their time in these loops. The order of the
-additions differs from a left-to-right sum, as torch's own vectorised reductions do; sums are float64 for either
-input dtype. The maximum keeps four scalar lanes (a SIMD max reduction would need "nnan", which changes NaN
+without fast-math LLVM keeps that order. The sums here allow reassociation only (fast-math flag "reassoc": no change
+to NaN, infinity or signed-zero handling), so LLVM keeps SIMD lanes of partial sums (several times faster per
+element, docs/speed.md "Kernel choices"); softmax and layer norm spent most of their time in these loops. The order
+of the additions differs from a left-to-right sum, as torch's own vectorised reductions do; sums are float64 for
+either input dtype. The maximum keeps four scalar lanes (a SIMD max reduction would need "nnan", which changes NaN
 handling).
 """
 
@@ -33,8 +33,8 @@ def row_sq_dev(row, mean):
 
 @njit(cache=True, fastmath=False, nogil=True, inline="always")
 def row_max(row):
-    """max(row) in four scalar lanes (one comparison chain each) for a non-empty row, NaN ignored unless it is row[0..3] (a NaN row element makes a
-    softmax NaN either way: its exp joins the sum)."""
+    """max(row) in four scalar lanes (one comparison chain each) for a non-empty row, NaN ignored unless it is
+    row[0..3] (a NaN row element makes a softmax NaN either way: its exp joins the sum)."""
     n = row.shape[0]
     if n < 4:
         peak = row[0]

@@ -3,20 +3,19 @@
 The blocks are Numba `prange` iterations: each blocked kernel is compiled twice from one body, with
 `parallel=True` (the blocks shared out over Numba's threads, `numba.set_num_threads` / NUMBA_NUM_THREADS) and
 without (one block after the other on the calling thread). The GEMMs inside call BLAS from Numba
-(refvit.kernels.blas) with the GIL released, so nothing returns to Python between blocks: a parallel region costs
-~2 µs to start, where handing a block to a Python thread cost ~40 µs plus the GIL (batch-1 GEMMs ran at 120 GFLOP/s
-that way, 175 this way, on 2 cores).
+(refvit.kernels.blas) with the GIL released, so nothing returns to Python between blocks: a parallel region starts
+far faster than a block handed to a Python thread, which also waits for the GIL (docs/speed.md, "Kernel choices").
 
 The blocks depend on the sizes (and the machine's CPU count) only, never on the thread settings, so neither do the
 bits: a GEMM split into other row blocks can round differently (OpenBLAS picks kernels by shape).
 
 BLAS itself runs single-threaded inside refvit: two pools of spinning threads on the same cores (OpenBLAS's and
-Numba's) made DeiT-S batch 1 2-4.7x slower. `forward_scope()` (which `Model.__call__` and every blocked kernel
-enter) sets the OpenBLAS that Numba calls, scipy's bundled one, found by its path, to one thread and restores its
-previous count when the last scope in the process leaves; numpy's own BLAS, and scipy's outside a forward, keep
-whatever the user set (no environment variable needed). Where that library cannot be found (scipy built against
-a shared system BLAS, or not OpenBLAS) and BLAS was started threaded, the blocks run one after the other and BLAS
-threads the GEMMs, as before.
+Numba's) made small forwards several times slower (docs/speed.md). `forward_scope()` (which `Model.__call__` and
+every blocked kernel enter) sets the OpenBLAS that Numba calls, scipy's bundled one, found by its path, to one
+thread and restores its previous count when the last scope in the process leaves; numpy's own BLAS, and scipy's
+outside a forward, keep whatever the user set (no environment variable needed). Where that library cannot be found
+(scipy built against a shared system BLAS, or not OpenBLAS) and BLAS was started threaded, the blocks run one after
+the other and BLAS threads the GEMMs, as before.
 """
 
 import ctypes
@@ -180,7 +179,7 @@ class _ForwardScope:
 
     Re-entrant and shared by every Python thread: the first thread in saves the library's thread count and sets 1,
     the last one out restores the saved count (a lock around a count of the threads inside). Costs two ctypes calls
-    on entry from outside (~1 µs each) and a lock; a blocked kernel inside a scope only reads a thread-local count.
+    on entry from outside and a lock; a blocked kernel inside a scope only reads a thread-local count.
     A thread count set on that library by someone else while a forward runs is replaced by the saved one when the
     last forward leaves."""
 

@@ -143,5 +143,6 @@ def check_mask(bool_masked_pos, batch: int, num_patches: int, has_mask_token: bo
     if m.dtype.kind not in "biu" or (m.dtype.kind != "b" and m.size and not np.isin(m, (0, 1)).all()):
         raise InputError(f"bool_masked_pos: expected booleans (or 0/1), got dtype {m.dtype}")
     if m.shape != (batch, num_patches):
-        raise InputError(f"bool_masked_pos: expected shape ({batch}, {num_patches}) = (batch, num_patches), got {m.shape}")
+        raise InputError(f"bool_masked_pos: expected shape ({batch}, {num_patches}) = (batch, num_patches), "
+                         f"got {m.shape}")
     return m.astype(bool)

@@ -32,8 +32,8 @@ from ..config import BeitConfig, beit_config_from_dict  # noqa: F401 (BeitConfig
 from ..errors import InputError
 from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput, MaskedLMOutput,
                        SemanticSegmenterOutput)
-from .common import (BN_EPS, classifier_or_identity, classifier_shapes, fold_batch_norm,  # noqa: F401 (fold_batch_norm: API)
-                     fold_batch_norms, fuse_qkv, rename_modules)
+from .common import (BN_EPS, classifier_or_identity, classifier_shapes,  # noqa: F401 (fold_batch_norm: API)
+                     fold_batch_norm, fold_batch_norms, fuse_qkv, rename_modules)
 from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
 
 
@@ -125,7 +125,8 @@ def conv_module_shapes(name, cin, cout, kernel, names: HeadNames) -> dict:
 
 
 def fpn_shapes(cfg) -> dict:
-    """fpn1 = ConvTranspose(2, 2) + BatchNorm + GELU + ConvTranspose(2, 2); fpn2 = ConvTranspose(2, 2); fpn4: max-pool."""
+    """fpn1 = ConvTranspose(2, 2) + BatchNorm + GELU + ConvTranspose(2, 2); fpn2 = ConvTranspose(2, 2);
+    fpn4: max-pool."""
     C = cfg.hidden_size
     s = {}
     for name in ("fpn1.0", "fpn1.3", "fpn2.0"):
@@ -165,7 +166,8 @@ def backbone_shapes(cfg) -> dict:
 # transformers 5 renamed BEiT's modules; `save_pretrained` converts back to the classic names, but a
 # `torch.save(model.state_dict())` of a 5.x model holds the new ones (conversion_mapping.py, reversed).
 RENAMED_IN_TRANSFORMERS_5 = [
-    (r"(^|\.)layers\.(\d+)\.relative_position_bias\.", r"\1encoder.layer.\2.attention.attention.relative_position_bias."),
+    (r"(^|\.)layers\.(\d+)\.relative_position_bias\.",
+     r"\1encoder.layer.\2.attention.attention.relative_position_bias."),
     (r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
     (r"(^|\.)shared_position_bias\.", r"\1encoder.relative_position_bias."),
     (r"\.attention\.q_proj\.", ".attention.attention.query."),
@@ -363,7 +365,8 @@ def fpn(ctx, features):
     """BeitFPNNeck (classic fpn1 … fpn4): ×4 (ConvT, BN, GELU, ConvT), ×2 (ConvT), identity, ½ (2×2 max-pool)."""
     kernels, p = ctx.kernels, ctx.p
     # fpn1.0 (ConvTranspose2d) with the BatchNorm fpn1.1 folded into it at load: its output is fpn1.1's
-    f1 = ctx.record("fpn1.1", kernels.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"], (2, 2)))
+    f1 = ctx.record("fpn1.1", kernels.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"],
+                                                       (2, 2)))
     f1 = ctx.record("fpn1.2", kernels.gelu(f1))                                       # nn.GELU(): erf form
     f1 = ctx.record("fpn1", kernels.conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))
     f2 = ctx.record("fpn2", kernels.conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"], (2, 2)))

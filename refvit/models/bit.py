@@ -5,13 +5,14 @@ convolutions are weight-standardised (Qiao et al. 2019, "Micro-Batch Training wi
 Weight Standardization") and whose BatchNorms are GroupNorms (Wu & He 2018). transformers' `layer_type="bottleneck"`
 is the post-activation ResNet-v1.5 block the hybrid ViT backbones use.
 
-Params trees use the checkpoint's names (docs/DESIGN.md §4): `p["encoder"]["stages"][1]["layers"][0]["conv2"]["weight"]`; intermediates
-are recorded under the same names (`bit.encoder.stages.1.layers.0.conv2`). Every tensor is NCHW:
+Params trees use the checkpoint's names (docs/DESIGN.md §4):
+`p["encoder"]["stages"][1]["layers"][0]["conv2"]["weight"]`; intermediates are recorded under the same names
+(`bit.encoder.stages.1.layers.0.conv2`). Every tensor is NCHW:
 B batch, C channels, h/w feature-map height and width.
 
 Load-time preparation: every convolution of BiT is a `WeightStandardizedConv2d`, which standardises its weight on
-every call; refvit standardises each weight once, at load (`standardize_weight`, run through Family.before_mapping on the
-flat checkpoint tensors, in float64), so the forward runs plain convolutions.
+every call; refvit standardises each weight once, at load (`standardize_weight`, run through
+Family.before_mapping on the flat checkpoint tensors, in float64), so the forward runs plain convolutions.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..outputs import BackboneOutput, BaseModelOutputWithPoolingAndNoAttention, 
 from .common import classifier_or_identity, classifier_shapes
 
 
-WS_EPS = 1e-8          # WeightStandardizedConv2d defaults to eps=1e-6, but every call site in modeling_bit.py passes 1e-8
+WS_EPS = 1e-8          # WeightStandardizedConv2d defaults to eps=1e-6; every call site in modeling_bit.py passes 1e-8
 GN_EPS = 1e-5          # BitGroupNormActivation(eps=1e-5): no call site changes it, no config key sets it
 STEM_KERNEL, STEM_STRIDE = 7, 2       # BitEmbeddings: WeightStandardizedConv2d(kernel_size=7, stride=2)
 POOL_KERNEL, POOL_STRIDE = 3, 2       # BitEmbeddings: BitMaxPool2d(kernel_size=3, stride=2)
@@ -324,7 +325,8 @@ def structural_problems(cfg, needs_final_width: bool) -> list[str]:
     if needs_final_width and cfg.num_features != cfg.hidden_sizes[-1]:
         problems.append(
             f"width_factor: the last stage outputs make_div(hidden_sizes[-1] · width_factor) = {cfg.num_features} "
-            f"channels, but this class's final norm / classifier is built for hidden_sizes[-1] = {cfg.hidden_sizes[-1]}; "
+            "channels, but this class's final norm / classifier is built for hidden_sizes[-1] = "
+            f"{cfg.hidden_sizes[-1]}; "
             "transformers' own forward fails on this config (only BitModel/BitBackbone with layer_type='bottleneck' "
             "run with width_factor != 1)")
     return problems
@@ -350,7 +352,8 @@ BIT = Family(prefix="bit.", parse_config=parse_config, shapes=lambda cfg, arch: 
 
 ARCHITECTURES = [
     Architecture("BitModel", "bit", BIT, None, BaseModelOutputWithPoolingAndNoAttention),
-    Architecture("BitForImageClassification", "bit", BIT, Head("classification", image_classification,
-                                                               classification_shapes), ImageClassifierOutputWithNoAttention),
+    Architecture("BitForImageClassification", "bit", BIT,
+                 Head("classification", image_classification, classification_shapes),
+                 ImageClassifierOutputWithNoAttention),
     Architecture("BitBackbone", "bit", BIT, Head("backbone", backbone), BackboneOutput),
 ]

@@ -319,7 +319,8 @@ def check_pixel_values(pixel_values, num_channels: int, dtype: np.dtype) -> np.n
         raise InputError(f"pixel_values: expected shape (B, {num_channels}, H, W), got {pixel_values.shape}")
     B, C, H, W = pixel_values.shape
     if C != num_channels:
-        raise InputError(f"pixel_values: expected {num_channels} channels (config num_channels), got shape {pixel_values.shape}")
+        raise InputError(f"pixel_values: expected {num_channels} channels (config num_channels), "
+                         f"got shape {pixel_values.shape}")
     if B == 0 or H == 0 or W == 0:
         raise InputError(f"pixel_values: empty batch or image, shape {pixel_values.shape}")
     return np.ascontiguousarray(pixel_values, dtype=dtype)

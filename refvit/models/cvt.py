@@ -2,8 +2,8 @@
 
 Paper: Wu et al. 2021, "CvT: Introducing Convolutions to Vision Transformers" (original code: microsoft/CvT,
 lib/models/cls_cvt.py). A CvT is a stack of stages; each stage
-  1. embeds its input with a strided convolution + LayerNorm (convolutional token embedding, paper §3.1), so the token grid
-     shrinks from stage to stage and any input size works (there are no position embeddings);
+  1. embeds its input with a strided convolution + LayerNorm (convolutional token embedding, paper §3.1), so the
+     token grid shrinks from stage to stage and any input size works (there are no position embeddings);
   2. puts a class token in front when `cls_token[stage]` is set;
   3. runs pre-norm transformer layers whose q, k, v first pass through a *convolutional projection* of the token grid
      (depthwise conv + BatchNorm, `dw_bn`; k and v usually with stride 2, paper §3.2) and then a linear projection;
@@ -130,7 +130,8 @@ def stage_grids(cfg, height: int, width: int) -> list[tuple[int, int]]:
             raise InputError(f"pixel_values: the input is too small for stage {i}'s {k}x{k} embedding convolution "
                              f"(stride {s}, padding {pad}); every stage needs at least one token")
         method, k = cfg.qkv_projection_method[i], cfg.kernel_qkv[i]
-        q = tuple(projected_size(query_method(method), n, k, cfg.stride_q[i], cfg.padding_q[i]) for n in (height, width))
+        q = tuple(projected_size(query_method(method), n, k, cfg.stride_q[i], cfg.padding_q[i])
+                  for n in (height, width))
         kv = tuple(projected_size(method, n, k, cfg.stride_kv[i], cfg.padding_kv[i]) for n in (height, width))
         if cfg.depth[i] and (q != (height, width) or min(kv) < 1):
             raise InputError(f"pixel_values: stage {i}'s {height}x{width} token grid gives a {q[0]}x{q[1]} query "

@@ -4,7 +4,8 @@ Papers: Dosovitskiy et al. 2020, "An Image is Worth 16x16 Words" (ViT); Touvron 
 image transformers & distillation through attention" (DeiT). DeiT is ViT plus a distillation token next to the
 class token (and +1 position embedding for it); its heads read token 0 (class) and token 1 (distillation).
 
-Params trees use the checkpoint's names (docs/DESIGN.md §4): `p["encoder"]["layer"][3]["attention"]["attention"]["query"]`.
+Params trees use the checkpoint's names (docs/DESIGN.md §4):
+`p["encoder"]["layer"][3]["attention"]["attention"]["query"]`.
 Intermediates are recorded under the same names (`deit.encoder.layer.3.attention.output`).
 Shapes: B batch, N tokens, C channels (hidden_size), H heads, D head dim, h/w patch grid.
 """
@@ -49,7 +50,8 @@ def base_shapes(cfg, num_special: int) -> dict[str, tuple]:
 
 
 def pooler_shapes(cfg) -> dict[str, tuple]:
-    return {"pooler.dense.weight": (cfg.pooler_output_size, cfg.hidden_size), "pooler.dense.bias": (cfg.pooler_output_size,)}
+    return {"pooler.dense.weight": (cfg.pooler_output_size, cfg.hidden_size),
+            "pooler.dense.bias": (cfg.pooler_output_size,)}
 
 
 def mask_token_shapes(cfg) -> dict[str, tuple]:

@@ -1,4 +1,5 @@
-"""The ConvNeXt processor, which CvT checkpoints ship (transformers/models/convnext/image_processing_pil_convnext.py)."""
+"""The ConvNeXt processor, which CvT checkpoints ship
+(transformers/models/convnext/image_processing_pil_convnext.py)."""
 
 from __future__ import annotations
 
