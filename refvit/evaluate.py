@@ -326,8 +326,8 @@ def evaluate(model_dir, data, options: EvaluateOptions | None = None, **settings
     spec = batch.ModelSpec(os.path.abspath(os.fspath(model_dir)), o.dtype, o.backend)
     if o.resume and not o.out:
         raise InputError("--resume needs --out: the results file of the run to continue")
-    if png and not matplotlib_available():  # asked for by name: say so now, not after the run
-        raise InputError(f"--png {png}: the confusion matrix PNG needs matplotlib, and {NO_MATPLOTLIB}")
+    if o.png and not matplotlib_available():  # asked for by name: say so now, not after the run
+        raise InputError(f"--png {o.png}: the confusion matrix PNG needs matplotlib, and {NO_MATPLOTLIB}")
     dataset = batch.load_dataset(data)
     if o.label_map and not dataset.labelled:
         raise InputError(f"--label-map {o.label_map}: {data} has no labels (a flat folder, or a list without a label "
