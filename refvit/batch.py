@@ -379,7 +379,8 @@ def predict(model, paths, *, batch_size: int = DEFAULT_BATCH_SIZE, workers: int 
     paths: image paths, or a `Dataset` (`load_dataset`). workers=N: a LocalCluster of N processes; scheduler: the
     address of an existing Dask cluster; client: an existing `distributed.Client` (wins over both).
     A record: {"index", "path", "label", "top", "top_logits", "logits_sha256", "logits" (float32 array)} or
-    {"index", "path", "label", "error"} for an unreadable image."""
+    {"index", "path", "label", "error"} for an unreadable image.
+    Why so many parameters: one run's knobs (data, batching, precision, Dask), each a keyword with a default."""
     dataset = paths if isinstance(paths, Dataset) else from_paths(paths)
     spec, loaded = _spec_of(model, dtype, backend)
     if loaded is not None and spec.path.startswith("<") and (client is not None or scheduler or (workers or 1) > 1):
@@ -504,7 +505,8 @@ def run_dataset(spec: ModelSpec, dataset: Dataset, *, batch_size: int = DEFAULT_
     """Classify every image of `dataset` not already in `results`; append each finished chunk to `results`.
 
     `finish(record)` may add fields (e.g. reference comparison) before a record is written; `on_chunk(done, total)`
-    reports progress. Returns {key: record} for the whole dataset (resumed records included)."""
+    reports progress. Returns {key: record} for the whole dataset (resumed records included).
+    Why so many parameters: what `predict` and `evaluate` hand down, each a keyword with a default."""
     done = dict(results.done) if results is not None else {}
     todo = [item for item in dataset.items if item.key not in done]
     chunks = chunked(todo, batch_size)

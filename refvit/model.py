@@ -108,6 +108,7 @@ class Model:
         """Forward pass with transformers' keyword names; returns transformers' output class for the architecture.
 
         `output_intermediates=True` (refvit's extension) adds `out.intermediates`: {checkpoint-name path: array}.
+        Why so many parameters: transformers' forward keywords, so that `model(**inputs)` works unchanged.
         """
         if kwargs:
             raise InputError(f"{self.architecture.name}: unsupported argument(s) {sorted(kwargs)} "
@@ -161,7 +162,8 @@ class Model:
                   reread=None):
         """A model of class `cls` from prepared params (how loading builds one; the public classes' __init__ draws
         random weights instead). `tensors`/`mapped`: as read and as mapped, kept for save_pretrained; or `reread`:
-        a function reading them again (checkpoints read into memory are not kept)."""
+        a function reading them again (checkpoints read into memory are not kept).
+        Why so many parameters: everything a Model holds, handed over once by the loaders."""
         model = object.__new__(cls)
         Model.__init__(model, config, params, architecture, dtype, backend, source)
         model.ignored_tensors = list(ignored)

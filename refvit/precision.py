@@ -370,6 +370,7 @@ class PrecisionForward(Forward):
                                                           eps))
 
     def conv2d(self, name, x, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bias=None, record=True):
+        """Why so many parameters: Forward.conv2d's, which it overrides."""
         p = self.param(name)
         bias = p.get("bias") if bias is None else bias
         return self._out(name, record, self.kernels.named(self.name(name), "conv2d", x, p["weight"], bias, stride,
@@ -431,7 +432,8 @@ def _matmul(rnd, a, b, accumulate_in_format):
 
 def attention(emu, rnd, q, k, v, num_heads, scale, bias=None, need_probs=False):
     """transformers' eager attention in the format: scores = q·kᵀ (rounded), × scale (rounded), + bias (rounded),
-    softmax in float32 (strict: in the format) rounded, context = p·v (rounded)."""
+    softmax in float32 (strict: in the format) rounded, context = p·v (rounded).
+    Why so many parameters: the attention kernel's own, plus the emulator and the module name."""
     B, Nq, C = q.shape
     Nk = k.shape[1]
     H, D = num_heads, C // num_heads
@@ -454,6 +456,7 @@ def linear_accumulate(rnd, x, weight, bias=None):
 
 
 def conv_accumulate(rnd, x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Why so many parameters: conv2d's own, plus the emulator."""
     from .kernels.conv import _check_conv, im2col_numpy
 
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
@@ -466,6 +469,7 @@ def conv_accumulate(rnd, x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), d
 
 
 def depthwise_accumulate(rnd, x, height, width, weight, bias, stride, padding):
+    """Why so many parameters: depthwise_conv_tokens' own, plus the emulator."""
     B, _, C = x.shape
     grid = x.reshape(B, height, width, C).transpose(0, 3, 1, 2)                       # (B, C, h, w)
     y = conv_accumulate(rnd, np.ascontiguousarray(grid), weight, bias, stride, (padding[0],) * 2 + (padding[1],) * 2,
@@ -500,6 +504,7 @@ def strict_gelu(rnd, x):
 
 
 def strict_group_norm_act(rnd, x, num_groups, weight, bias, eps, relu=False):
+    """Why so many parameters: group_norm_act's own, plus the rounding."""
     B, C = x.shape[:2]
     g = x.reshape(B, num_groups, -1)
     n = g.shape[-1]
@@ -594,7 +599,8 @@ def int8_kernel(kernel, emu: Emulator, args, kwargs):
 def capture(model_or_dir, inputs, format: str, accumulate: str = "fp32", strict: bool = False,
             per_channel: bool = False, keep_fp32=(), backend: str = "numba", processor=None, **call):
     """`parity.capture` of the model emulating `format`: every module output in the format, the header recording
-    the precision and the arithmetic model (so `refvit compare` against a float64 trace shows where the error grows)."""
+    the precision and the arithmetic model (so `refvit compare` against a float64 trace shows where the error grows).
+    Why so many parameters: `refvit trace --precision`'s options, each a keyword with a default."""
     from . import parity
     from .model import from_pretrained
 

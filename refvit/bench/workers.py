@@ -194,6 +194,7 @@ def bench(models, batches, repeat: int = 3, threads: int | None = None, backends
     `max_abs_diff` is max |logits − PyTorch eager's logits| on the timed input (None without torch), `logits_match`
     whether it is within the golden float32 tolerance. A peer that is not installed or fails is appended to
     `skipped` as {impl, reason} and has no row; a refvit process that fails raises.
+    Why so many parameters: the options of `refvit bench`, each with a default.
     """
     skipped = [] if skipped is None else skipped
     rows = []

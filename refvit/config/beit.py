@@ -103,6 +103,7 @@ def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = 
     """Parse and validate a BEiT / data2vec-vision config dict; every problem is listed in one ConfigError.
 
     head: "segmentation" / "backbone" add the checks transformers makes when it builds those classes.
+    Why so long: one check per field of BeitConfig, read top to bottom in the order of transformers' class.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")

@@ -70,7 +70,9 @@ _STAGE_NUMBERS = ("mlp_ratio", "attention_drop_rate", "drop_rate", "drop_path_ra
 
 
 def _stage_list(raw: dict, key: str, default: tuple, n: int | None, ok, what: str, problems: list) -> tuple:
-    """A per-stage list: a list of `n` values each passing `ok`, else a problem naming the key."""
+    """A per-stage list: a list of `n` values each passing `ok`, else a problem naming the key.
+    Why so many parameters: the key, its default, the stage count and the check are what differ between the lists
+    it reads."""
     value = raw.get(key, list(default))
     if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
         problems.append(f"{key}: expected a list of {what}, got {value!r}")

@@ -47,7 +47,9 @@ def _check_args(q, k, v, num_heads, bias):
 def attention_numpy(q, k, v, num_heads, scale, bias=None, need_probs=False):
     """q (B, Nq, C), k and v (B, Nk, C) -> (context (B, Nq, C), probs (B, H, Nq, Nk) or None).
 
-    bias, if given, is (H, Nq, Nk), added to every batch's scores before the softmax."""
+    bias, if given, is (H, Nq, Nk), added to every batch's scores before the softmax.
+    Why so many parameters: HF eager_attention_forward's inputs (q, k, v, heads, scale, bias) and whether to
+    return the probabilities."""
     _check_args(q, k, v, num_heads, bias)
     B, Nq, C = q.shape
     Nk = k.shape[1]
@@ -88,6 +90,7 @@ def _attention_blocks(q, k, v, num_heads, chunks, scale, bias, has_bias, scores,
     # same GEMM calls and bits). Item t = (b·H + h)·chunks + r is one image b, head h and chunk r of its query rows:
     # its q, k, v and out are the channel slice h·D:(h+1)·D (strided views, no copies); block i owns items
     # bounds[i]:bounds[i + 1].
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     Nq, Nk = q.shape[1], k.shape[1]
     D = q.shape[2] // num_heads
     for i in prange(len(bounds) - 1):
@@ -116,7 +119,8 @@ def attention_numba(q, k, v, num_heads, scale, bias=None, need_probs=False):
     (refvit.kernels.blas), the scale, bias and softmax fused in one pass over that head's scores in between; the
     (image, head, query chunk) items are split into blocks across Numba's threads (BLAS single-threaded), each
     block running its GEMMs and softmax without returning to Python. The (B, H, Nq, Nk) probabilities are written
-    only if asked (need_probs); otherwise each block's scores live in a small scratch that stays in cache."""
+    only if asked (need_probs); otherwise each block's scores live in a small scratch that stays in cache.
+    Why so many parameters: the same signature as its twin on the other backend."""
     _check_args(q, k, v, num_heads, bias)
     dt = q.dtype
     B, Nq, C = q.shape

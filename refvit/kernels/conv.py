@@ -60,6 +60,7 @@ def _quad(value, name):
 
 
 def _check_conv(x, weight, bias, stride, padding, dilation, groups):
+    """Why so many parameters: it checks every argument conv2d takes."""
     check_float(x, "x")
     check_float(weight, "weight")
     stride, dilation, padding = _pair(stride, "stride"), _pair(dilation, "dilation"), _quad(padding, "padding")
@@ -103,6 +104,7 @@ def _conv_gemm_blocks(cols, weight, bias, has_bias, by_channel, out, bounds):
     # cols (B, G, K, P), weight (G, Cout/G, K), out (B, G, Cout/G, P). Block i owns the output pixels
     # bounds[i]:bounds[i + 1] of every (image, group) or, by_channel, its output channels: one GEMM each onto that
     # part of out, pre-filled with the bias.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     B, G = cols.shape[0], cols.shape[1]
     for i in prange(len(bounds) - 1):
         lo, hi = bounds[i], bounds[i + 1]
@@ -126,7 +128,8 @@ def _gemm_blocks(cols, weight, bias, groups, Ho, Wo, out=None):
     """`_gemm` with one GEMM per block of output pixels (few output channels) or of output channels (many), the
     blocks chosen by the sizes alone, run across Numba's threads with BLAS single-threaded
     (refvit.kernels.threads.forward_scope); the bias is BLAS's beta = 1 onto pre-filled output. `out`: a C-contiguous
-    (B, Cout, Ho, Wo) array to write into."""
+    (B, Cout, Ho, Wo) array to write into.
+    Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     B, G, K, P = cols.shape
     Cout = weight.shape[0]
     dt = np.result_type(weight, cols)
@@ -160,7 +163,8 @@ def _is_pointwise(weight, padding):
 
 
 def im2col_numpy(x, kernel, stride, padding, dilation, Ho, Wo):
-    """x (B, C, H, W) -> cols (B, C, kh, kw, Ho, Wo): cols[b, c, i, j, y, x] = xpad[b, c, y·sh + i·dh, x·sw + j·dw]."""
+    """x (B, C, H, W) -> cols (B, C, kh, kw, Ho, Wo): cols[b, c, i, j, y, x] = xpad[b, c, y·sh + i·dh, x·sw + j·dw].
+    Why so many parameters: the same signature as its twin on the other backend."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     top, bottom, left, right = padding
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))     # zero padding
@@ -173,7 +177,9 @@ def im2col_numpy(x, kernel, stride, padding, dilation, Ho, Wo):
 
 def conv2d_numpy(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
     """torch.nn.functional.conv2d on (B, Cin, H, W) with (top, bottom, left, right) zero padding
-    -> (B, Cout, Ho, Wo)."""
+    -> (B, Cout, Ho, Wo).
+    Why so many parameters: torch.nn.functional.conv2d's own (input, weight, bias, stride, padding, dilation,
+    groups)."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
         return _gemm(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
@@ -227,6 +233,7 @@ def _valid_range(n_out, stride, offset, size):
 def _im2col_blocks(x, kh, kw, sh, sw, top, left, dh, dw, cols, bounds):
     # x: (B, C, H, W); cols: (B, C, kh, kw, Ho, Wo), every element written (zeros where the tap is in the padding).
     # Block i owns the tap rows bounds[i]:bounds[i + 1] of the B·C·kh·kw (b, c, i, j) rows.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for blk in prange(len(bounds) - 1):
         for r in range(bounds[blk], bounds[blk + 1]):
             _im2col_row(x, r, kh, kw, sh, sw, top, left, dh, dw, cols)
@@ -235,6 +242,7 @@ def _im2col_blocks(x, kh, kw, sh, sw, top, left, dh, dw, cols, bounds):
 @njit(cache=True, fastmath=False, nogil=True)
 def _im2col_row(x, r, kh, kw, sh, sw, top, left, dh, dw, cols):
     # tap row r = ((b·C + c)·kh + i)·kw + j: cols[b, c, i, j] (Ho, Wo) from x[b, c]
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     B, C, H, W = x.shape
     Ho, Wo = cols.shape[4], cols.shape[5]
     j = r % kw
@@ -261,7 +269,8 @@ def _im2col_row(x, r, kh, kw, sh, sw, top, left, dh, dw, cols):
 
 def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo, cols=None):
     """Numba twin of `im2col_numpy`: one gather loop (tap rows in blocks across Numba's threads), no padded copy
-    of x; into `cols` when given (C-contiguous, (B, C, kh, kw, Ho, Wo))."""
+    of x; into `cols` when given (C-contiguous, (B, C, kh, kw, Ho, Wo)).
+    Why so many parameters: the same signature as its twin on the other backend."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     top, _, left, _ = padding
     x = np.require(x, x.dtype, ["C", "A"])
@@ -280,7 +289,8 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     cols would pass COLS_BATCH_BYTES goes one image at a time through one reused cols buffer: BiT-50's first 3×3
     convs at 448² need 231 MB of cols for 8 images, which leave the caches and cost page faults; per image they stay
     in L3 (BiT-50 batch 8: im2col 46 → ~21 ms per image here). Smaller batches go whole (CvT-13 batch 8's 3×3
-    embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches)."""
+    embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches).
+    Why so many parameters: the same signature as its twin on the other backend."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
         return _gemm_blocks(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
@@ -302,6 +312,7 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
 def _max_pool_blocks(x, kh, kw, sh, sw, top, bottom, left, right, pad_value, out, bounds):
     # x: (B, C, H, W); out: (B, C, Ho, Wo). Taps inside the padding count as pad_value, taps beyond it are skipped.
     # Block i owns the (b, c) planes bounds[i]:bounds[i + 1].
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for blk in prange(len(bounds) - 1):
         for bc in range(bounds[blk], bounds[blk + 1]):
             _max_pool_plane(x, bc, kh, kw, sh, sw, top, bottom, left, right, pad_value, out)
@@ -309,6 +320,7 @@ def _max_pool_blocks(x, kh, kw, sh, sw, top, bottom, left, right, pad_value, out
 
 @njit(cache=True, fastmath=False, nogil=True)
 def _max_pool_plane(x, bc, kh, kw, sh, sw, top, bottom, left, right, pad_value, out):
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     B, C, H, W = x.shape
     Ho, Wo = out.shape[2], out.shape[3]
     b = bc // C

@@ -29,7 +29,8 @@ from refvit.kernels.threads import blocked, blocks
 
 
 def _check_args(x, height, width, weight, bias, stride, padding):
-    """Validate shapes; returns (ho, wo)."""
+    """Validate shapes; returns (ho, wo).
+    Why so many parameters: it checks every argument depthwise_conv_tokens takes."""
     check_float(x, "x")
     check_float(weight, "weight")
     if x.ndim != 3 or x.shape[1] != height * width:
@@ -52,7 +53,8 @@ def _check_args(x, height, width, weight, bias, stride, padding):
 
 
 def depthwise_conv_tokens_numpy(x, height, width, weight, bias, stride, padding):
-    """The formula above, one strided slice of the zero-padded grid per kernel tap."""
+    """The formula above, one strided slice of the zero-padded grid per kernel tap.
+    Why so many parameters: a depthwise Conv2d's settings plus the token grid's height and width."""
     ho, wo = _check_args(x, height, width, weight, bias, stride, padding)
     B, _, C = x.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -72,6 +74,7 @@ def depthwise_conv_tokens_numpy(x, height, width, weight, bias, stride, padding)
 def _depthwise_blocks(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out, bounds):
     # x: (B, height·width, C); taps: (kh, kw, C) = weight[c, 0, i, j] channels-last; bias: (C,); out: (B, ho·wo, C).
     # One output row (b, oy) per iteration, block i owning rows bounds[i]:bounds[i + 1]; channels innermost.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for blk in prange(len(bounds) - 1):
         for r in range(bounds[blk], bounds[blk + 1]):
             _depthwise_row(x, r, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out)
@@ -79,6 +82,7 @@ def _depthwise_blocks(x, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out,
 
 @njit(cache=True, fastmath=False, nogil=True)
 def _depthwise_row(x, r, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out):
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     C = x.shape[2]
     kh, kw = taps.shape[0], taps.shape[1]
     b, oy = r // ho, r % ho
@@ -102,7 +106,8 @@ def _depthwise_row(x, r, height, width, taps, bias, sh, sw, ph, pw, ho, wo, out)
 
 def depthwise_conv_tokens_numba(x, height, width, weight, bias, stride, padding):
     """Numba twin of `depthwise_conv_tokens_numpy`: output rows in blocks across Numba's threads, channels
-    vectorised."""
+    vectorised.
+    Why so many parameters: the same signature as its twin on the other backend."""
     ho, wo = _check_args(x, height, width, weight, bias, stride, padding)
     B, _, C = x.shape
     dt = x.dtype

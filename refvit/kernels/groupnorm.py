@@ -54,6 +54,7 @@ def group_norm_act_numpy(x, num_groups, weight, bias, eps, relu=False):
 @njit(cache=True, fastmath=False, nogil=True)
 def _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out):
     # Row r of x, out (B·G, C/G, P) with P = h·w: one (sample, group); weight, bias: (C,).
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     Cg, P = x.shape[1], x.shape[2]
     v = x[r].reshape(Cg * P)  # float64 mean and biased variance, two passes in SIMD lanes (refvit.kernels.reduce)
     mean = row_sum(v) / v.shape[0]
@@ -75,6 +76,7 @@ def _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out):
 @blocked(fastmath=False)
 def _group_norm_blocks(x, num_groups, weight, bias, eps, relu, out, bounds):
     # block i owns the (sample, group) rows bounds[i]:bounds[i + 1] of x, out (B·G, C/G, P)
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for i in prange(len(bounds) - 1):
         for r in range(bounds[i], bounds[i + 1]):
             _group_norm_row(x, r, num_groups, weight, bias, eps, relu, out)

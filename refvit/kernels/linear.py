@@ -36,6 +36,7 @@ def _linear_blocks(x, weight_t, bias, has_bias, by_column, y, bounds):
     # x (M, in), weight_t (in, out) a transposed view, y (M, out). Block i owns the rows bounds[i]:bounds[i + 1] or,
     # by_column, those output columns (all rows): each thread then packs only its share of the weight, which pays
     # at batch-1 sizes (M ≈ 200 rows). One GEMM per block onto y pre-filled with the bias.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for i in prange(len(bounds) - 1):
         lo, hi = bounds[i], bounds[i + 1]
         if by_column:

@@ -116,6 +116,7 @@ def _col2im_kernel(cols, sh, sw, out):
 def _adaptive_avg_pool_kernel(x, y0, y1, x0, x1, ky, kx, zero, out):
     # x: (M, h, w); out: (M, out_h, out_w); bins per output row / column, their sizes ky, kx and zero in x's
     # dtype (so float32 stays float32 arithmetic, as aten's scalar_t sum). One pass over x per output size.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     for m in range(x.shape[0]):
         for i in range(out.shape[1]):
             for j in range(out.shape[2]):

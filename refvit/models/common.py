@@ -137,7 +137,9 @@ class Forward:
 
     def conv2d(self, name: str, x, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bias=None,
                record: bool = True):
-        """torch.nn.Conv2d `name` (NCHW, padding (top, bottom, left, right)); `bias` replaces the module's own."""
+        """torch.nn.Conv2d `name` (NCHW, padding (top, bottom, left, right)); `bias` replaces the module's own.
+        Why so many parameters: torch.nn.Conv2d's settings (stride, padding, dilation), the bias and whether to
+        record."""
         p = self.param(name)
         bias = p.get("bias") if bias is None else bias
         return self._out(name, record, self.kernels.conv2d(x, p["weight"], bias, stride, padding, dilation))

@@ -285,7 +285,8 @@ def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None, *
 def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' eager attention (`eager_attention_forward`) with the softmax left in the input dtype: eager computes
     it in float32 even in a float64 model, so a float64 reference would be float32-accurate there. golden/generate.py
-    registers this same function for its float64 runs."""
+    registers this same function for its float64 runs.
+    Why so many parameters: transformers' attention interface (`eager_attention_forward`) calls it with these."""
     import torch
 
     if scaling is None:
@@ -337,7 +338,9 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
     `save_pretrained` directory (loaded with eager attention, in `dtype`, default float32). Attention is eager (sdpa
     returns no maps); in float64 the softmax stays float64 unless `float64_softmax=False` (transformers' eager
     computes it in float32). transformers 5's renamed modules are recorded under checkpoint names (parity.names).
-    `call`: other arguments of the model call (bool_masked_pos, interpolate_pos_encoding; arrays become tensors)."""
+    `call`: other arguments of the model call (bool_masked_pos, interpolate_pos_encoding; arrays become tensors).
+    Why so long: load, hook, run, unhook and name form one sequence over one model; its helpers are the named
+    steps."""
     try:
         import torch
         import transformers
@@ -514,7 +517,8 @@ def from_debugger(path, model_type: str | None = None) -> Trace:
     self-attention output). The debugger keeps outputs at the leaves only, so a transformer layer's output (and the
     embeddings') is taken from the input of the next module called, when the shapes say it is that module's input.
     The model's outputs are pruned by the debugger too; layers it pruned (do_prune_layers=True keeps the first and
-    last) are absent: compare reports them as missing."""
+    last) are absent: compare reports them as missing.
+    Why so long: one walk over the debugger's call tree, each kind of node handled where it is met."""
     path = os.fspath(path)
     if os.path.isdir(path):
         found = sorted(f for f in os.listdir(path) if f.endswith("_debug_tree_FULL_TENSORS.json"))

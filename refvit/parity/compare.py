@@ -431,7 +431,8 @@ def compare(reference: Trace, candidate: Trace, tolerance="refvit", mapping: dic
     reference tensor the candidate lacks does not make the verdict INCOMPLETE (`Comparison.verdict`).
 
     A tensor whose shapes differ is a SHAPE row (failed; the walk goes on). Raises InputError when no tensor is in
-    common (nothing could be checked) or `only` selects nothing."""
+    common (nothing could be checked) or `only` selects nothing.
+    Why so many parameters: `refvit compare`'s options, each a keyword with a default."""
     default = parse_tolerance(tolerance)
     rules = [(k, parse_tolerance(v)) for k, v in {**(mapping or {}).get("tolerances", {}), **(overrides or {})}.items()]
     ignore, only = ignored(mapping, "reference"), [only] if isinstance(only, str) else list(only or ())
@@ -568,7 +569,8 @@ def summary(result: Comparison) -> str:
 
 def format_report(result: Comparison, verbose: bool = False) -> str:
     """The table (one row per tensor, OK / NOT OK / SHAPE like llm.c), what was checked, the verdict, and for NOT OK
-    the first divergence and the blocks that failed."""
+    the first divergence and the blocks that failed.
+    Why so long: the report's sections in the order they print."""
     first = result.first_divergence
     width = max([len(r.name) for r in result.rows] + [6])
     lines = [f"reference: {result.reference}", f"candidate: {result.candidate}", f"tolerance: {result.tolerance}", "",

@@ -112,7 +112,8 @@ first_inputs: dict = {}  # filled by module_boundaries: checkpoint name -> the m
 def module_boundaries(graph, model_type: str | None = None):
     """(points, attentions, model_type) for an onnx GraphProto: points = [(checkpoint name, [onnx tensors, preferred
     first], position)] for module outputs/inputs; attentions = [(onnx tensor, scope path, position)] from the Softmax
-    nodes."""
+    nodes.
+    Why so long: one pass over the graph's nodes, each kind of boundary recognised where it is met."""
     nodes = list(graph.node)
     # nodes a quantizer inserted after a module's output (onnxruntime quantize_dynamic names DynamicQuantizeLinear
     # `<output>_QuantizeLinear`, inside the producer's scope) belong to the consumer, not to the module: unscoped
@@ -209,7 +210,8 @@ def capture_onnx(path, pixel_values, like: Trace | None = None, model_type: str 
     used (the graph's outputs are paired with the reference's outputs in order when their shapes agree).
     `optimized`: keep ORT's graph fusions; modules whose boundary was fused away are listed in meta["fused"].
     `all_nodes`: also keep every other floating-point node output, under `onnx:<tensor name>` after the named ones
-    (Polygraphy's "mark all", for looking inside a module; compare lists them as not in the reference)."""
+    (Polygraphy's "mark all", for looking inside a module; compare lists them as not in the reference).
+    Why so long: export checks, session, run, naming and pairing with the reference form one sequence."""
     onnx, onnxruntime = _require()
     model, path = _load_model(onnx, path)
     if like is not None and model_type is None:

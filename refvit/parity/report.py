@@ -49,7 +49,8 @@ def svg_chart(labels: list, series: dict, *, title: str = "", ylabel: str = "", 
               hlines: tuple = (), width: int = 1100, height: int = 260) -> str:
     """Curves over steps 0..len(labels)-1 as an inline <svg>. series: {name: [value or None per step]};
     band: (low, high) shaded (the tolerance); mark: a step drawn as a red vertical line; hlines: ((value, text), …).
-    Each point has a <title> tooltip with its step's label."""
+    Each point has a <title> tooltip with its step's label.
+    Why so many parameters: the chart's optional parts, each a keyword with a default."""
     left, right, top, bottom = 64, 12, 22, 26
     w, h = width - left - right, height - top - bottom
     values = [v for vs in series.values() for v in vs if v is not None and (v > 0 if log else math.isfinite(v))]

@@ -77,7 +77,8 @@ def capture_torch(module, pixel_values, names=None, like: Trace | None = None, b
     `names`: a preset ("timm-vit", "timm-beit", "timm-resnetv2", "cvt-original"), a mapping dict or JSON file (compare's
     format; candidate names are module paths, `PATH:in` a module's input, `output` the model's output), or None (every
     module under its own path). `like`: a reference trace whose names fix the base prefix (`deit.` …) and dtype;
-    `base`: that prefix given directly."""
+    `base`: that prefix given directly.
+    Why so long: naming, hooking, running and unhooking form one sequence over one module."""
     try:
         import torch
     except ImportError:
