@@ -36,3 +36,24 @@ print(f"mean-pooled accuracy {d.accuracy(exercise_3()):.2%} vs [CLS] {correct:.2
 # Exercise 3, why: the classifier was trained on the final `[CLS]` state only. The patch tokens went through the same
 # layers but were never asked to carry the class in the directions the classifier reads, so their mean is a different
 # vector; BEiT's classifier is trained on the mean (after its own LayerNorm), which is why pooling works there.
+
+
+# %%
+def exercise_4():
+    """The port splits (B, N, C) as (B, N, D, H): head h gets channels h, h + H, h + 2H, ... (interleaved), and
+    merges back the same way, so the two helpers are consistent with each other and wrong together. Head h owns the
+    consecutive channels h·D … (h+1)·D: reshape to (B, N, H, D)."""
+    def split_heads(t, heads):
+        B, N, C = t.shape
+        return t.reshape(B, N, heads, C // heads).transpose(0, 2, 1, 3)
+
+    def merge_heads(t):
+        B, H, N, D = t.shape
+        return t.transpose(0, 2, 1, 3).reshape(B, N, H * D)
+    return {"split_heads": split_heads, "merge_heads": merge_heads}
+
+
+rec = {}
+port.forward(x, Wt, cfg, rec)
+print("the port first diverges at", first_divergence(rec, inter))
+assert check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

@@ -437,3 +437,34 @@ def exercise_3():
 
 final = d.model(pixel_values, output_intermediates=True).intermediates["vit.layernorm"]     # (360, 1 + N, C)
 check("exercise 3 (mean-pooled logits)", exercise_3, linear(final[:, 1:].mean(1).astype(np.float64), Wt, "classifier"))
+
+# %% [markdown]
+# ## 9. Find the bug
+#
+# `tutorials/hunt/vit_port.py` is a NumPy port of this model written from modeling_vit.py, as a porter might — with
+# one bug. Don't read it yet. It runs, and its accuracy on the 360 digits says something is wrong:
+
+# %%
+from hunt import vit_port as port
+
+print(f"the port's accuracy: {d.accuracy(port.forward(pixel_values, Wt, cfg)):.2%} (refvit, PyTorch: {correct:.2%})")
+
+# %% [markdown]
+# **Exercise 4.** Find the bug and fix it: return a dict `{helper name: your corrected function, ...}` that
+# `port.forward(x, Wt, cfg, fixes=...)` uses in place of the port's own helpers of those names (same signatures).
+# `check` runs the port with your fix and compares its logits with refvit's, so only a real fix passes.
+#
+# *Hint 1 (where to look), if you are stuck:* `port.forward(x, Wt, cfg, rec)` records its intermediates under
+# refvit's names; `first_divergence(rec, inter)` gives the first module where they leave the tolerance. What feeds
+# that module, and does that agree?
+#
+# *Hint 2 (which tensor), if you are still stuck:* layer 0's LayerNorm agrees and its attention output does not.
+# Look at which of the C channels of `q` the port gives to head 0 — compare with §3, where head `i` owns channels
+# `i·D … (i+1)·D`. A helper and its inverse may share the mistake.
+
+# %%
+def exercise_4():
+    raise NotImplementedError
+
+
+check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

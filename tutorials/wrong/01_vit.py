@@ -74,3 +74,29 @@ def accuracy_only():
 
 for wrong in (cls_logits, cls_in_mean, before_layernorm, accuracy_only):
     assert rejects("exercise 3 (mean-pooled logits)", wrong)
+
+# %%
+def unfixed():
+    """the port as it is, nothing fixed"""
+    return port.forward(x, Wt, cfg, fixes={})
+
+
+def split_only():
+    """the split fixed, its inverse left interleaved"""
+    def split_heads(t, heads):
+        B, N, C = t.shape
+        return t.reshape(B, N, heads, C // heads).transpose(0, 2, 1, 3)
+    return port.forward(x, Wt, cfg, fixes={"split_heads": split_heads})
+
+
+def scale_changed():
+    """the scale blamed instead: scores divided by √C, heads still interleaved"""
+    def softmax_c(z):
+        z = z * np.sqrt(D) / np.sqrt(C)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return port.forward(x, Wt, cfg, fixes={"softmax": softmax_c})
+
+
+for wrong in (unfixed, split_only, scale_changed):
+    assert rejects("exercise 4 (the port's bug, fixed)", wrong)
