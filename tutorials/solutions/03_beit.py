@@ -25,3 +25,16 @@ assert check("exercise 1 (layer 2 bias)", exercise_1,
 assert check("exercise 2 (table size and row)", exercise_2,
              (int(ref_index.max()) + 1, int(ref_index[token(2, 7), token(5, 1)])))
 assert check("exercise 3 (mean pooling)", exercise_3, inter["beit.pooler"])
+
+
+# %%
+def exercise_4():
+    """The port's layer_scales returns (lambda_2, lambda_1): each branch scaled by the other's λ. BeitLayer scales
+    the attention branch by lambda_1 and the MLP branch by lambda_2."""
+    return {"layer_scales": lambda W, name: (W[f"{name}.lambda_1"], W[f"{name}.lambda_2"])}
+
+
+rec = {}
+port.forward(x, Wt, cfg, rec)
+print("the port first diverges at", first_divergence(rec, inter))
+assert check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

@@ -685,3 +685,33 @@ def exercise_3():
 
 
 check("exercise 3 (mean pooling)", exercise_3, inter["beit.pooler"])
+
+# %% [markdown]
+# ## 9. Find the bug
+#
+# `tutorials/hunt/beit_port.py` is a NumPy port of digits-beit written from modeling_beit.py, as a porter might —
+# with one bug. Don't read it yet. It runs, and its accuracy on the 360 digits says something is wrong:
+
+# %%
+from hunt import beit_port as port
+
+print(f"the port's accuracy: {d.accuracy(port.forward(pixel_values, Wt, cfg)):.2%} (refvit, PyTorch: {correct:.2%})")
+
+# %% [markdown]
+# **Exercise 4.** Find the bug and fix it: return a dict `{helper name: your corrected function}` that
+# `port.forward(x, Wt, cfg, fixes=...)` uses in place of the port's own helper of that name (same signature).
+# `check` runs the port with your fix and compares its logits with refvit's, so only a real fix passes.
+#
+# *Hint 1 (where to look), if you are stuck:* `port.forward(x, Wt, cfg, rec)` records its intermediates under
+# refvit's names; `first_divergence(rec, inter)` gives the first module where they leave the tolerance. The module
+# before it agrees: what happens between the two?
+#
+# *Hint 2 (which tensor), if you are still stuck:* between the attention output and `layernorm_after` there is only
+# the residual add, scaled per channel (§3). Which of the checkpoint's two λ vectors belongs to which branch?
+
+# %%
+def exercise_4():
+    raise NotImplementedError
+
+
+check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

@@ -68,3 +68,22 @@ def cls_token():
 
 for wrong in (cls_in_mean, no_layernorm, cls_token):
     assert rejects("exercise 3 (mean pooling)", wrong)
+
+# %%
+def unfixed():
+    """the port as it is, nothing fixed"""
+    return port.forward(x, Wt, cfg, fixes={})
+
+
+def no_layer_scale():
+    """layer scale dropped (both branches unscaled)"""
+    return port.forward(x, Wt, cfg, fixes={"layer_scales": lambda W, name: (1.0, 1.0)})
+
+
+def bias_blamed():
+    """the relative index blamed instead: rebuilt from key − query, λ still swapped"""
+    return port.forward(x, Wt, cfg, fixes={"relative_index": lambda hh, ww: relative_index(hh, ww, sign=-1)})
+
+
+for wrong in (unfixed, no_layer_scale, bias_blamed):
+    assert rejects("exercise 4 (the port's bug, fixed)", wrong)
