@@ -37,3 +37,20 @@ print("1 − cos per stage:", {n: f"{1 - s:.1e}" for n, s in zip(stage_names, st
 # heads agree on all but one digit. Exercise 3: after layer 2 the two states are already practically identical
 # (1 − cos ≈ 3e-4), like the final ones and far from the raw tokens: with a teacher that agrees with the labels,
 # nothing pushes them apart.
+
+
+# %%
+def exercise_4():
+    """The port flattens each patch pixel by pixel, (P, P, 3): the projection weight (C, 3, P, P) flattens channel
+    first, (3, P, P), as Conv2d's weight does. Transpose to (B, h, w, 3, P, P) before flattening."""
+    def patchify(t, P):
+        B, Cin, Hi, Wi = t.shape
+        return t.reshape(B, Cin, Hi // P, P, Wi // P, P).transpose(0, 2, 4, 1, 3, 5).reshape(B, -1, Cin * P * P)
+    return {"patchify": patchify}
+
+
+rec = {}
+port.forward(x, Wt, cfg, rec)
+print("the port first diverges at", first_divergence(rec, inter))
+assert check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4())[0],
+             out["logits"])

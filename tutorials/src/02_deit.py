@@ -521,3 +521,34 @@ state = inter["deit.encoder.layer.2"].astype(np.float64)
 check("exercise 3 (1 − cos after layer 2)", exercise_3,
       1 - (state[:, 0] * state[:, 1]).sum(-1) / np.linalg.norm(state[:, 0], axis=-1) / np.linalg.norm(state[:, 1], axis=-1),
       rtol=1e-2)
+
+# %% [markdown]
+# ## 8. Find the bug
+#
+# `tutorials/hunt/deit_port.py` is a NumPy port of this model written from modeling_deit.py, as a porter might —
+# with one bug. Don't read it yet. It runs, and its accuracy on the 360 digits says something is wrong:
+
+# %%
+from hunt import deit_port as port
+
+print(f"the port's accuracy: {student.accuracy(port.forward(pixel_values, Wt, cfg)[0]):.2%} "
+      f"(refvit, PyTorch: {correct:.2%})")
+
+# %% [markdown]
+# **Exercise 4.** Find the bug and fix it: return a dict `{helper name: your corrected function}` that
+# `port.forward(x, Wt, cfg, fixes=...)` uses in place of the port's own helper of that name (same signature).
+# `check` runs the port with your fix and compares its averaged logits with refvit's, so only a real fix passes.
+#
+# *Hint 1 (where to look), if you are stuck:* `port.forward(x, Wt, cfg, rec)` records its intermediates under
+# refvit's names; `first_divergence(rec, inter)` gives the first module where they leave the tolerance.
+#
+# *Hint 2 (which tensor), if you are still stuck:* it is the very first one, the embeddings, and the `[CLS]` and
+# `[DIST]` rows agree: the patch tokens do not. The projection weight is `(C, 3, P, P)`, flattened to `(C, 3·P·P)`:
+# in which order must each patch's `3·P·P` values be flattened to meet it?
+
+# %%
+def exercise_4():
+    raise NotImplementedError
+
+
+check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4())[0], out["logits"])

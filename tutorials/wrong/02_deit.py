@@ -85,3 +85,28 @@ def averaged():
 
 for wrong in (layer_3, layer_1, final_layernorm, cosine_itself, averaged):
     assert rejects("exercise 3 (1 − cos after layer 2)", wrong)
+
+# %%
+def unfixed():
+    """the port as it is, nothing fixed"""
+    return port.forward(x, Wt, cfg, fixes={})[0]
+
+
+def patches_transposed():
+    """channel first, but each patch's rows and columns swapped"""
+    def patchify(t, P):
+        B, Cin, Hi, Wi = t.shape
+        return t.reshape(B, Cin, Hi // P, P, Wi // P, P).transpose(0, 2, 4, 1, 5, 3).reshape(B, -1, Cin * P * P)
+    return port.forward(x, Wt, cfg, fixes={"patchify": patchify})[0]
+
+
+def column_major_patches():
+    """patches flattened channel first but the patch grid read column by column"""
+    def patchify(t, P):
+        B, Cin, Hi, Wi = t.shape
+        return t.reshape(B, Cin, Hi // P, P, Wi // P, P).transpose(0, 4, 2, 1, 3, 5).reshape(B, -1, Cin * P * P)
+    return port.forward(x, Wt, cfg, fixes={"patchify": patchify})[0]
+
+
+for wrong in (unfixed, patches_transposed, column_major_patches):
+    assert rejects("exercise 4 (the port's bug, fixed)", wrong)
