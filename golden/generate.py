@@ -5,7 +5,7 @@ This is the only writer of golden data (docs/DESIGN.md §7). It needs the `golde
     python golden/generate.py           # (re)write golden/cases/ and golden/processing/
     python golden/generate.py --check   # regenerate into a temp dir, compare with what is committed
     python golden/generate.py --timm [--check]   # golden/timm/ only, written by timm (the timm venv's python:
-                                                 # golden/cases_timm.py, README "timm checkpoints")
+                                                 # golden/timm_cases.py, docs/guide/timm.md)
     python golden/generate.py --processing   # only golden/processing/, for the installed Pillow: run under another
                                              # Pillow X.Y it writes golden/processing/<case>/pillow-X.Y/ (see
                                              # golden/processing_cases.py); --check compares that Pillow's files only
@@ -321,7 +321,7 @@ def main(argv=None) -> int:
     parser.add_argument("--processing", action="store_true", help="regenerate only golden/processing/")
     parser.add_argument("--timm", action="store_true",
                         help="only golden/timm/ (cases written by timm; run with the timm venv's python, see "
-                             "golden/cases_timm.py); with --check: regenerate them into a temp dir and compare")
+                             "golden/timm_cases.py); with --check: regenerate them into a temp dir and compare")
     parser.add_argument("--compare", type=Path, metavar="DIR",
                         help="no framework run: compare an already regenerated tree DIR (from --out DIR) with golden/")
     args = parser.parse_args(argv)
@@ -352,21 +352,21 @@ def main(argv=None) -> int:
 
 def timm_main(args) -> int:
     """`--timm`: write golden/timm/ with timm (the timm venv), or with --check compare a fresh run with it."""
-    import cases_timm
+    import timm_cases
     import timm
     import torch
 
-    if timm.__version__ != cases_timm.TIMM_VERSION or not torch.__version__.startswith(cases_timm.TORCH_VERSION):
-        print(f"warning: timm golden data is pinned to timm {cases_timm.TIMM_VERSION} + torch "
-              f"{cases_timm.TORCH_VERSION}; found {timm.__version__} + {torch.__version__}", file=sys.stderr)
+    if timm.__version__ != timm_cases.TIMM_VERSION or not torch.__version__.startswith(timm_cases.TORCH_VERSION):
+        print(f"warning: timm golden data is pinned to timm {timm_cases.TIMM_VERSION} + torch "
+              f"{timm_cases.TORCH_VERSION}; found {timm.__version__} + {torch.__version__}", file=sys.stderr)
     if not args.check:
         target = args.out / "timm"
         if target.exists():
             shutil.rmtree(target)
-        cases_timm.generate(target)
+        timm_cases.generate(target)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        cases_timm.generate(Path(tmp))
+        timm_cases.generate(Path(tmp))
         problems, worst = [], {}
         print(f"golden --timm --check on {cpu_model()} ({platform.machine()})")
         for sub in ("models", "processing"):

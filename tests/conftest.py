@@ -144,7 +144,7 @@ def framework(name: str = "transformers"):
 def timm_oracle(name: str = "timm"):
     """Import timm (or torch, torchvision) for a needs_timm test; skip it, saying why, without them."""
     return pytest.importorskip(name, reason=f"could not import '{name}': needs the timm venv (.ci/run stage `timm`: "
-                                            "torch 2.14.1 + torchvision 0.29.1 + timm, see README 'timm checkpoints')")
+                                            "torch 2.14.1 + torchvision 0.29.1 + timm, see docs/guide/timm.md)")
 
 
 def golden_timm_case(name: str) -> Path:

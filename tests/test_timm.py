@@ -1,4 +1,4 @@
-"""timm checkpoints without torch: the golden cases timm wrote (golden/timm/, golden/cases_timm.py) opened with
+"""timm checkpoints without torch: the golden cases timm wrote (golden/timm/, golden/timm_cases.py) opened with
 refvit.from_pretrained, logits and per-module intermediates against timm's, the eval transform against timm's pixels,
 the architecture / argument refusals, the CLI. (tests/test_timm_oracle.py runs timm itself, in CI's timm stage.)"""
 

@@ -16,7 +16,7 @@ from refvit.processing.timm import TimmImageProcessor
 from conftest import GOLDEN, timm_oracle
 
 pytestmark = pytest.mark.needs_timm
-sys.path.insert(0, str(GOLDEN))  # golden/cases_timm.py: the seeded weights and the real-size list
+sys.path.insert(0, str(GOLDEN))  # golden/timm_cases.py: the seeded weights and the real-size list
 TOL = {"float32": 1e-4, "float64": 1e-10}  # DESIGN §5, relative to max(1, max|ref|)
 PHOTO = "chelsea_landscape.jpg"
 
@@ -37,12 +37,12 @@ def timm_transform(pretrained_cfg):
 @pytest.mark.parametrize("arch", ["vit_base_patch16_224", "deit_small_distilled_patch16_224", "beit_base_patch16_224",
                                   "resnetv2_50x1_bit"])
 def test_real_size_timm_directory_matches_timm(timm, arch, tmp_path, capsys):
-    import cases_timm
+    import timm_cases
     import torch
     from timm.models import save_for_hf
 
-    name = cases_timm.REAL_SIZE[arch]
-    model = cases_timm.make_model(name, {}, cases_timm.case_seed(name))
+    name = timm_cases.REAL_SIZE[arch]
+    model = timm_cases.make_model(name, {}, timm_cases.case_seed(name))
     save_for_hf(model, tmp_path, safe_serialization=True)  # timm's hub layout, real shapes
     image = refvit.load_image(GOLDEN / "images" / PHOTO)
     ref_pixels = timm_transform(model.pretrained_cfg)(image).numpy()[None]
@@ -105,11 +105,11 @@ def test_what_refvit_cannot_express_is_refused(timm, name, kwargs, field, tmp_pa
 
 def test_legacy_pytorch_model_bin_and_no_embed_class(timm, tmp_path):
     """timm's default save (pytorch_model.bin) of a no_embed_class ViT (DeiT-III-style position embeddings)."""
-    import cases_timm
+    import timm_cases
     import torch
     from timm.models import save_for_hf
 
-    model = cases_timm.make_model("vit_small_patch16_224", dict(depth=2, no_embed_class=True, img_size=64), 5)
+    model = timm_cases.make_model("vit_small_patch16_224", dict(depth=2, no_embed_class=True, img_size=64), 5)
     save_for_hf(model, tmp_path)
     assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64))
@@ -122,29 +122,29 @@ def test_legacy_pytorch_model_bin_and_no_embed_class(timm, tmp_path):
 PRESET = {"vit": "timm-vit", "deit": "timm-vit", "beit": "timm-beit", "bit": "timm-resnetv2"}
 
 
-@pytest.mark.parametrize("case", sorted(__import__("cases_timm").CASES))
+@pytest.mark.parametrize("case", sorted(__import__("timm_cases").CASES))
 def test_every_module_matches_timm_through_the_parity_presets(timm, case, tmp_path):
     """A directory timm wrote, opened by refvit.from_pretrained (no conversion script): refvit's trace against
     `parity.capture_torch(timm_model, x, names=<timm preset>)`, module by module, within the float32 golden tolerance
     (float64 intermediates: golden/timm, tests/test_timm.py)."""
     dtype = "float32"
-    import cases_timm
+    import timm_cases
     import torch
     from timm.models import save_for_hf
 
     from refvit import parity
 
-    name, kwargs, (B, H, W) = cases_timm.CASES[case]
-    if cases_timm.kind_of(name) == "bit":
+    name, kwargs, (B, H, W) = timm_cases.CASES[case]
+    if timm_cases.kind_of(name) == "bit":
         # the reduced ResNetV2 has one channel per GroupNorm group in its bottlenecks (32 mid channels, 32 groups):
         # at the golden's 40² its last stage normalises 2x2 = 4 numbers per group, where float32 rounding is amplified
         # by 1/σ (a fresh input there gave timm-vs-refvit 2.8e-4 at one norm3, float64 agreeing to 1e-15); 128² makes
         # it 16 numbers, conditioned like the real model's groups
         H = W = 128
-    model = cases_timm.make_model(name, kwargs, cases_timm.case_seed(case))
+    model = timm_cases.make_model(name, kwargs, timm_cases.case_seed(case))
     save_for_hf(model, tmp_path, safe_serialization=True)
     x = np.random.default_rng(2).standard_normal((B, 3, H, W)).astype(dtype)
-    reference = parity.capture_torch(model.to(getattr(torch, dtype)), x, names=PRESET[cases_timm.kind_of(name)])
+    reference = parity.capture_torch(model.to(getattr(torch, dtype)), x, names=PRESET[timm_cases.kind_of(name)])
     candidate = parity.capture(refvit.from_pretrained(tmp_path, dtype=dtype), x)
     result = parity.compare(reference, candidate)
     assert result.ok, parity.format_report(result)

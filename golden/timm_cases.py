@@ -1,5 +1,5 @@
 """Golden cases written by timm itself: `python golden/generate.py --timm` (run with the timm venv's python, see
-README "timm checkpoints": torch 2.14.1 + torchvision 0.29.1 + timm 1.0.31).
+docs/guide/timm.md: torch 2.14.1 + torchvision 0.29.1 + timm 1.0.31).
 
 Each model case is a random-weight timm model saved by `timm.models.save_for_hf` (timm's hub layout: config.json with
 architecture / model_args / pretrained_cfg, model.safetensors with timm's tensor names), timm's logits in float32
@@ -227,7 +227,7 @@ def make_case(name: str, out_dir: Path) -> dict:
         arrays.update({f"{dtype}/intermediates/{k}": v for k, v in store.items()})
     np.savez(case_dir / "outputs.npz", **arrays)
     meta = {"case": name, "timm_model": timm_name, "model_kwargs": kwargs, "seed": seed, "kind": kind,
-            "input_shape": [B, 3, H, W], "weights": "golden/cases_timm.py seeded_weights(model, seed)",
+            "input_shape": [B, 3, H, W], "weights": "golden/timm_cases.py seeded_weights(model, seed)",
             "intermediates": sorted(k.split("/", 2)[2] for k in arrays if k.startswith("float32/intermediates/")),
             "versions": _versions(), "command": "python golden/generate.py --timm (timm venv)"}
     (case_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
