@@ -167,6 +167,7 @@ class Call:
     kernel: str
     output: np.ndarray
     emulated: bool
+    weights: int = 0         # the module's weight elements (Linear/Conv), 0 otherwise
 
 
 def emulate(model, format: str, accumulate: str = "fp32", strict: bool = False, per_channel: bool = False,
@@ -289,7 +290,9 @@ class Emulator:
         fmt = self.arith.format
         if kernel in ("relative_position_index",):
             return base(*args, **kwargs)
-        if fmt == "int8-dynamic":
+        if fmt == "float32":              # the reference: the same calls, named the same, unchanged
+            emulated, out = False, base(*_plain(args), **_plain(kwargs))
+        elif fmt == "int8-dynamic":
             emulated = kernel in QUANTIZED_KERNELS and not kept
             out = int8_kernel(kernel, self, args, kwargs) if emulated else base(*_plain(args), **_plain(kwargs))
         elif kept:
@@ -298,7 +301,9 @@ class Emulator:
             emulated, out = True, reduced_kernel(kernel, self, args, kwargs)
         if self.calls is not None:
             first = out[0] if isinstance(out, tuple) else out
-            self.calls.append(Call(key, kernel, np.array(_plain(first)), emulated))
+            w = {"linear": 1, "conv2d": 1, "depthwise_conv_tokens": 3, "conv_transpose2d": 1}.get(kernel)
+            size = int(np.size(args[w])) if w is not None and len(args) > w else 0
+            self.calls.append(Call(key, kernel, np.array(_plain(first)), emulated, size))
         return out
 
 

@@ -210,3 +210,30 @@ def test_trace_cli_records_the_arithmetic(tmp_path, vit):
     assert main(["trace", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--precision", "bf16", "--dtype",
                  "float64", "--out", str(out)]) == 2
     assert json.dumps(t.meta)
+
+
+def test_precision_command_table_agreement_and_keep_search(tmp_path, vit, capsys):
+    from refvit import precision_lab
+
+    model, x = vit
+    report = precision_lab.analyse(model, x, "fp16", batch=8, probe=2)
+    rows = {r["module"]: r for r in report["modules"]}
+    assert rows["classifier"]["kernel"] == "linear" and rows["vit.encoder.layer.0.layernorm_before"]["nmse"] > 0
+    assert all(r["over_fp16"] == 0 and r["nonfinite"] == 0 for r in rows.values())   # digits stay far from 65504
+    assert report["agreement"] == 100.0
+    # a search that must act: agreement of a planted model where the classifier alone flips predictions
+    calls = {"n": 0}
+
+    def agreement(keep):
+        calls["n"] += 1
+        return 100.0 if "classifier" in keep else 50.0
+    found = precision_lab.keep_search(report["modules"], precision.check_arithmetic("fp16"), agreement, 50.0, 99.5, 100)
+    assert found["reached"] and found["set"] == ["classifier"]                 # everything else dropped again
+    assert [s["module"] for s in found["steps"] if s["action"] == "keep"][-1] == "classifier"
+    np.save(tmp_path / "x.npy", x)
+    assert main(["precision", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--format", "bf16", "--json",
+                 "--keep-fp32", "auto", "--report", str(tmp_path / "r.html")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["keep_fp32"]["reached"] and out["modules"] and (tmp_path / "r.html").read_text().startswith("<!")
+    assert main(["precision", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--format", "int8-dynamic",
+                 "--keep-fp32", "vit.layernorm"]) == 2
