@@ -622,7 +622,7 @@ def _scaling_options(p) -> None:
 def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="run every golden case and print the parity table, a row as each run "
                        "finishes (exit 1 on any mismatch; a processing case with no golden for the installed Pillow is "
-                       "listed as not verified, not failed); one model in memory at a time, peak RSS under 600 MiB")
+                       "listed as not verified, not failed); one model in memory at a time")
     p.add_argument("--golden", help="golden directory (default: golden/ of this checkout, then ./golden)")
     p.add_argument("--backend", nargs="+", choices=BACKENDS, default=BACKENDS, help="backends to run (default both)")
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=DTYPES, help="dtypes to run (default both)")
