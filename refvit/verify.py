@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,31 +36,24 @@ def list_cases(golden_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(golden_dir) / "cases").iterdir() if (p / "meta.json").is_file())
 
 
-class _Upcast(Mapping):
-    """A params node whose float32 leaves come out as float64 copies at each use (and are dropped after it)."""
-
-    def __init__(self, node):
-        self._node = node
+class _Upcast(dict):
+    """A params node (a dict, as the forward checks) whose float32 leaves come out as float64 copies at each use."""
 
     def __getitem__(self, key):
-        return _upcast(self._node[key])
+        return _upcast(dict.__getitem__(self, key))
 
-    def __iter__(self):
-        return iter(self._node)
-
-    def __len__(self):
-        return len(self._node)
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
-class _UpcastList(Sequence):
-    def __init__(self, node):
-        self._node = node
+class _UpcastList(list):
+    """A list of numbered children, each coming out upcast."""
 
     def __getitem__(self, i):
-        return _upcast(self._node[i])
+        return _upcast(list.__getitem__(self, i))
 
-    def __len__(self):
-        return len(self._node)
+    def __iter__(self):
+        return (_upcast(v) for v in list.__iter__(self))
 
 
 def _upcast(v):
