@@ -138,6 +138,11 @@ CASES = {  # id: argv template ({name}: a path of the `bad` fixture)
     "compare-garbage-map": "compare {case} {case} --map {garbage_json}",
     "compare-bad-tolerance": "compare {case} {case} --tolerance huge",
     "compare-bad-override": "compare {case} {case} --tolerance =1e-3",
+    # precision
+    "precision-missing-model": "precision {missing} {image} --format bf16",
+    "precision-bad-format": "precision {model} {image} --format fp8",
+    "precision-garbage-image": "precision {model} {garbage_png} --format bf16 --backend numpy",
+    "precision-garbage-npy": "precision {model} {garbage_npy} --format bf16 --backend numpy",
     # the command itself
     "no-command": "",
     "unknown-command": "frobnicate",
