@@ -61,7 +61,8 @@ def module_rows(ref64, emulated, real) -> list[dict]:
     return rows
 
 
-def export_int8(model_dir: Path, side: int, tmp: str) -> str:
+def export_int8(model_dir: Path, size, tmp: str) -> str:
+    """`size`: the input's (H, W) (an int: square), fixed in the export; the batch is dynamic."""
     import torch
     import transformers
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -72,7 +73,8 @@ def export_int8(model_dir: Path, side: int, tmp: str) -> str:
     path, qpath = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(tm, (torch.zeros(1, 3, side, side),), path, input_names=["pixel_values"],
+        h, w = (size, size) if isinstance(size, int) else size
+        torch.onnx.export(tm, (torch.zeros(1, 3, h, w),), path, input_names=["pixel_values"],
                           output_names=["logits"], dynamo=False, dynamic_axes={"pixel_values": {0: "batch"}},
                           opset_version=17)
     import logging
@@ -125,7 +127,7 @@ def check_model(model_dir: Path, x: np.ndarray, labels, trace_images: int, forma
             how = "torch bf16 (CPU, eager attention), batches of 40"
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                qpath = export_int8(model_dir, x.shape[-1], tmp)
+                qpath = export_int8(model_dir, tuple(x.shape[-2:]), tmp)
                 real_trace = parity.capture_onnx(qpath, xt, like=ref64)
                 # compare only the module boundaries the float32 export shows at the right value: in the quantized
                 # graph a boundary can move (CvT's last stage output is not in the float export at all)
