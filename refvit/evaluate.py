@@ -378,7 +378,7 @@ def golden_models_dir() -> Path:
 
 def write_digits_imagefolder(out, models_dir=None) -> dict:
     """The digits test split as OUT/images/<digit>/<NNNN>.png (NNNN: position in digits_test.npz), and for every
-    trained model with a logits.npz, OUT/<model>.reference.npz: its recorded PyTorch logits keyed by relative path.
+    trained digits model (golden/models/digits-*, with a logits.npz), OUT/<model>.reference.npz: its recorded PyTorch logits keyed by relative path.
 
     The PNGs hold exactly the pixels the recorded run fed its processor (`refvit.datasets.digit_image`: 8x8 RGB,
     uint8; PNG is lossless), so evaluating this folder repeats the recorded run."""
@@ -395,7 +395,9 @@ def write_digits_imagefolder(out, models_dir=None) -> dict:
         digit_image(scan).save(out / "images" / key, format="PNG")
         keys.append(key)
     references = {}
-    for model in sorted(p for p in models_dir.iterdir() if (p / "logits.npz").is_file()):
+    # Only the digits models: golden/models also holds the segmentation models, whose logits are per shape scene.
+    digits_models = (p for p in models_dir.glob("digits-*") if (p / "logits.npz").is_file())
+    for model in sorted(digits_models):
         with np.load(model / "logits.npz") as z:
             logits = z["logits"]
         if len(logits) != len(keys):
