@@ -103,7 +103,10 @@ def module_table(model, x, arith: Arithmetic) -> tuple[list[dict], object]:
 def analyse(model, x, format: str, accumulate="fp32", strict=False, per_channel=False, keep_fp32=(),
             target: float = 99.5, auto: bool = False, batch: int = 1, probe: int = 8, max_steps: int = 40,
             progress=None) -> dict:
-    """The whole report (see the module docstring) as a JSON-able dict."""
+    """The whole report (see the module docstring) as a JSON-able dict.
+
+    Why so many parameters: they are the command's options (format, arithmetic, keep-fp32 search, batching,
+    progress), passed through one by one so that the Python API and `refvit precision` take the same names."""
     arith = check_arithmetic(format, accumulate, strict, per_channel, keep_fp32)
     if np.dtype(getattr(model, "dtype", "float32")) != np.float32:
         raise InputError("precision: start from the float32 model (dtype='float32')")

@@ -187,6 +187,7 @@ class Table:
         self.arch_w = 38
 
     def _line(self, case, arch, backend, dtype, ms, status, rest) -> str:
+        """One table row. Why so many parameters: one per column of the table, in the order they are printed."""
         line = f"{case:<{self.case_w}}  " + (f"{arch:<{self.arch_w}}  " if self.wide else "") + \
             f"{backend:<7}  {dtype:<7}  {ms:>9}  {status:<4}  {rest}"
         line = line.rstrip()

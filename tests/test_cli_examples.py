@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import framework
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "guide" / "command-line.md"
@@ -38,7 +39,10 @@ def test_every_subcommand_has_an_example():
 
 
 @pytest.mark.parametrize("name,commands,code", examples())
-def test_example_runs(name, commands, code, tmp_path):
+def test_example_runs(name, commands, code, tmp_path, request):
+    if request.node.get_closest_marker("needs_framework"):
+        framework("torch")
+        framework("transformers")
     for d in ("golden", "tutorials"):
         (tmp_path / d).symlink_to(ROOT / d)
     script = "set -e -o pipefail\nrefvit() { \"$PYTHON\" -m refvit.cli \"$@\"; }\npython() { \"$PYTHON\" \"$@\"; }\n"

@@ -188,7 +188,7 @@ def test_loaded_checkpoints_are_saved_as_read(tmp_path, case):
     original, _ = load_state_dict(case)
     arch = model.architecture
     named, _, _ = strip_or_add_prefix(original, arch)                  # the names as read
-    renamed, _, _ = strip_or_add_prefix(arch.prepare(original), arch)  # transformers-5 names made checkpoint names
+    renamed, _, _ = strip_or_add_prefix(arch.before_mapping(original), arch)  # transformers-5 names made checkpoint names
     assert again.checkpoint.keys() == model.checkpoint.keys()
     for k, v in again.checkpoint.items():
         expected = named[k] if k in named else renamed[k]
