@@ -48,7 +48,7 @@ def test_machine_path_pattern():
                 f"'{s}tmp{s}pytest-of-u{s}p'", f"from {s}Users{s}bob{s}refvit", f"C:{b}Users{b}bob{b}refvit",
                 f"{s}private{s}var{s}folders{s}x"):
         assert MACHINE_PATH.search(bad), bad
-    for fine in ("~/.cache/huggingface/hub", "golden/models/digits-vit", "docs/root/x", "$HF_HOME/hub", "/tmp",
+    for fine in ("~/.cache/huggingface/hub", "golden/models/digits-vit", "docs/root/x", "$HF_HOME/hub", f"{s}tmp",
                  "https://huggingface.co/api/models/x", "cat.jpg"):
         assert not MACHINE_PATH.search(fine), fine
 
