@@ -28,3 +28,24 @@ assert check("exercise 2 (keys at 64²)", exercise_2,
 assert check("exercise 3 (q kᵀ MACs in stage 2)", exercise_3,
              inter[f"{A2}.projection_query"].shape[1] * inter[f"{A2}.projection_key"].shape[1]
              * inter[f"{A2}.projection_key"].shape[2])
+
+
+# %%
+def exercise_4():
+    """The port's depthwise_conv uses scipy.signal.fftconvolve: a true convolution, which flips the kernel in both
+    axes. torch's Conv2d (like every deep-learning "convolution") is a cross-correlation: it does not flip. An
+    impulse shows it: the port returns the filter rotated by 180°. Flip the filter back (or use §1's conv2d)."""
+    def depthwise_conv(grid, weight, stride):
+        return conv2d(grid, weight, None, stride, 1, groups=grid.shape[1])
+    return {"depthwise_conv": depthwise_conv}
+
+
+rec = {}
+port.forward(x, Wt, cfg, rec)
+print("the port first diverges at", first_divergence(rec, inter))
+impulse = np.zeros((1, 1, 5, 5))
+impulse[0, 0, 2, 2] = 1.0
+w_demo = np.arange(9.0).reshape(1, 1, 3, 3)
+print("port on an impulse:\n", port.depthwise_conv(impulse, w_demo, 1)[0, 0, 1:4, 1:4].round(6),
+      "\nconv2d on an impulse:\n", conv2d(impulse, w_demo, None, 1, 1, groups=1)[0, 0, 1:4, 1:4])
+assert check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

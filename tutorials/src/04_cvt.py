@@ -27,7 +27,7 @@ from scipy.special import erf
 from common import assert_close, block_diagram, check, digits, first_divergence
 from refvit import kernels
 
-K = kernels.get("numpy")                                   # refvit's NumPy attention kernel, for the timing in §5
+K = kernels.get("numpy")                                   # refvit's NumPy attention kernel, for the timing in §4
 d = digits("digits-cvt")
 cfg, Wt = d.config, d.weights
 pixel_values, labels = d.pixel_values, d.labels
@@ -122,12 +122,74 @@ print(f"stage 0 embedding: {x.shape[2:]} pixels -> {y.shape[2:]} grid = {tokens.
 # %% [markdown]
 # ## 2. The convolutional projection and the full attention
 #
-# In each layer the LayerNormed tokens go back to their grid; a depthwise 3×3 conv (one filter per channel,
+# **Why a convolution.** In ViT the query, key and value of a token are linear maps of *that token alone*: what
+# its neighbours hold reaches it only through attention, and where it sits only through the position embedding. CvT
+# puts a depthwise 3×3 convolution in front of the linear maps (§3.2 of the paper), so every query, key and value
+# already mixes a token with its 3×3 neighbourhood — local spatial context before any attention, one reason CvT can
+# drop the position embeddings. Keys and values are taken at stride 2: each summarises a 3×3 window, and there are
+# 4× fewer of them.
+#
+# Measured, not drawn by hand: stage 0, layer 0, the LayerNormed tokens of one digit on their 16×16 grid. Add the
+# same random vector to one input token at a time and record how much one output moves (the norm of its change).
+# The BatchNorm after the depthwise conv scales and shifts each channel, and the linear maps mix channels of one
+# token: neither widens what a position sees, so the conv alone decides it.
+
+# %%
+def dw_conv(grid, n, stride):
+    """Stage 0, layer 0's depthwise 3×3 conv for n = "query" / "key" (padding 1), without its BatchNorm."""
+    w = Wt[f"cvt.encoder.stages.0.layers.0.attention.attention.convolution_projection_{n}.convolution_projection"
+           ".convolution.weight"]
+    return conv2d(grid, w, None, stride, 1, groups=grid.shape[1])
+
+
+g0 = to_grid(inter["cvt.encoder.stages.0.layers.0.layernorm_before"][:1].astype(np.float64), 16, 16)  # (1, C, h, w)
+gh, gw = g0.shape[2:]
+lin_q = lambda g: to_tokens(g) @ Wt["cvt.encoder.stages.0.layers.0.attention.attention.projection_query.weight"].T
+bump = np.random.default_rng(0).standard_normal(g0.shape[1])
+qpos, kpos = (5, 9), (2, 2)                       # a query token; a key of the 8×8 key grid (window centre (4, 4))
+base = lin_q(g0), dw_conv(g0, "query", 1), dw_conv(g0, "key", 2)
+moved = np.zeros((4, gh, gw))                     # ViT's q, CvT's q, CvT's k at kpos, keys touched
+for i in range(gh):
+    for j in range(gw):
+        g = g0.copy()
+        g[0, :, i, j] += bump
+        vit_q, cvt_q, cvt_k = lin_q(g), dw_conv(g, "query", 1), dw_conv(g, "key", 2)
+        moved[0, i, j] = np.linalg.norm(vit_q - base[0], axis=-1)[0, qpos[0] * gw + qpos[1]]
+        moved[1, i, j] = np.linalg.norm((cvt_q - base[1])[0, :, qpos[0], qpos[1]])
+        moved[2, i, j] = np.linalg.norm((cvt_k - base[2])[0, :, kpos[0], kpos[1]])
+        moved[3, i, j] = (np.linalg.norm(cvt_k - base[2], axis=1) > 0).sum()
+window = lambda c: (np.abs(np.arange(gh)[:, None] - c[0]) <= 1) & (np.abs(np.arange(gw)[None] - c[1]) <= 1)
+assert set(zip(*np.nonzero(moved[0]))) == {qpos}                                  # one token
+assert np.array_equal(moved[1] > 0, window(qpos))                                 # its 3×3 neighbourhood
+assert np.array_equal(moved[2] > 0, window((2 * kpos[0], 2 * kpos[1])))           # a 3×3 window at stride 2
+print(f"the query's 9 neighbours move it by {moved[1][moved[1] > 0].min():.2f} to {moved[1].max():.2f}; each token"
+      f" is seen by {int(moved[3].min())} to {int(moved[3].max())} of the {base[2].shape[2]}×{base[2].shape[3]} keys")
+
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+titles = [f"ViT: linear q of token {qpos}", f"CvT: q of token {qpos} (stride 1)",
+          f"CvT: key {kpos} of the 8×8 keys (stride 2)", "CvT: how many keys see each token"]
+for ax, m, title in zip(axes, moved, titles):
+    im = ax.imshow(m, cmap="viridis")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.set_title(title, fontsize=8), ax.set_xticks([]), ax.set_yticks([])
+for ax, c in ((axes[0], qpos), (axes[1], qpos), (axes[2], (2 * kpos[0], 2 * kpos[1]))):
+    ax.add_patch(plt.Rectangle((c[1] - 1.5, c[0] - 1.5), 3, 3, fill=False, ec="w", lw=1, ls="--"))
+fig.suptitle("how much one output moves when one input token is changed (16×16 token grid, stage 0)", fontsize=10)
+plt.show()
+
+# %% [markdown]
+# The linear projection sees one token; the convolutional query sees 3×3 tokens, weighted by the trained filters
+# (in this layer the nine count about equally: a local mix, not a sharpened centre); a stride-2 key sees the 3×3
+# window around every other token, and the windows overlap, so no token is dropped: tokens on even rows and columns
+# are seen by one key, those on an odd row or column by two or four — except the last row and column, which only
+# the last key row or column reaches.
+#
+# **How.** In each layer the LayerNormed tokens go back to their grid; a depthwise 3×3 conv (one filter per channel,
 # `groups=C`, no bias) and an eval-mode BatchNorm (running statistics) produce the q grid (stride 1) and the k, v
 # grids (stride 2); in the last stage `[CLS]` bypasses the convolutions and is put back in front. Then the usual
 # linear projections and softmax attention — with one quirk: CvT scales the scores by **`embed_dim^-½`**, the whole
 # width, not the head width `D^-½` (as the original microsoft/CvT code does). This is the clean model, with no
-# switches for bugs: §6 plants each bug by swapping one small helper (`kv_stride`, `attention_scale`, `ln_eps`).
+# switches for bugs: §5 plants each bug by swapping one small helper (`kv_stride`, `attention_scale`, `ln_eps`).
 
 # %%
 def dw_bn(grid, name, stride, pad):
@@ -475,3 +537,35 @@ A2 = "cvt.encoder.stages.2.layers.0.attention.attention"
 check("exercise 3 (q kᵀ MACs in stage 2)", exercise_3,
       inter[f"{A2}.projection_query"].shape[1] * inter[f"{A2}.projection_key"].shape[1]
       * inter[f"{A2}.projection_key"].shape[2])
+
+# %% [markdown]
+# ## 7. Find the bug
+#
+# `tutorials/hunt/cvt_port.py` is a NumPy/SciPy port of this model written from modeling_cvt.py, as a porter might —
+# with one bug. Don't read it yet. It runs, and its accuracy on the 360 digits says something is wrong:
+
+# %%
+from hunt import cvt_port as port
+
+print(f"the port's accuracy: {d.accuracy(port.forward(pixel_values, Wt, cfg)):.2%} (refvit, PyTorch: {correct:.2%})")
+
+# %% [markdown]
+# **Exercise 4.** Find the bug and fix it: return a dict `{helper name: your corrected function}` that
+# `port.forward(x, Wt, cfg, fixes=...)` uses in place of the port's own helper of that name (same signature).
+# `check` runs the port with your fix and compares its logits with refvit's, so only a real fix passes.
+#
+# *Hint 1 (where to look), if you are stuck:* `port.forward(x, Wt, cfg, rec)` records its intermediates under
+# refvit's names; `first_divergence(rec, inter)` gives the first module where they leave the tolerance. The module
+# before it agrees: which steps lie between the two?
+#
+# *Hint 2 (which tensor), if you are still stuck:* `layernorm_before` agrees and the query's convolutional
+# projection does not; between them are only the depthwise conv and the BatchNorm. Feed both the port's
+# `depthwise_conv` and §1's `conv2d(..., groups=C)` an *impulse* — a grid of zeros with a single 1 in the middle of
+# each channel — and compare what comes out with the 3×3 filter itself.
+
+# %%
+def exercise_4():
+    raise NotImplementedError
+
+
+check("exercise 4 (the port's bug, fixed)", lambda: port.forward(x, Wt, cfg, fixes=exercise_4()), out.logits)

@@ -78,3 +78,39 @@ def stage_1():
 
 for wrong in (unstrided_keys, per_head, stage_1):
     assert rejects("exercise 3 (q kᵀ MACs in stage 2)", wrong)
+
+# %%
+from scipy.signal import fftconvolve
+
+
+def unfixed():
+    """the port as it is, nothing fixed"""
+    return port.forward(x, Wt, cfg, fixes={})
+
+
+def transposed():
+    """the kernel transposed (rows and columns swapped) instead of rotated by 180°"""
+    def depthwise_conv(grid, weight, stride):
+        y = fftconvolve(grid, weight[None, :, 0].transpose(0, 1, 3, 2), mode="same", axes=(2, 3))
+        return y[:, :, ::stride, ::stride]
+    return port.forward(x, Wt, cfg, fixes={"depthwise_conv": depthwise_conv})
+
+
+def flipped_rows_only():
+    """the kernel flipped upside down only, not left-right too"""
+    def depthwise_conv(grid, weight, stride):
+        return fftconvolve(grid, weight[None, :, 0, ::-1], mode="same", axes=(2, 3))[:, :, ::stride, ::stride]
+    return port.forward(x, Wt, cfg, fixes={"depthwise_conv": depthwise_conv})
+
+
+def batch_statistics():
+    """the wrong helper 'fixed': BatchNorm with the batch's statistics instead of the running ones"""
+    def batch_norm(y, W, name, eps=port.EPS):
+        shape = (1, -1, 1, 1)
+        mean, var = y.mean((0, 2, 3), keepdims=True), y.var((0, 2, 3), keepdims=True)
+        return (y - mean) / np.sqrt(var + eps) * W[f"{name}.weight"].reshape(shape) + W[f"{name}.bias"].reshape(shape)
+    return port.forward(x, Wt, cfg, fixes={"batch_norm": batch_norm})
+
+
+for wrong in (unfixed, transposed, flipped_rows_only, batch_statistics):
+    assert rejects("exercise 4 (the port's bug, fixed)", wrong)
