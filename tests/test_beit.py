@@ -348,6 +348,78 @@ def test_nonsquare_table_quirk_by_formula():
     assert not np.allclose(out[:77], table[:77])  # not the identity, although the window is the configured one
 
 
+def special_finite_table(rows, heads, dtype, seed):
+    """A random table with the values where x·1 + x·0 could differ from x if anything did: signed zeros,
+    subnormals, the largest and smallest normals of the dtype, both signs, among normal values."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_normal((rows, heads)) * 10.0 ** rng.integers(-30, 30, (rows, heads))).astype(dtype)
+    special = np.array([0.0, -0.0, info.tiny, -info.tiny, info.smallest_subnormal, -info.smallest_subnormal,
+                        info.max, -info.max, info.eps, 1.0, -1.0], dtype)
+    flat = table.reshape(-1)
+    flat[rng.choice(flat.size, min(flat.size, 3 * special.size), replace=False)] = np.resize(special, min(
+        flat.size, 3 * special.size))
+    return table
+
+
+@pytest.mark.parametrize("backend", [NP, NB], ids=["numpy", "numba"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("grid,heads", [((14, 14), 12), ((2, 2), 1), ((4, 6), 3), ((7, 5), 16), ((1, 1), 2)])
+def test_same_size_table_resize_is_skipped_bit_for_bit(backend, dtype, grid, heads):
+    """Where the (2w−1, 2h−1) reading of the table has the new size already, the skipped resize returns the table
+    itself, and the resize it skips gives the same bits on finite tables (signed zeros, subnormals, ±max included)."""
+    h, w = grid
+    cfg = beit.beit_config_from_dict({"image_size": [8 * h, 8 * w], "patch_size": 8, "num_attention_heads": heads,
+                                      "hidden_size": 4 * heads})
+    old_h, old_w = 2 * h - 1, 2 * w - 1
+    for seed in range(3):
+        table = special_finite_table(old_h * old_w + 3, heads, dtype, seed)
+        window = (w, h)                                                 # the reading's own size: the identity
+        skipped = beit.resize_relative_table(table, cfg, window, backend)
+        assert skipped is table
+        resized = beit.resize_relative_table_always(table, old_h, old_w, old_w, old_h, backend)
+        assert resized.dtype == table.dtype and resized.shape == table.shape
+        np.testing.assert_array_equal(resized.view(f"u{table.itemsize}"), table.view(f"u{table.itemsize}"))
+
+
+def test_same_size_resize_still_runs_for_nonfinite_tables_and_other_sizes():
+    """A non-finite table takes the resize as before (inf·0 is NaN there), and so does a window of another size."""
+    cfg = beit.beit_config_from_dict({"image_size": [32, 32], "patch_size": 8, "num_attention_heads": 2,
+                                      "hidden_size": 8})
+    table = np.random.default_rng(0).standard_normal((7 * 7 + 3, 2))
+    table[5, 1] = np.inf
+    with np.errstate(invalid="ignore"):                                # inf·0
+        out = beit.resize_relative_table(table, cfg, (4, 4), NP)
+        np.testing.assert_array_equal(out, beit.resize_relative_table_always(table, 7, 7, 7, 7, NP))
+    assert out is not table and np.isnan(out[5, 1])
+    finite = np.random.default_rng(1).standard_normal((7 * 7 + 3, 2))
+    bigger = beit.resize_relative_table(finite, cfg, (5, 5), NP)
+    assert bigger.shape == (9 * 9 + 3, 2)
+    np.testing.assert_array_equal(bigger, beit.resize_relative_table_always(finite, 7, 7, 9, 9, NP))
+
+
+def test_same_size_bias_resize_is_skipped_with_the_same_bits():
+    """interpolate_pos_encoding at the configured size: the bias resize to its own size is skipped, the bits equal
+    a forward that runs it (every recorded bias and the logits)."""
+    from refvit.synthetic import random_state_dict, shapes_for
+    cfg = {"model_type": "beit", "image_size": 32, "patch_size": 8, "num_attention_heads": 2, "hidden_size": 8,
+           "num_hidden_layers": 2, "intermediate_size": 16, "use_relative_position_bias": True,
+           "architectures": ["BeitForImageClassification"], "num_labels": 3}
+    model = refvit.from_state_dict(cfg, random_state_dict(shapes_for(cfg), 0), dtype="float64", backend="numpy")
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32))
+    calls, original = [], beit.is_finite
+    try:
+        beit.is_finite = lambda a: calls.append(a.shape) or False    # every identity resize runs
+        ran = model(x, interpolate_pos_encoding=True, output_hidden_states=True)
+    finally:
+        beit.is_finite = original
+    skipped = model(x, interpolate_pos_encoding=True, output_hidden_states=True)
+    assert (7 * 7 + 3, 2) in calls and (2, 17, 17) in calls            # both identity resizes were run above
+    np.testing.assert_array_equal(ran.logits, skipped.logits)
+    for a, b in zip(ran.hidden_states, skipped.hidden_states):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Config and input errors
 

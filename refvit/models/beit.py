@@ -254,9 +254,27 @@ def resize_relative_table(table, cfg, window, kernels):
     Quirk reproduced: the (2h−1)(2w−1) grid rows are reshaped as (2w−1, 2h−1) — width first — before resizing to
     (2h'−1, 2w'−1), on every call. For a square window of the configured size this is the identity; for a non-square
     one it rearranges the table even at the configured size. The 3 class-token rows are kept as they are.
+
+    Skipped where it is the identity: when the (2w−1, 2h−1) reading already has the new size, every axis is
+    "simply copied" (weights 1 and 0 on one tap), out = x·1 + x·0, which is x bit for bit for every finite x (x·0 is
+    a zero of x's sign, and x + that zero is x, −0 included); then the table itself is returned (tested bit for bit
+    against the resize, tests/test_beit.py). A non-finite table takes the resize (inf·0 is NaN there, as before).
     """
     old_h, old_w = 2 * cfg.grid_size[0] - 1, 2 * cfg.grid_size[1] - 1
     new_h, new_w = 2 * window[0] - 1, 2 * window[1] - 1
+    if (new_h, new_w) == (old_w, old_h) and is_finite(table):
+        return table                                                                   # (T', H), T' = T
+    return resize_relative_table_always(table, old_h, old_w, new_h, new_w, kernels)
+
+
+def is_finite(x) -> bool:
+    """Every element finite: where a same-size bilinear resize is the identity bit for bit."""
+    return bool(np.isfinite(x).all())
+
+
+def resize_relative_table_always(table, old_h, old_w, new_h, new_w, kernels):
+    """`resize_relative_table`'s resize, run whatever the sizes: the (old_w, old_h) reading of the grid rows of table
+    (T, H) bilinearly resized to (new_h, new_w), the class-token rows appended -> (new_h·new_w + 3, H)."""
     H = table.shape[1]
     grid = table[: old_h * old_w].reshape(old_w, old_h, H).transpose(2, 0, 1)          # (H, 2w−1, 2h−1)
     grid = kernels.interpolate_bilinear(np.ascontiguousarray(grid), new_h, new_w)     # (H, 2h'−1, 2w'−1)
@@ -267,11 +285,12 @@ def resize_relative_table(table, cfg, window, kernels):
 def relative_position_bias(ctx, inputs, seq_len):
     """BeitRelativePositionBias: table -> (H, N+1, N+1) bias, bias[h, i, j] = table[index[i, j], h], recorded as
     (1, H, N+1, N+1). With interpolate_pos_encoding the bias is then bilinearly resized to (seq_len, seq_len) — the
-    size it already has, so that step copies it (reproduced as transformers writes it)."""
+    size it already has, so that step is the identity: skipped for a finite bias, as the table's same-size resize
+    (`resize_relative_table`), and run for any other (a non-finite bias gets NaN where transformers' does)."""
     kernels = ctx.kernels
     table = resize_relative_table(ctx.param("relative_position_bias_table"), ctx.cfg, inputs.grid, kernels)  # (T', H)
     bias = kernels.relative_position_bias(table, relative_position_index(kernels.relative_position_index, inputs.grid))
-    if inputs.interpolate:
+    if inputs.interpolate and (bias.shape[1:] != (seq_len, seq_len) or not is_finite(bias)):
         bias = kernels.interpolate_bilinear(bias, seq_len, seq_len)                    # (H, N+1, N+1)
     ctx.record_output(bias[None])                                                        # (1, H, N+1, N+1)
     return bias
