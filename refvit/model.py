@@ -48,7 +48,8 @@ def choose_architecture(raw: dict, architecture: str | None, source: str) -> Arc
                                   f"{sorted(BASE_MODELS)}")
             architecture = BASE_MODELS[model_type]
     if architecture not in ARCHITECTURES:
-        raise ConfigError(f"{source}: architecture {architecture!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"{source}: architecture {architecture!r} is not supported; "
+                          f"supported: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[architecture]
 
 
@@ -90,7 +91,8 @@ class Model:
                                              # replace it on one instance, e.g. with timed kernels)
 
     def __repr__(self):
-        return f"<refvit {self.architecture.name} dtype={self.dtype} backend={self.backend} from {self.source or 'memory'}>"
+        return (f"<refvit {self.architecture.name} dtype={self.dtype} backend={self.backend} "
+                f"from {self.source or 'memory'}>")
 
     @property
     def num_parameters(self) -> int:
@@ -264,13 +266,14 @@ class PretrainedModel(Model):
     config.json's `architectures` says; `XModel(config, seed=0)` builds one with random weights drawn as transformers'
     `_init_weights` draws them (refvit/initialization.py), from a NumPy generator seeded with `seed` (None: fresh)."""
 
-    architecture_name = ""
+    architecture_name = ""  # the class name for each class below (a subclass of one of them inherits it)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.__doc__ = cls.__doc__ or (f"transformers' {cls.architecture_name}, run by refvit: "
-                                      f"`{cls.architecture_name}.from_pretrained(dir)` or "
-                                      f"`{cls.architecture_name}(config, seed=0)` (random weights).")
+        if cls.__base__ is PretrainedModel:
+            name = cls.architecture_name = cls.__name__
+            cls.__doc__ = (f"transformers' {name}. {cls.__doc__ or ''}\n\n`{name}.from_pretrained(dir)` or "
+                           f"`{name}(config, seed=0)` (random weights).")
 
     def __init__(self, config, *, seed=None, dtype="float32", backend="numba"):
         arch = ARCHITECTURES[self.architecture_name]
@@ -294,34 +297,109 @@ class PretrainedModel(Model):
 
     @classmethod
     def from_pretrained(cls, path, dtype="float32", backend="numba", revision=None):
-        return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name, revision=revision)
+        return from_pretrained(path, dtype=dtype, backend=backend, architecture=cls.architecture_name,
+                               revision=revision)
 
 
-# One class per row of the families' ARCHITECTURES lists (tests/test_design.py checks the two agree).
-class ViTModel(PretrainedModel): architecture_name = "ViTModel"                                              # noqa: E701
-class ViTForImageClassification(PretrainedModel): architecture_name = "ViTForImageClassification"            # noqa: E701
-class ViTForMaskedImageModeling(PretrainedModel): architecture_name = "ViTForMaskedImageModeling"            # noqa: E701
-class DeiTModel(PretrainedModel): architecture_name = "DeiTModel"                                            # noqa: E701
-class DeiTForImageClassification(PretrainedModel): architecture_name = "DeiTForImageClassification"          # noqa: E701
-class DeiTForImageClassificationWithTeacher(PretrainedModel): architecture_name = "DeiTForImageClassificationWithTeacher"  # noqa: E701,E501
-class DeiTForMaskedImageModeling(PretrainedModel): architecture_name = "DeiTForMaskedImageModeling"          # noqa: E701
-class CvtModel(PretrainedModel): architecture_name = "CvtModel"                                              # noqa: E701
-class CvtForImageClassification(PretrainedModel): architecture_name = "CvtForImageClassification"            # noqa: E701
-class BitModel(PretrainedModel): architecture_name = "BitModel"                                              # noqa: E701
-class BitForImageClassification(PretrainedModel): architecture_name = "BitForImageClassification"            # noqa: E701
-class BitBackbone(PretrainedModel): architecture_name = "BitBackbone"                                        # noqa: E701
-class BeitModel(PretrainedModel): architecture_name = "BeitModel"                                            # noqa: E701
-class BeitForImageClassification(PretrainedModel): architecture_name = "BeitForImageClassification"          # noqa: E701
-class BeitForMaskedImageModeling(PretrainedModel): architecture_name = "BeitForMaskedImageModeling"          # noqa: E701
-class BeitForSemanticSegmentation(PretrainedModel): architecture_name = "BeitForSemanticSegmentation"        # noqa: E701
-class BeitBackbone(PretrainedModel): architecture_name = "BeitBackbone"                                      # noqa: E701
-class Data2VecVisionModel(PretrainedModel): architecture_name = "Data2VecVisionModel"                        # noqa: E701
-class Data2VecVisionForImageClassification(PretrainedModel): architecture_name = "Data2VecVisionForImageClassification"  # noqa: E701,E501
-class Data2VecVisionForSemanticSegmentation(PretrainedModel): architecture_name = "Data2VecVisionForSemanticSegmentation"  # noqa: E701,E501
+# One class per row of the families' ARCHITECTURES lists (tests/test_design.py checks the two agree), written out
+# so that readers and editors find each where it is defined. The class name is the architecture's name.
+class ViTModel(PretrainedModel):
+    """The ViT encoder and its pooler (Dosovitskiy et al. 2021)."""
+
+
+class ViTForImageClassification(PretrainedModel):
+    """ViT with an image-classification head on the class token."""
+
+
+class ViTForMaskedImageModeling(PretrainedModel):
+    """ViT with the SimMIM decoder: masked patches back to pixels."""
+
+
+class DeiTModel(PretrainedModel):
+    """The DeiT encoder: ViT with a distillation token."""
+
+
+class DeiTForImageClassification(PretrainedModel):
+    """DeiT with an image-classification head on the class token."""
+
+
+class DeiTForImageClassificationWithTeacher(PretrainedModel):
+    """DeiT averaging its class-token and distillation-token classifiers."""
+
+
+class DeiTForMaskedImageModeling(PretrainedModel):
+    """DeiT with the SimMIM decoder: masked patches back to pixels."""
+
+
+class CvtModel(PretrainedModel):
+    """The CvT encoder: three stages of convolutional token embedding and convolutional projections."""
+
+
+class CvtForImageClassification(PretrainedModel):
+    """CvT with an image-classification head."""
+
+
+class BitModel(PretrainedModel):
+    """The BiT encoder: a pre-activation ResNet with weight-standardised convolutions and GroupNorm."""
+
+
+class BitForImageClassification(PretrainedModel):
+    """BiT with an image-classification head."""
+
+
+class BitBackbone(PretrainedModel):
+    """BiT's stage feature maps (`out_features`), for dense-prediction heads."""
+
+
+class BeitModel(PretrainedModel):
+    """The BEiT encoder: relative position bias and layer scale."""
+
+
+class BeitForImageClassification(PretrainedModel):
+    """BEiT with an image-classification head."""
+
+
+class BeitForMaskedImageModeling(PretrainedModel):
+    """BEiT predicting the visual-token ids of masked patches."""
+
+
+class BeitForSemanticSegmentation(PretrainedModel):
+    """BEiT with the UperNet decode head (and the FCN auxiliary head)."""
+
+
+class BeitBackbone(PretrainedModel):
+    """BEiT's feature maps (`out_features`), through its feature pyramid when `add_fpn`."""
+
+
+class Data2VecVisionModel(PretrainedModel):
+    """The data2vec-vision encoder: BEiT's network under its own checkpoint names."""
+
+
+class Data2VecVisionForImageClassification(PretrainedModel):
+    """data2vec-vision with an image-classification head."""
+
+
+class Data2VecVisionForSemanticSegmentation(PretrainedModel):
+    """data2vec-vision with the UperNet decode head (and the FCN auxiliary head)."""
 
 
 CLASSES = {c.architecture_name: c for c in PretrainedModel.__subclasses__()}
 assert set(CLASSES) == set(ARCHITECTURES), "one class per architecture"
+
+
+def _directory_config(path, revision) -> tuple:
+    """The Auto classes' first step: the model directory (a hub id resolved) and its config.json as read."""
+    path = hub.resolve_model_dir(path, revision=revision)
+    config_path = os.path.join(os.fspath(path), "config.json")
+    return path, read_config_json(config_path), config_path
+
+
+def _by_model_type(table: dict, raw: dict, config_path: str, what: str) -> str:
+    """The class `table` names for config.json's model_type (`what` it is, for the error)."""
+    model_type = raw.get("model_type")
+    if model_type not in table:
+        raise ConfigError(f"{config_path}: no {what} for model_type {model_type!r}; known: {sorted(table)}")
+    return table[model_type]
 
 
 class AutoModel:
@@ -329,14 +407,11 @@ class AutoModel:
 
     @staticmethod
     def from_pretrained(path, dtype="float32", backend="numba", revision=None):
-        path = hub.resolve_model_dir(path, revision=revision)
-        raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
+        path, raw, config_path = _directory_config(path, revision)
         if timm.is_timm_config(raw):
-            hf, _, _ = timm.resolve(raw, os.path.join(os.fspath(path), "config.json"))
-            return from_pretrained(path, dtype, backend, architecture=BASE_MODELS[hf["model_type"]])
-        if raw.get("model_type") not in BASE_MODELS:
-            raise ConfigError(f"{path}/config.json: model_type {raw.get('model_type')!r} is not one of {sorted(BASE_MODELS)}")
-        return from_pretrained(path, dtype, backend, architecture=BASE_MODELS[raw["model_type"]])
+            raw, _, _ = timm.resolve(raw, config_path)  # the transformers config it equals
+        return from_pretrained(path, dtype, backend, architecture=_by_model_type(BASE_MODELS, raw, config_path,
+                                                                                 "base model"))
 
 
 class AutoModelForImageClassification:
@@ -344,13 +419,10 @@ class AutoModelForImageClassification:
 
     @staticmethod
     def from_pretrained(path, dtype="float32", backend="numba", revision=None):
-        path = hub.resolve_model_dir(path, revision=revision)
-        raw = read_config_json(os.path.join(os.fspath(path), "config.json"))
+        path, raw, config_path = _directory_config(path, revision)
         if timm.is_timm_config(raw):
             return from_pretrained(path, dtype, backend)
         archs = [a for a in raw.get("architectures") or [] if isinstance(a, str) and "ForImageClassification" in a]
-        if archs:
-            return from_pretrained(path, dtype, backend, architecture=archs[0])
-        if raw.get("model_type") not in CLASSIFIERS:
-            raise ConfigError(f"{path}/config.json: no image-classification architecture for model_type {raw.get('model_type')!r}")
-        return from_pretrained(path, dtype, backend, architecture=CLASSIFIERS[raw["model_type"]])
+        architecture = archs[0] if archs else _by_model_type(CLASSIFIERS, raw, config_path,
+                                                             "image-classification architecture")
+        return from_pretrained(path, dtype, backend, architecture=architecture)
