@@ -269,7 +269,8 @@ def cmd_inspect(args) -> int:
         return 0
     print(f"{info['directory']}\n  architecture  {info['architecture']} (model_type {cfg.model_type})")
     print(f"  parameters    {info['parameters']:,}")
-    print(f"  labels        {cfg.num_labels}" + (f" (e.g. {', '.join(list(cfg.id2label.values())[:3])})" if cfg.num_labels else ""))
+    examples = f" (e.g. {', '.join(list(cfg.id2label.values())[:3])})" if cfg.num_labels else ""
+    print(f"  labels        {cfg.num_labels}{examples}")
     for k, v in info["config"].items():
         print(f"  {k:30s}{v}")
     if model.ignored_tensors:
@@ -820,9 +821,9 @@ def add_capture_parser(sub) -> None:
     p = sub.add_parser("capture", help="record a trace from another runtime, named like refvit's (checkpoint names)")
     runtimes = p.add_subparsers(dest="runtime", required=True, metavar="RUNTIME",
                                 help="where the model runs: onnx (ONNX Runtime)")
-    q = runtimes.add_parser("onnx", help="run an ONNX model (torch.onnx.export of a transformers model) in ONNX Runtime "
-                            "on the reference trace's pixel_values; every module boundary under its checkpoint name "
-                            "(needs refvit[onnx])")
+    q = runtimes.add_parser("onnx", help="run an ONNX model (torch.onnx.export of a transformers model) in ONNX "
+                            "Runtime on the reference trace's pixel_values; every module boundary under its checkpoint "
+                            "name (needs refvit[onnx])")
     q.add_argument("model", metavar="FILE.onnx", help="the ONNX model")
     q.add_argument("--like", required=True, metavar="REF", help="the reference trace (refvit trace, golden case …): "
                    "its pixel_values are the input, its names and shapes guide the naming")
@@ -860,8 +861,8 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the full comparison as JSON (UTF-8; numbers as "
                    "numbers, NaN/inf as null)")
     p.add_argument("--report", type=_out_path, metavar="FILE.html", help="also write a report to look at: one "
-                   "self-contained HTML file (error against depth, the blocks, a heatmap of the first divergence's error, "
-                   "its likely cause; no network)")
+                   "self-contained HTML file (error against depth, the blocks, a heatmap of the first divergence's "
+                   "error, its likely cause; no network)")
     p.add_argument("--plot", type=_out_path, metavar="FILE.png", help="also draw the error-against-depth figure "
                    "(needs matplotlib)")
     p.add_argument("--verbose", action="store_true", help="also list the reference tensors missing in the candidate "
@@ -869,8 +870,9 @@ def add_compare_parser(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+# in --help's order
 SUBCOMMANDS = [add_verify_parser, add_classify_parser, add_evaluate_parser, add_segment_parser, add_bench_parser,
-               add_inspect_parser, add_trace_parser, add_capture_parser, add_compare_parser, add_precision_parser]  # --help's order
+               add_inspect_parser, add_trace_parser, add_capture_parser, add_compare_parser, add_precision_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

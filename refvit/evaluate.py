@@ -378,7 +378,8 @@ def golden_models_dir() -> Path:
 
 def write_digits_imagefolder(out, models_dir=None) -> dict:
     """The digits test split as OUT/images/<digit>/<NNNN>.png (NNNN: position in digits_test.npz), and for every
-    trained digits model (golden/models/digits-*, with a logits.npz), OUT/<model>.reference.npz: its recorded PyTorch logits keyed by relative path.
+    trained digits model (golden/models/digits-*, with a logits.npz), OUT/<model>.reference.npz: its recorded PyTorch
+    logits keyed by relative path.
 
     The PNGs hold exactly the pixels the recorded run fed its processor (`refvit.datasets.digit_image`: 8x8 RGB,
     uint8; PNG is lossless), so evaluating this folder repeats the recorded run."""

@@ -33,7 +33,8 @@ from .models.common import Forward
 FORMATS = ("bf16", "fp16", "int8-dynamic")
 ACCUMULATE = ("fp32", "fp16", "bf16")
 FP16_MAX = 65504.0  # the largest finite IEEE binary16 value
-QUANTIZED_KERNELS = ("linear", "conv2d", "depthwise_conv_tokens")   # ORT: MatMul (+Gemm) -> MatMulInteger, Conv -> ConvInteger
+# ORT: MatMul (+Gemm) -> MatMulInteger, Conv -> ConvInteger
+QUANTIZED_KERNELS = ("linear", "conv2d", "depthwise_conv_tokens")
 GEMM_KERNELS = ("linear", "conv2d", "depthwise_conv_tokens", "conv_transpose2d")
 
 
@@ -546,7 +547,8 @@ def dynamic_quantize(x):
 def quantize_weight(w, per_channel=False, axis=0):
     """ORT's int8 weight quantization (quant_utils.compute_scale_zp / quantize_nparray, QInt8, symmetric): absmax over
     the tensor (or each channel along `axis`), scale = float32(2·absmax / 254), q = clip(round-half-even(w / scale),
-    −128, 127), zero point 0. Returns (q as float64, scale: a float32 scalar or per-channel array shaped to broadcast)."""
+    −128, 127), zero point 0. Returns (q as float64, scale: a float32 scalar or per-channel array shaped to
+    broadcast)."""
     w = np.asarray(w, np.float32)
     if per_channel:
         other = tuple(i for i in range(w.ndim) if i != axis)

@@ -1,5 +1,5 @@
-"""`refvit precision MODEL DATA --format fp16|bf16|int8-dynamic`: what a reduced format does to a model, module by module,
-and the smallest set of modules to keep in float32 (docs/precision.md).
+"""`refvit precision MODEL DATA --format fp16|bf16|int8-dynamic`: what a reduced format does to a model, module by
+module, and the smallest set of modules to keep in float32 (docs/precision.md).
 
 Per module (every kernel call of the forward, named by checkpoint module), on the first `probe` images in one call:
 max|activation| in float32 and its fp16 headroom (max / 65504), how many float32 values exceed fp16's range, how many
@@ -186,5 +186,6 @@ def format_report(report: dict, limit: int = 40) -> str:
             lines.append(f"  {s['action']:4s} {s['module']}: agreement {s['agreement']:.2f}%{cost}")
         verdict = "reached" if k["reached"] else "NOT reached"
         lines.append(f"  {verdict}: {k['agreement']:.2f}% with {len(k['set'])} module(s) in float32 "
-                     f"({100 * k['weights_fraction_in_float32']:.1f}% of the weights): {', '.join(k['set']) or '(none)'}")
+                     f"({100 * k['weights_fraction_in_float32']:.1f}% of the weights): "
+                     f"{', '.join(k['set']) or '(none)'}")
     return "\n".join(lines)

@@ -88,7 +88,12 @@ TIMM_ARCHITECTURES = {
 TRAINING_ONLY = {"drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
                  "weight_init", "fix_init", "head_init_scale", "zero_init_last", "pretrained_strict"}
 
-# Arguments whose value must be the one shown for a refvit family to compute timm's forward. The message says why.
+# Data tables, one row per timm argument: the value it must have for a refvit family to compute timm's forward,
+# and why (the error says it).
+DEFAULT_LAYERS = {
+    "norm_layer": (None, "only timm's default LayerNorm(eps=1e-6) is mapped"),
+    "act_layer": (None, "only timm's default GELU (erf) is mapped"),
+}
 VIT_FIXED = {
     "class_token": (True, "a ViT without a class token has no transformers counterpart"),
     "reg_tokens": (0, "register tokens have no transformers counterpart"),
@@ -107,8 +112,7 @@ VIT_FIXED = {
     "dynamic_img_pad": (False, "padding inputs to the patch size is not part of transformers' ViT/DeiT"),
     "pool_include_prefix": (False, "pooling prefix tokens is not part of transformers' ViT/DeiT"),
     "embed_norm_layer": (None, "a norm after the patch embedding is not part of transformers' ViT/DeiT"),
-    "norm_layer": (None, "only timm's default LayerNorm(eps=1e-6) is mapped"),
-    "act_layer": (None, "only timm's default GELU (erf) is mapped"),
+    **DEFAULT_LAYERS,
     "use_naflex": (None, "NaFlex ViTs have no transformers counterpart"),
     "use_fc_norm": (None, "a norm after pooling (fc_norm) is not part of transformers' ViT/DeiT"),
 }
@@ -120,8 +124,7 @@ BEIT_FIXED = {
                                        "too, which no supported timm architecture uses"),
     "swiglu_mlp": (False, "a SwiGLU MLP is not part of transformers' BEiT"),
     "scale_mlp": (False, "an MLP norm is not part of transformers' BEiT"),
-    "norm_layer": (None, "only timm's default LayerNorm(eps=1e-6) is mapped"),
-    "act_layer": (None, "only timm's default GELU (erf) is mapped"),
+    **DEFAULT_LAYERS,
     "use_abs_pos_emb_interp": (None, "not a transformers BEiT feature"),
 }
 BEIT_VALUES = {"img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio",
@@ -241,6 +244,18 @@ def _mlp_width(dim, ratio, problems):
     return int(dim * ratio)  # timm's Mlp(hidden_features=int(dim * mlp_ratio))
 
 
+def _encoder_fields(args, dim, problems) -> dict:
+    """The transformer encoder's config fields, from the model_args timm's VisionTransformer and Beit share (the same
+    names and defaults in both)."""
+    return {"hidden_size": dim, "num_hidden_layers": _int(args, "depth", 12, problems),
+            "num_attention_heads": _int(args, "num_heads", 12, problems),
+            "intermediate_size": _mlp_width(dim, args.get("mlp_ratio", 4.0), problems), "hidden_act": "gelu",
+            "layer_norm_eps": TIMM_LAYER_NORM_EPS,
+            "image_size": _size(_pair(args.get("img_size", 224), "img_size", problems)),
+            "patch_size": _size(_pair(args.get("patch_size", 16), "patch_size", problems)),
+            "num_channels": _int(args, "in_chans", 3, problems)}
+
+
 def _vit_config(kind, args, raw, problems):
     _check_args(args, VIT_FIXED, VIT_VALUES, problems)
     dim, num_classes = _int(args, "embed_dim", 768, problems), _int(args, "num_classes", 1000, problems, 0)
@@ -248,13 +263,8 @@ def _vit_config(kind, args, raw, problems):
         problems.append("model_args.no_embed_class = True with a distillation token is not mapped")
     # timm's plain DeiTs are VisionTransformers; transformers' DeiT classes always hold a distillation token, so they
     # map to transformers' ViT (the same computation), and only the distilled ones to DeiT
-    hf = {"model_type": "deit" if kind == "deit_distilled" else "vit", "hidden_size": dim,
-          "num_hidden_layers": _int(args, "depth", 12, problems), "num_attention_heads": _int(args, "num_heads", 12, problems),
-          "intermediate_size": _mlp_width(dim, args.get("mlp_ratio", 4.0), problems), "hidden_act": "gelu",
-          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": _size(_pair(args.get("img_size", 224), "img_size", problems)),
-          "patch_size": _size(_pair(args.get("patch_size", 16), "patch_size", problems)),
-          "num_channels": _int(args, "in_chans", 3, problems), "qkv_bias": bool(args.get("qkv_bias", True)),
-          "id2label": _labels(raw, num_classes, problems)}
+    hf = {"model_type": "deit" if kind == "deit_distilled" else "vit", **_encoder_fields(args, dim, problems),
+          "qkv_bias": bool(args.get("qkv_bias", True)), "id2label": _labels(raw, num_classes, problems)}
     if kind == "deit_distilled":
         arch = "DeiTForImageClassificationWithTeacher" if num_classes else "DeiTModel"
     else:
@@ -274,12 +284,7 @@ def _beit_config(args, raw, problems):
     if init_values is not None and (not isinstance(init_values, (int, float)) or isinstance(init_values, bool)):
         problems.append(f"model_args.init_values: expected a number or null, got {init_values!r}")
         init_values = None
-    hf = {"model_type": "beit", "hidden_size": dim, "num_hidden_layers": _int(args, "depth", 12, problems),
-          "num_attention_heads": _int(args, "num_heads", 12, problems),
-          "intermediate_size": _mlp_width(dim, args.get("mlp_ratio", 4.0), problems), "hidden_act": "gelu",
-          "layer_norm_eps": TIMM_LAYER_NORM_EPS, "image_size": _size(_pair(args.get("img_size", 224), "img_size", problems)),
-          "patch_size": _size(_pair(args.get("patch_size", 16), "patch_size", problems)),
-          "num_channels": _int(args, "in_chans", 3, problems), "use_mask_token": False,
+    hf = {"model_type": "beit", **_encoder_fields(args, dim, problems), "use_mask_token": False,
           "use_absolute_position_embeddings": bool(args.get("use_abs_pos_emb", True)),
           "use_relative_position_bias": bool(args.get("use_rel_pos_bias", False)),
           "use_shared_relative_position_bias": False,
@@ -287,7 +292,8 @@ def _beit_config(args, raw, problems):
           "layer_scale_init_value": float(init_values) if init_values else 0.0,
           "use_mean_pooling": pool == "avg", "id2label": _labels(raw, num_classes, problems)}
     if args.get("qkv_bias", True) is not True:
-        problems.append("model_args.qkv_bias = False cannot be expressed (transformers' BEiT always has q and v biases)")
+        problems.append("model_args.qkv_bias = False cannot be expressed "
+                        "(transformers' BEiT always has q and v biases)")
     arch = "BeitForImageClassification" if num_classes else "BeitModel"
     hf["architectures"] = [arch]
     return hf, arch
@@ -347,98 +353,97 @@ def convert_tensors(tensors: dict, hf: dict, arch: str, source: str) -> dict:
     return out
 
 
+class _Renaming:
+    """timm's tensors `t` renamed one by one into `out` (checkpoint names); `used`: the timm names consumed
+    (convert_tensors reports any left over)."""
+
+    def __init__(self, t: dict):
+        self.t, self.out, self.used = t, {}, set()
+
+    def take(self, src: str, dst: str) -> None:
+        """timm's `src` as `dst`, when the checkpoint has it."""
+        if src in self.t:
+            self.out[dst] = self.t[src]
+            self.used.add(src)
+
+    def take_module(self, src: str, dst: str) -> None:
+        """timm's module `src` (weight and bias) as the module `dst`."""
+        for leaf in ("weight", "bias"):
+            self.take(f"{src}.{leaf}", f"{dst}.{leaf}")
+
+    def take_qkv(self, src: str, dst: str) -> None:
+        """timm's stacked q/k/v `src` as three tensors, `dst` with {part} = query, key, value."""
+        for part, x in zip(("query", "key", "value"), _split_qkv(self.t[src], src)):
+            self.out[dst.format(part=part)] = x
+        self.used.add(src)
+
+    def blocks(self, base: str):
+        """(timm name, transformers' layer prefix, the name inside the block) for each tensor of timm's blocks.i."""
+        for name in list(self.t):
+            m = re.match(r"blocks\.(\d+)\.(.+)$", name)
+            if m:
+                yield name, f"{base}encoder.layer.{m.group(1)}.", m.group(2)
+
+
 def _vit_tensors(t: dict, hf: dict, arch: str):
     base = "" if arch.endswith("Model") else ("vit." if hf["model_type"] == "vit" else "deit.")
-    out, used = {}, set()
-
-    def take(src, dst, f=lambda x: x):
-        if src in t:
-            out[dst] = f(t[src])
-            used.add(src)
-
+    r = _Renaming(t)
     E, teacher = base + "embeddings.", arch == "DeiTForImageClassificationWithTeacher"
-    take("cls_token", E + "cls_token")
-    take("dist_token", E + "distillation_token")
+    r.take("cls_token", E + "cls_token")
+    r.take("dist_token", E + "distillation_token")
     pos = t.get("pos_embed")
     if pos is not None:
-        used.add("pos_embed")
+        r.used.add("pos_embed")
         (ih, iw), (ph, pw) = (_pair(hf[k], k, []) for k in ("image_size", "patch_size"))
         grid = (ih // ph) * (iw // pw)
         if pos.ndim == 3 and pos.shape[1] == grid:  # no_embed_class: no position for the class token; timm adds
             # pos_embed before prepending it, which equals a zero position row for the class token (exact)
             pos = np.concatenate([np.zeros((1, 1, pos.shape[2]), pos.dtype), np.asarray(pos)], axis=1)
-        out[E + "position_embeddings"] = pos
-    take("patch_embed.proj.weight", E + "patch_embeddings.projection.weight")
-    take("patch_embed.proj.bias", E + "patch_embeddings.projection.bias")
-    for name in list(t):
-        m = re.match(r"blocks\.(\d+)\.(.+)$", name)
-        if not m:
-            continue
-        L, rest = f"{base}encoder.layer.{m.group(1)}.", m.group(2)
-        simple = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-                  "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+        r.out[E + "position_embeddings"] = pos
+    r.take_module("patch_embed.proj", E + "patch_embeddings.projection")
+    simple = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+              "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    for name, L, rest in r.blocks(base):
         mod, _, leaf = rest.rpartition(".")
         if mod in simple:
-            take(name, L + simple[mod] + "." + leaf)
+            r.take(name, L + simple[mod] + "." + leaf)
         elif mod == "attn.qkv":
-            for part, x in zip(("query", "key", "value"), _split_qkv(t[name], name)):
-                out[L + f"attention.attention.{part}.{leaf}"] = x
-            used.add(name)
-    take("norm.weight", base + "layernorm.weight")
-    take("norm.bias", base + "layernorm.bias")
+            r.take_qkv(name, L + "attention.attention.{part}." + leaf)
+    r.take_module("norm", base + "layernorm")
     if base:
         head = "cls_classifier" if teacher else "classifier"
-        take("head.weight", head + ".weight")
-        take("head.bias", head + ".bias")
-        take("head_dist.weight", "distillation_classifier.weight")
-        take("head_dist.bias", "distillation_classifier.bias")
-    return out, used
+        r.take_module("head", head)
+        r.take_module("head_dist", "distillation_classifier")
+    return r.out, r.used
 
 
 def _beit_tensors(t: dict):
-    out, used = {}, set()
     base = "beit." if "head.weight" in t else ""
-
-    def take(src, dst):
-        if src in t:
-            out[dst] = t[src]
-            used.add(src)
-
+    r = _Renaming(t)
     E = base + "embeddings."
-    take("cls_token", E + "cls_token")
-    take("pos_embed", E + "position_embeddings")
-    take("patch_embed.proj.weight", E + "patch_embeddings.projection.weight")
-    take("patch_embed.proj.bias", E + "patch_embeddings.projection.bias")
-    for name in list(t):
-        m = re.match(r"blocks\.(\d+)\.(.+)$", name)
-        if not m:
-            continue
-        L, rest = f"{base}encoder.layer.{m.group(1)}.", m.group(2)
-        A = L + "attention.attention."
-        simple = {"norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
-                  "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
-                  "attn.proj.weight": "attention.output.dense.weight", "attn.proj.bias": "attention.output.dense.bias",
-                  "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
-                  "mlp.fc2.weight": "output.dense.weight", "mlp.fc2.bias": "output.dense.bias",
-                  "gamma_1": "lambda_1", "gamma_2": "lambda_2",  # timm's layer scale = transformers' lambda
-                  "attn.q_bias": "attention.attention.query.bias", "attn.v_bias": "attention.attention.value.bias",
-                  "attn.relative_position_bias_table":
-                      "attention.attention.relative_position_bias.relative_position_bias_table"}
+    r.take("cls_token", E + "cls_token")
+    r.take("pos_embed", E + "position_embeddings")
+    r.take_module("patch_embed.proj", E + "patch_embeddings.projection")
+    simple = {"norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
+              "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
+              "attn.proj.weight": "attention.output.dense.weight", "attn.proj.bias": "attention.output.dense.bias",
+              "mlp.fc1.weight": "intermediate.dense.weight", "mlp.fc1.bias": "intermediate.dense.bias",
+              "mlp.fc2.weight": "output.dense.weight", "mlp.fc2.bias": "output.dense.bias",
+              "gamma_1": "lambda_1", "gamma_2": "lambda_2",  # timm's layer scale = transformers' lambda
+              "attn.q_bias": "attention.attention.query.bias", "attn.v_bias": "attention.attention.value.bias",
+              "attn.relative_position_bias_table":
+                  "attention.attention.relative_position_bias.relative_position_bias_table"}
+    for name, L, rest in r.blocks(base):
         if rest in simple:
-            take(name, L + simple[rest])
+            r.take(name, L + simple[rest])
         elif rest == "attn.qkv.weight":  # q, k, v stacked; k has no bias in either library (timm: k_bias = 0)
-            for part, x in zip(("query", "key", "value"), _split_qkv(t[name], name)):
-                out[A + f"{part}.weight"] = x
-            used.add(name)
+            r.take_qkv(name, L + "attention.attention.{part}.weight")
         elif rest == "attn.relative_position_index":  # a buffer older timm versions saved: recomputed by refvit
-            used.add(name)
-    take("norm.weight", base + "layernorm.weight")
-    take("norm.bias", base + "layernorm.bias")
-    take("fc_norm.weight", base + "pooler.layernorm.weight")
-    take("fc_norm.bias", base + "pooler.layernorm.bias")
-    take("head.weight", "classifier.weight")
-    take("head.bias", "classifier.bias")
-    return out, used
+            r.used.add(name)
+    r.take_module("norm", base + "layernorm")
+    r.take_module("fc_norm", base + "pooler.layernorm")
+    r.take_module("head", "classifier")
+    return r.out, r.used
 
 
 def _bit_tensors(t: dict):

@@ -15,7 +15,8 @@ from .. import strict_json
 from ..errors import ConfigError
 
 # Activations transformers' ACT2FN offers that refvit implements (see refvit/models/common.py).
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh", "linear")
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish",
+                         "tanh", "linear")
 
 
 # PreTrainedConfig's own fields (transformers/configuration_utils.py, 5.23), accepted by every config. refvit does not
@@ -23,8 +24,8 @@ SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "
 COMMON_DEFAULTS = {"output_hidden_states": False, "output_attentions": False, "return_dict": True, "dtype": None,
                    "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "problem_type": None}
 # also accepted: keys transformers reads and then drops or renames (never written back by refvit)
-COMMON_READ_ONLY = ("num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "transformers_version",
-                    "attn_implementation")
+COMMON_READ_ONLY = ("num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
+                    "transformers_version", "attn_implementation")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
@@ -80,7 +81,8 @@ class PretrainedConfig:
         return (cls or type(self))._make(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def __getattr__(self, name):
-        """PreTrainedConfig's common fields (`return_dict`, `problem_type`, …): as given, else transformers' default."""
+        """PreTrainedConfig's common fields (`return_dict`, `problem_type`, …): as given, else transformers'
+        default."""
         if name in COMMON_DEFAULTS and "given" in self.__dict__:
             return self.given.get(name, COMMON_DEFAULTS[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -227,7 +229,8 @@ def parse_pair(value: Any, key: str, problems: list) -> tuple | None:
         return None
     if isinstance(value, int):
         return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                    for v in value):
         return (value[0], value[1])
     problems.append(f"{key}: expected an int or [height, width] of ints, got {value!r}")
     return None
@@ -326,7 +329,8 @@ def backbone_outputs(raw: dict, stage_names: tuple, problems: list, legacy_indic
             return last
         if any(f not in stage_names for f in feats) or len(set(feats)) != len(feats) \
                 or feats != [s for s in stage_names if s in feats]:
-            problems.append(f"out_features: must be distinct names from {list(stage_names)}, in that order; got {feats}")
+            problems.append(f"out_features: must be distinct names from {list(stage_names)}, in that order; "
+                            f"got {feats}")
             return last
     if idx is not None:
         if not isinstance(idx, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
@@ -334,7 +338,8 @@ def backbone_outputs(raw: dict, stage_names: tuple, problems: list, legacy_indic
             return last
         positive = [i % n if -n <= i < 0 else i for i in idx]
         if any(not 0 <= i < n for i in positive) or len(set(positive)) != len(positive) or positive != sorted(positive):
-            problems.append(f"out_indices: must be distinct, increasing indices into {list(stage_names)}; got {list(idx)}")
+            problems.append(f"out_indices: must be distinct, increasing indices into {list(stage_names)}; "
+                            f"got {list(idx)}")
             return last
         if feats is not None and feats != [stage_names[i] for i in positive]:
             problems.append(f"out_features {feats} and out_indices {list(idx)} name different stages")

@@ -62,7 +62,8 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
         raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     problems: list[str] = []
     d = ViTConfig
-    ints = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels", "encoder_stride")
+    ints = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_channels",
+            "encoder_stride")
     values = positive_ints(raw, ints, d, problems)
     values["layer_norm_eps"] = float(check_number(raw, "layer_norm_eps", d.layer_norm_eps, problems))
     for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
@@ -73,7 +74,8 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
         values[k] = check_activation(raw, k, getattr(d, k), problems)
     pooler = raw.get("pooler_output_size")
     if not pooler:
-        pooler = values["hidden_size"]  # configuration_vit.py: `pooler_output_size if pooler_output_size else hidden_size`
+        # configuration_vit.py: `pooler_output_size if pooler_output_size else hidden_size`
+        pooler = values["hidden_size"]
     elif not isinstance(pooler, int) or isinstance(pooler, bool) or pooler <= 0:
         problems.append(f"pooler_output_size: expected a positive int or null, got {pooler!r}")
         pooler = values["hidden_size"]
@@ -84,8 +86,9 @@ def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
         problems.append(f"image_size {list(image_size)} and patch_size {list(patch_size)} must be positive")
     elif image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
         problems.append(f"image_size {list(image_size)} is not divisible by patch_size {list(patch_size)}")
-    if values["hidden_size"] > 0 and values["num_attention_heads"] > 0 and values["hidden_size"] % values["num_attention_heads"]:
-        problems.append(f"num_attention_heads: {values['num_attention_heads']} does not divide hidden_size {values['hidden_size']}")
+    width, heads = values["hidden_size"], values["num_attention_heads"]
+    if width > 0 and heads > 0 and width % heads:
+        problems.append(f"num_attention_heads: {heads} does not divide hidden_size {width}")
     model_type = check_model_type(raw, ("vit", "deit"), problems)
     archs, id2label, label2id = architectures_and_labels(raw, problems)
     check_common(raw, problems)

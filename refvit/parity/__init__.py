@@ -13,7 +13,8 @@ Nothing here imports torch at module level.
 """
 
 from .capture import (arrange, capture, capture_transformers, from_arrays, from_debugger, from_golden,
-                      from_hidden_states, get_param, kernels_of, load, load_input, with_kernels, with_params, _set_kernels)
+                      from_hidden_states, get_param, kernels_of, load, load_input, with_kernels, with_params,
+                      _set_kernels)
 from .compare import (PRESETS, Comparison, apply_mapping, block_of, check_mapping, compare, format_report, load_mapping,
                       parse_tolerance)
 from .names import record_points
@@ -26,6 +27,7 @@ from .trace import Trace
 capture_refvit = capture
 
 __all__ = ["Trace", "capture", "capture_refvit", "capture_transformers", "from_arrays", "from_debugger", "from_golden",
-           "from_hidden_states", "load", "load_input", "arrange", "kernels_of", "with_kernels", "with_params", "get_param",
-           "capture_onnx", "capture_torch", "presets", "write_html", "write_plot", "compare", "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance",
-           "block_of", "Comparison", "PRESETS", "record_points"]
+           "from_hidden_states", "load", "load_input", "arrange", "kernels_of", "with_kernels", "with_params",
+           "get_param", "capture_onnx", "capture_torch", "presets", "write_html", "write_plot", "compare",
+           "format_report", "load_mapping", "check_mapping", "apply_mapping", "parse_tolerance", "block_of",
+           "Comparison", "PRESETS", "record_points"]

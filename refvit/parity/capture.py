@@ -131,7 +131,8 @@ def with_kernels(model, **replacements):
     base = kernels_of(model)
     unknown = sorted(set(replacements) - set(vars(base)))
     if unknown:
-        raise InputError(f"with_kernels: no kernel(s) {unknown}; kernels: {sorted(k for k in vars(base) if k != 'name')}")
+        known = sorted(k for k in vars(base) if k != "name")
+        raise InputError(f"with_kernels: no kernel(s) {unknown}; kernels: {known}")
     clone = copy.copy(model)
     _set_kernels(clone, SimpleNamespace(**{**vars(base), **replacements}))
     return clone
@@ -283,9 +284,9 @@ def capture(model_or_dir, inputs, dtype=None, backend="numba", processor=None, *
 
 
 def eager_same_dtype(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' eager attention (`eager_attention_forward`) with the softmax left in the input dtype: eager computes
-    it in float32 even in a float64 model, so a float64 reference would be float32-accurate there. golden/generate.py
-    registers this same function for its float64 runs.
+    """transformers' eager attention (`eager_attention_forward`) with the softmax left in the input dtype: eager
+    computes it in float32 even in a float64 model, so a float64 reference would be float32-accurate there.
+    golden/generate.py registers this same function for its float64 runs.
     Why so many parameters: transformers' attention interface (`eager_attention_forward`) calls it with these."""
     import torch
 
@@ -394,8 +395,8 @@ def capture_transformers(model_or_dir, pixel_values, dtype=None, float64_softmax
             "architecture": type(model).__name__, "model_type": model_type, "dtype": str(tdtype).replace("torch.", ""),
             "backend": "torch", "attention_implementation": "eager (softmax in float64)" if exact64 else "eager",
             "versions": _versions(torch=torch.__version__, transformers=transformers.__version__),
-            "input_sha256": sha256_array(pixel_values.astype(str(tdtype).replace("torch.", "").replace("bfloat16", "float32"),
-                                                             copy=False)),
+            "input_sha256": sha256_array(pixel_values.astype(
+                str(tdtype).replace("torch.", "").replace("bfloat16", "float32"), copy=False)),
             **_hub_origin(source)}
     eps = getattr(model.config, "layer_norm_eps", None)
     if eps is not None:

@@ -56,7 +56,8 @@ class Tolerance:
         if self.rule == "nmse":
             return f"nmse: NMSE ≤ {self.value:g}"
         return {"refvit": "refvit: max|Δ| ≤ 1e-4·max(1, max|ref|) (float32), 1e-10·max(1, max|ref|) (both float64)",
-                "transformers": "transformers: |Δ| ≤ 1e-4 + 1e-4·|ref|", "conversion": "conversion: |Δ| ≤ 1e-3 + 1e-5·|ref|",
+                "transformers": "transformers: |Δ| ≤ 1e-4 + 1e-4·|ref|",
+                "conversion": "conversion: |Δ| ≤ 1e-3 + 1e-5·|ref|",
                 "llm.c": "llm.c: max|Δ| ≤ 2e-2"}[self.rule]
 
 
@@ -166,8 +167,9 @@ def check_mapping(mapping, where: str = "mapping") -> dict:
         if not isinstance(e, dict) or bad or not isinstance(e.get("candidate"), str):
             raise InputError(f"{where}: tensors[{i}] must be an object with 'candidate' and 'reference' or 'split'"
                              + (f" (unknown keys {bad})" if bad else ""))
-        if "reference" in e and not (isinstance(e["reference"], str) or (
-                isinstance(e["reference"], list) and e["reference"] and all(isinstance(r, str) for r in e["reference"]))):
+        refs = e.get("reference")
+        if "reference" in e and not (isinstance(refs, str) or (isinstance(refs, list) and refs
+                                                               and all(isinstance(r, str) for r in refs))):
             raise InputError(f"{where}: tensors[{i}].reference must be a name or a list of names")
         if ("reference" in e) == ("split" in e):
             raise InputError(f"{where}: tensors[{i}] ({e['candidate']}) needs exactly one of 'reference' or 'split'")
@@ -176,9 +178,9 @@ def check_mapping(mapping, where: str = "mapping") -> dict:
             raise InputError(f"{where}: tensors[{i}].split must be {{'axis': int, 'into': [reference names]}}")
         if "layout" in e and e["layout"] not in _LAYOUTS:
             raise InputError(f"{where}: tensors[{i}].layout {e['layout']!r}: one of {sorted(_LAYOUTS)}")
-        if "transpose" in e and not (isinstance(e["transpose"], list) and all(isinstance(a, int) for a in e["transpose"])):
+        if "transpose" in e and not _ints(e["transpose"]):
             raise InputError(f"{where}: tensors[{i}].transpose must be a list of axes, e.g. [0, 2, 1]")
-        if "reshape" in e and not (isinstance(e["reshape"], list) and all(isinstance(a, int) for a in e["reshape"])):
+        if "reshape" in e and not _ints(e["reshape"]):
             raise InputError(f"{where}: tensors[{i}].reshape must be a list of sizes (0 keeps an axis, -1 the rest)")
     tolerances = mapping.get("tolerances", {})
     if not isinstance(tolerances, dict):
@@ -192,6 +194,10 @@ def check_mapping(mapping, where: str = "mapping") -> dict:
         raise InputError(f"{where}: 'ignore' must be a list of reference names or globs, or "
                          "{\"reference\": [...], \"candidate\": [...]}")
     return mapping
+
+
+def _ints(x) -> bool:
+    return isinstance(x, list) and all(isinstance(a, int) for a in x)
 
 
 def ignored(mapping: dict | None, side: str) -> list:
@@ -271,7 +277,8 @@ class Row:
     band: str | None = None
     worst: dict | None = None   # {"index": [...], "reference": r, "candidate": c}
     bound: float | None = None  # the pass bound: max|Δ| (refvit, llm.c, a number) or NMSE (nmse); None: elementwise
-    rule: str | None = None     # the bound in words: "max|Δ| ≤ 1.0e-04", "|Δ| ≤ 1e-4+1e-4|ref|", "nmse ≤ 1e-07", "exact"
+    rule: str | None = None     # the bound in words: "max|Δ| ≤ 1.0e-04", "|Δ| ≤ 1e-4+1e-4|ref|", "nmse ≤ 1e-07",
+                                # "exact"
     top1: float | None = None
     top5: float | None = None
     block: str = ""

@@ -16,7 +16,8 @@ classic ones (`encoder.layer.0.attention.attention.query`, what transformers 4 e
 outputs of the Softmax nodes (after the Casts eager attention adds), in node order: `attentions.0`, `attentions.1` ….
 
 Graph optimizations are off by default (ORT_DISABLE_ALL), so no fusion erases a module boundary; the boundaries are
-made graph outputs and read (`all_nodes=True` reads every node output, as Polygraphy's `--onnx-outputs mark all`). With `optimized=True` ORT's fusions (extended level:
+made graph outputs and read (`all_nodes=True` reads every node output, as Polygraphy's `--onnx-outputs mark all`).
+With `optimized=True` ORT's fusions (extended level:
 SkipLayerNormalization, FastGelu, Attention …) are kept: the graph ORT optimized is saved, the boundaries still in it
 are read, and the modules whose boundary was fused away are listed in the trace's metadata as "fused" (compare shows
 them as FUSED: not compared, not missing).

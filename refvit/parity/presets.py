@@ -6,7 +6,8 @@ Each preset is a mapping in compare's format (see compare.load_mapping) over a t
 before use (`resolve`):
   {base}            the reference's base-model prefix (`deit.`, `vit.`, `beit.`, `bit.`, `cvt.`, or none for a base
                     model), read from the reference's names, else guessed from the candidate;
-  {i+1}             a captured index plus one (hidden_states.0 is the embeddings: layer i's output is hidden_states.i+1);
+  {i+1}             a captured index plus one (hidden_states.0 is the embeddings: layer i's output is
+                    hidden_states.i+1);
   "reference": [...]  one module's output recorded under several reference names (timm's block output is both
                     ViT's `layer.i.output`, which adds the residual, and `layer.i`);
   "when" / "unless" the entry applies only when the candidate has (has not) that module (DeiT's `head_dist`);
@@ -94,7 +95,8 @@ PRESETS: dict[str, dict] = {
             {"candidate": "stem.norm", "reference": "{base}embedder.norm"},
             {"candidate": "stem.pool", "reference": "{base}embedder.pooler"},
             {"candidate": "stem", "reference": ["{base}embedder", "hidden_states.0"]},
-            *({"candidate": f"stages.{{s}}.blocks.{{b}}.{m}", "reference": f"{{base}}encoder.stages.{{s}}.layers.{{b}}.{m}"}
+            *({"candidate": f"stages.{{s}}.blocks.{{b}}.{m}",
+               "reference": f"{{base}}encoder.stages.{{s}}.layers.{{b}}.{m}"}
               for m in ("norm1", "conv1", "norm2", "conv2", "norm3", "conv3", "downsample", "downsample.conv",
                         "downsample.norm")),
             {"candidate": "stages.{s}.blocks.{b}", "reference": "{base}encoder.stages.{s}.layers.{b}"},
@@ -117,18 +119,17 @@ PRESETS: dict[str, dict] = {
             {"candidate": "stage{s}.patch_embed.norm",
              "reference": "{base}encoder.stages.{s}.embedding.convolution_embeddings.normalization"},
             {"candidate": "stage{s}.patch_embed", "reference": "{base}encoder.stages.{s}.embedding"},
-            {"candidate": "stage{s}.blocks.{b}.norm1", "reference": "{base}encoder.stages.{s}.layers.{b}.layernorm_before"},
-            {"candidate": "stage{s}.blocks.{b}.attn.conv_proj_{qkv}",
-             "reference": "{base}encoder.stages.{s}.layers.{b}.attention.attention.convolution_projection_{qkv}"},
-            {"candidate": "stage{s}.blocks.{b}.attn.proj_{qkv}",
-             "reference": "{base}encoder.stages.{s}.layers.{b}.attention.attention.projection_{qkv}"},
-            {"candidate": "stage{s}.blocks.{b}.attn.attn_drop",
-             "reference": "{base}encoder.stages.{s}.layers.{b}.attention.attention.dropout"},
-            {"candidate": "stage{s}.blocks.{b}.attn.proj:in",
-             "reference": "{base}encoder.stages.{s}.layers.{b}.attention.attention"},
-            {"candidate": "stage{s}.blocks.{b}.attn.proj", "reference": "{base}encoder.stages.{s}.layers.{b}.attention.output"},
-            {"candidate": "stage{s}.blocks.{b}.norm2", "reference": "{base}encoder.stages.{s}.layers.{b}.layernorm_after"},
-            {"candidate": "stage{s}.blocks.{b}.mlp.act", "reference": "{base}encoder.stages.{s}.layers.{b}.intermediate"},
+            # a block's modules, microsoft/CvT's name -> transformers' (under stage{s}.blocks.{b} -> ….layers.{b})
+            *({"candidate": f"stage{{s}}.blocks.{{b}}.{cvt}",
+               "reference": f"{{base}}encoder.stages.{{s}}.layers.{{b}}.{hf}"}
+              for cvt, hf in (("norm1", "layernorm_before"),
+                              ("attn.conv_proj_{qkv}", "attention.attention.convolution_projection_{qkv}"),
+                              ("attn.proj_{qkv}", "attention.attention.projection_{qkv}"),
+                              ("attn.attn_drop", "attention.attention.dropout"),
+                              ("attn.proj:in", "attention.attention"),
+                              ("attn.proj", "attention.output"),
+                              ("norm2", "layernorm_after"),
+                              ("mlp.act", "intermediate"))),
             {"candidate": "stage{s}.blocks.{b}", "reference": ["{base}encoder.stages.{s}.layers.{b}.output",
                                                               "{base}encoder.stages.{s}.layers.{b}"]},
             {"candidate": "stage{s}", "reference": ["{base}encoder.stages.{s}", "hidden_states.{s}"]},

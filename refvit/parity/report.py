@@ -41,6 +41,16 @@ def _fmt(x, spec="{:.2e}") -> str:
     return "–" if x is None else ("nan" if x != x else spec.format(x))
 
 
+def _table(header: list[str], rows) -> str:
+    """An HTML table: the header, then a row per list of cells; a cell is (html, css class) — class "n": a number,
+    right-aligned; "ok"/"bad": a verdict; "": plain."""
+    def td(cell):
+        text, css = cell
+        return f'<td class="{css}">{text}</td>' if css else f"<td>{text}</td>"
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows) + "</table>")
+
+
 # ---- reusable drawing ----------------------------------------------------------------------------------------------
 
 
@@ -77,14 +87,14 @@ def svg_chart(labels: list, series: dict, *, title: str = "", ylabel: str = "", 
            f'<text x="{left}" y="14" font-weight="600">{_e(title)}</text>']
     ticks = range(int(lo), int(hi) + 1, max(1, math.ceil((hi - lo) / 8))) if log else np.linspace(lo, hi, 5)
     for t in ticks:
-        v = 10.0 ** t if log else t
+        v, tick = (10.0 ** t, f"1e{t}") if log else (t, f"{t:.3g}")
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{f"1e{t}" if log else f"{t:.3g}"}</text>')
+                   f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{tick}</text>')
     if band is not None:
         b0, b1 = (band[0] if band[0] is not None else 10.0 ** lo), band[1]
         out.append(f'<rect x="{left}" y="{y(b1):.1f}" width="{w}" height="{max(y(b0) - y(b1), 0):.1f}" '
-                   f'fill="#2ca02c" fill-opacity="0.10"><title>{_e(band_label)}</title></rect>'
-                   f'<text x="{left + w - 4}" y="{y(b1) - 3:.1f}" text-anchor="end" fill="#2ca02c">{_e(band_label)}</text>')
+                   f'fill="#2ca02c" fill-opacity="0.10"><title>{_e(band_label)}</title></rect><text '
+                   f'x="{left + w - 4}" y="{y(b1) - 3:.1f}" text-anchor="end" fill="#2ca02c">{_e(band_label)}</text>')
     for v, text in hlines:
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="gray" '
                    f'stroke-dasharray="3,3"/><text x="{left + 4}" y="{y(v) - 3:.1f}" fill="dimgray">{_e(text)}</text>')
@@ -205,9 +215,10 @@ def html_report(result: Comparison, title: str = "refvit compare") -> str:
                               "(execution order)", ylabel="max |cand − ref|", band=(None, min(bound)) if bound
                               else None, band_label="within every tensor's bound" if bound else "", **mark))
     nmse_bound = [b for b in c["nmse_bound"] if b is not None]
-    sections.append(svg_chart(labels, {"NMSE": c["nmse"]}, title="NMSE per tensor", ylabel="Σ(cand − ref)² / Σref²",
-                              hlines=tuple((v, name) for v, name in NMSE_BANDS[1:]), band=(None, min(nmse_bound))
-                              if nmse_bound else None, band_label="within the NMSE bound", **mark))
+    sections.append(svg_chart(labels, {"NMSE": c["nmse"]}, title="NMSE per tensor",
+                              ylabel="Σ(cand − ref)² / Σref²", hlines=tuple((v, name) for v, name in NMSE_BANDS[1:]),
+                              band=(None, min(nmse_bound)) if nmse_bound else None,
+                              band_label="within the NMSE bound", **mark))
     sections.append(svg_chart(labels, {"1 − cosine": c["one_minus_cosine"]}, title="1 − cosine similarity per "
                               "tensor", ylabel="1 − cos(cand, ref)", **mark))
     if result.first_delta is not None and first is not None:
@@ -215,20 +226,17 @@ def html_report(result: Comparison, title: str = "refvit compare") -> str:
         sections.append(f"<h2>|Δ| of <code>{_e(first.name)}</code></h2><p>{_e(what)}; shape {m.shape[0]} × "
                         f"{m.shape[1]}, colour 0 (dark) to {float(m.max()):.3g} (yellow)</p>"
                         f'<img alt="|Δ| heatmap of {_e(first.name)}" src="data:image/png;base64,{heatmap_png(m)}">')
-    rows = "".join(f"<tr><td><code>{_e(b.name)}</code></td><td class=\"{'ok' if b.verdict == 'ok' else 'bad'}\">"
-                   f"{_e(b.verdict)}</td><td><code>{_e(b.input or '–')}</code></td><td class=\"n\">"
-                   f"{_fmt(b.input_nmse)}</td><td class=\"n\">{_fmt(b.output_nmse)}</td><td><code>"
-                   f"{_e(b.first_failing or '')}</code></td></tr>" for b in result.blocks)
+    blocks = [[(f"<code>{_e(b.name)}</code>", ""), (_e(b.verdict), "ok" if b.verdict == "ok" else "bad"),
+               (f"<code>{_e(b.input or '–')}</code>", ""), (_fmt(b.input_nmse), "n"), (_fmt(b.output_nmse), "n"),
+               (f"<code>{_e(b.first_failing or '')}</code>", "")] for b in result.blocks]
     sections.append("<h2>Blocks: introduced or inherited</h2><p>A block with a failing tensor <b>introduced</b> the "
-                    "error when its NMSE grew ≥ 100× over its input's, else it <b>inherited</b> it.</p><table><tr>"
-                    "<th>block</th><th>verdict</th><th>input</th><th>input NMSE</th><th>output NMSE</th>"
-                    f"<th>first failing</th></tr>{rows}</table>")
-    table = "".join(f"<tr><td class=\"n\">{r.step}</td><td><code>{_e(r.name)}</code></td><td class=\"n\">"
-                    f"{_fmt(r.max_abs)}</td><td class=\"n\">{_fmt(r.nmse)}</td><td class=\"n\">"
-                    f"{_fmt(r.cosine, '{:.6f}')}</td><td>{_e(r.rule or '')}</td><td class=\"{'bad' if r.failed else 'ok'}"
-                    f"\">{_e(r.status)}</td></tr>" for r in result.rows)
-    sections.append("<h2>Every tensor</h2><table><tr><th>step</th><th>tensor</th><th>max|Δ|</th><th>NMSE</th>"
-                    f"<th>cosine</th><th>bound</th><th>status</th></tr>{table}</table>")
+                    "error when its NMSE grew ≥ 100× over its input's, else it <b>inherited</b> it.</p>"
+                    + _table(["block", "verdict", "input", "input NMSE", "output NMSE", "first failing"], blocks))
+    tensors = [[(str(r.step), "n"), (f"<code>{_e(r.name)}</code>", ""), (_fmt(r.max_abs), "n"), (_fmt(r.nmse), "n"),
+                (_fmt(r.cosine, "{:.6f}"), "n"), (_e(r.rule or ""), ""), (_e(r.status), "bad" if r.failed else "ok")]
+               for r in result.rows]
+    sections.append("<h2>Every tensor</h2>"
+                    + _table(["step", "tensor", "max|Δ|", "NMSE", "cosine", "bound", "status"], tensors))
     return page(title, sections)
 
 

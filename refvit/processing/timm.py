@@ -89,13 +89,15 @@ class TimmImageProcessor:
         self.crop_mode = crop_mode
 
     @classmethod
-    def from_pretrained_cfg(cls, pretrained_cfg: dict, source: str = "pretrained_cfg", **overrides) -> TimmImageProcessor:
+    def from_pretrained_cfg(cls, pretrained_cfg: dict, source: str = "pretrained_cfg",
+                            **overrides) -> TimmImageProcessor:
         """resolve_data_config(pretrained_cfg=...) (use_test_size=False); `overrides` play the role of its `args`."""
         if not isinstance(pretrained_cfg, dict):
             raise ConfigError(f"{source}: pretrained_cfg must be an object, got {type(pretrained_cfg).__name__}")
         c = pretrained_cfg
         settings = {"input_size": c.get("input_size") or (3, 224, 224),  # a missing or null entry keeps the default
-                    "interpolation": c.get("interpolation") or "bicubic", "mean": c.get("mean") or IMAGENET_DEFAULT_MEAN,
+                    "interpolation": c.get("interpolation") or "bicubic",
+                    "mean": c.get("mean") or IMAGENET_DEFAULT_MEAN,
                     "std": c.get("std") or IMAGENET_DEFAULT_STD, "crop_pct": c.get("crop_pct") or DEFAULT_CROP_PCT,
                     "crop_mode": c.get("crop_mode") or DEFAULT_CROP_MODE}
         unknown = sorted(set(overrides) - set(settings))
@@ -125,7 +127,8 @@ class TimmImageProcessor:
         return f"TimmImageProcessor({self.to_dict()})"
 
     def __call__(self, images: Any = None, return_tensors: str | None = "np") -> BatchFeature:
-        """One image or a list (PIL images, paths, uint8 arrays (H, W, 3)) -> BatchFeature(pixel_values (B, 3, h, w))."""
+        """One image or a list (PIL images, paths, uint8 arrays (H, W, 3)) ->
+        BatchFeature(pixel_values (B, 3, h, w))."""
         check_return_tensors(return_tensors)
         if images is None:
             raise InputError("images is required")
