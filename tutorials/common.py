@@ -6,6 +6,9 @@
 - `check(name, attempt, expected)`: the exercises' checker: "not attempted yet" for a stub, an assertion otherwise;
   `rejects(name, wrong)`: the tests' proof that a check refuses a recorded wrong answer.
 - `block_diagram(ax, steps, residuals)`: the matplotlib schematic each notebook opens with.
+- `planted(namespace, name, replacement)` and `quirk_report(namespace, quirks, run, reference, correct)`: the
+  planted-quirk sections — swap one of the notebook's clean helpers for a wrong variant, show it as a diff, and
+  report where the model first leaves the tolerance and what the accuracy becomes.
 
 The notebooks use only refvit's public API (`refvit.from_pretrained`, `model(x, output_intermediates=True)`,
 `refvit.AutoImageProcessor`, `refvit.checkpoint.load_state_dict`), never `refvit.models.*`: every layer is built by
@@ -14,8 +17,11 @@ hand from the checkpoint tensors and checked against refvit's recorded intermedi
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +154,43 @@ def block_diagram(ax, steps, residuals=(), title=""):
         ax.annotate("", (7.6, b), (x, b), arrowprops=dict(arrowstyle="->", color="C3"))
     if title:
         ax.set_title(title, fontsize=9)
+
+
+@contextmanager
+def planted(namespace: dict, name: str, replacement):
+    """Inside the `with` block, the notebook's helper `name` is `replacement`: `namespace` is the notebook's
+    `globals()`, where its clean functions look their helpers up by name at call time, so the whole model runs with
+    the planted bug. The clean helper is put back afterwards, also when the block raises."""
+    clean = namespace[name]
+    namespace[name] = replacement
+    try:
+        yield
+    finally:
+        namespace[name] = clean
+
+
+def diff_lines(clean, replacement) -> list[str]:
+    """The lines that differ between two functions' bodies (`-` clean, `+` replacement; the `def` line and
+    one-line docstrings left out): a planted quirk shown as the small edit it is."""
+    body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
+    diff = difflib.unified_diff(body(clean), body(replacement), lineterm="", n=0)
+    return [line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")]
+
+
+def quirk_report(namespace: dict, quirks: dict, run, reference: dict, correct: float) -> dict:
+    """For each quirk `{label: (helper name, replacement)}`: print it as a diff against the notebook's clean helper
+    (`namespace[name]`), then, with it planted, call `run()` -> (recorded tensors by module name, accuracy) and print
+    a table row: the first module (in `reference`'s order) beyond the float32 tolerance, its max error, the accuracy
+    and its change from `correct`. Returns {label: (first module, max error, accuracy)}."""
+    for label, (name, replacement) in quirks.items():
+        print(f"{label} (replaces {name}):", *diff_lines(namespace[name], replacement), sep="\n    ")
+    rows = {}
+    for label, (name, replacement) in quirks.items():
+        with planted(namespace, name, replacement):
+            rec, acc = run()
+        rows[label] = (*first_divergence(rec, reference), acc)
+    wq, wm = max(5, *map(len, rows)), max(22, *(len(str(first)) for first, _, _ in rows.values()))
+    print(f"\n{'quirk':{wq}s} {'first diverging module':{wm}s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
+    for label, (first, err, acc) in rows.items():
+        print(f"{label:{wq}s} {str(first):{wm}s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    return rows

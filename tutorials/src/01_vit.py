@@ -332,23 +332,17 @@ plt.show()
 #   error of about `1/(2C)` — 7.8e-3 at C = 64, 6.5e-4 at C = 768 — far above float32 rounding (~6e-8) and above
 #   the 1e-4 tolerance.
 # * `tanh`: the tanh approximation of GELU instead of the exact erf (`gelu_new` vs `gelu`).
+#
+# How a bug is planted: `forward` looks its helpers (`norm`, `gelu`, …) up by name when it runs, so
+# `with planted(globals(), "gelu", gelu_tanh):` runs the whole clean model with that one helper swapped, and puts
+# the clean one back afterwards. `quirk_report(globals(), quirks, run, reference, correct)` does this for each quirk:
+# it prints the quirk as a diff against the clean helper, calls `run()` (you write it: the model on the first digits,
+# recording intermediates, and its accuracy on all 360) with the quirk planted, and prints the first diverging
+# module. Both live in `tutorials/common.py`, because every notebook plants its quirks the same way; the quirks
+# themselves, and `run`, stay here.
 
 # %%
-import difflib
-import inspect
-from contextlib import contextmanager
-
-
-@contextmanager
-def planted(name, replacement):
-    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
-    at call time), and put the clean one back afterwards."""
-    clean = globals()[name]
-    globals()[name] = replacement
-    try:
-        yield
-    finally:
-        globals()[name] = clean
+from common import quirk_report
 
 
 def norm_torch_eps(x, W, name):
@@ -365,20 +359,17 @@ def gelu_tanh(x):
 
 
 quirks = {"eps": ("norm", norm_torch_eps), "unbiased": ("norm", norm_unbiased), "tanh": ("gelu", gelu_tanh)}
-body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
-for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
-    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
-    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
-          sep="\n    ")
 correct = d.accuracy(all_logits)
-print(f"\n{'quirk':9s} {'first diverging module':38s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk, (name, replacement) in quirks.items():
+
+
+def run():
+    """The model as it now is: intermediates of the first digits, accuracy on all 360."""
     rec = {}
-    with planted(name, replacement):
-        forward(x, Wt, rec=rec)
-        acc = d.accuracy(forward(pixel_values, Wt))
-    first, err = first_divergence(rec, inter)
-    print(f"{quirk:9s} {str(first):38s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    forward(x, Wt, rec=rec)
+    return rec, d.accuracy(forward(pixel_values, Wt))
+
+
+quirk_report(globals(), quirks, run, inter, correct)
 
 # %% [markdown]
 # All three leave the tolerance at the first module they touch, while the digits' accuracy barely moves (one digit

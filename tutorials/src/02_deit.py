@@ -424,25 +424,15 @@ print(f"teacher's argmax = label on {int(np.sum(z_t.argmax(-1) == y_))} of {nb_}
 #   It changes no intermediate — only the final `logits` — and changes the class only where the heads disagree.
 # * `order`: `[DIST]` put before `[CLS]` in the sequence (each token then gets the other's position embedding).
 # * `heads`: the class head reads token 1 and the distillation head token 0.
+#
+# As in notebook 01, each quirk replaces one clean helper by name; `quirk_report` (in `tutorials/common.py`) shows it
+# as a diff against that helper and runs `run()` with it planted.
 
 # %%
+from common import quirk_report
+
 reference = {**inter, "logits": out["logits"]}                   # the averaged logits are an output, not a module
 correct = student.accuracy(full[0])
-import difflib
-import inspect
-from contextlib import contextmanager
-
-
-@contextmanager
-def planted(name, replacement):
-    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
-    at call time), and put the clean one back afterwards."""
-    clean = globals()[name]
-    globals()[name] = replacement
-    try:
-        yield
-    finally:
-        globals()[name] = clean
 
 
 def fuse_softmax(cls_logits, dist_logits):
@@ -459,19 +449,16 @@ def head_inputs_swapped(final):
 
 quirks = {"softmax": ("fuse", fuse_softmax), "order": ("special_tokens", special_tokens_swapped),
           "heads": ("head_inputs", head_inputs_swapped)}
-body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
-for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
-    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
-    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
-          sep="\n    ")
-print(f"\n{'quirk':8s} {'first diverging module':28s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk, (name, replacement) in quirks.items():
+
+
+def run():
+    """The model as it now is: intermediates (and logits) of the first digits, accuracy on all 360."""
     rec = {}
-    with planted(name, replacement):
-        rec["logits"] = forward(x, rec=rec)[0]
-        acc = student.accuracy(forward(pixel_values)[0])
-    first, err = first_divergence(rec, reference)
-    print(f"{quirk:8s} {str(first):28s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    rec["logits"] = forward(x, rec=rec)[0]
+    return rec, student.accuracy(forward(pixel_values)[0])
+
+
+quirk_report(globals(), quirks, run, reference, correct)
 
 # %% [markdown]
 # The softmax rule's error is large in *value* (probabilities in 0…2 instead of logits) and yet changes at most the

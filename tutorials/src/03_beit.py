@@ -83,9 +83,66 @@ block_diagram(ax, [("x", f"(B, {N + 1}, {C})"), ("LayerNorm (layernorm_before)",
 plt.show()
 
 # %% [markdown]
-# ## 1. The relative position index
+# ## 1. Why a relative position bias, then the index
 #
-# For a window of `h × w` patches, a query patch at (r₁, c₁) and a key patch at (r₂, c₂) differ by
+# **Why.** ViT tells each patch where it is with an *absolute* position embedding, one learned vector per position,
+# added to the patch. Whatever "look at the patch just above me" means, the model must learn it separately for every
+# position: nothing ties the embedding of patch (2, 2) to that of (4, 5). BEiT (after T5 and Swin) also learns one
+# number per head for every *offset* between query and key — "one row up, same column" — and adds it to the
+# attention score. Move the query patch and its whole bias map moves with it: the bias is translation-equivariant by
+# construction, and learned once for all positions. The digits model has both, so both can be drawn from its
+# trained weights: for two query patches, the layer-0 bias of one head over all 8×8 key patches (from the table row
+# of each offset, which the rest of this section derives), and, for comparison, how similar each key's absolute
+# position embedding is to the query's (cosine) — the only position signal absolute embeddings give attention.
+
+# %%
+pos = Wt["beit.embeddings.position_embeddings"][0, 1:].astype(np.float64)          # (N, C), one per patch
+table0 = Wt["beit.encoder.layer.0.attention.attention.relative_position_bias.relative_position_bias_table"]
+head0 = int(np.argmax(table0[:-3].std(0)))                                        # the head with the most structure
+rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+
+
+def bias_map(query):
+    """The bias of query patch (r, c) for every key patch (h, w): the table row of offset (r − r_k, c − c_k)."""
+    return table0[(query[0] - rr + h - 1) * (2 * w - 1) + (query[1] - cc + w - 1), head0]
+
+
+def cosine_map(query):
+    unit = pos / np.linalg.norm(pos, axis=1, keepdims=True)
+    return (unit @ unit[query[0] * w + query[1]]).reshape(h, w)
+
+
+qa, shift = (2, 2), (2, 3)
+qb = (qa[0] + shift[0], qa[1] + shift[1])
+overlap = np.s_[shift[0]:, shift[1]:], np.s_[:h - shift[0], :w - shift[1]]     # keys of qb's map, of qa's map
+rows = {"relative bias (layer 0, head %d)" % head0: bias_map, "absolute: cosine of position embeddings": cosine_map}
+fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.2))
+for r, (what, f) in enumerate(rows.items()):
+    a, b = f(qa), f(qb)
+    moved = np.full((h, w), np.nan)                                                 # keys only qb's map has: blank
+    moved[overlap[0]] = b[overlap[0]] - a[overlap[1]]                               # qb's map − qa's moved along
+    print(f"{what}: the moved query's map − the first map moved along, over the {np.isfinite(moved).sum()} keys "
+          f"both see: max |Δ| {np.nanmax(np.abs(moved)):.3g} (the first map's range {np.ptp(a):.3g})")
+    for ax, img, title in ((axes[r, 0], a, f"query {qa}"), (axes[r, 1], b, f"query {qb} (moved by {shift})"),
+                           (axes[r, 2], moved, "right map − left map moved along")):
+        lim = np.nanmax(np.abs(img)) or 1.0
+        im = ax.imshow(img, cmap="coolwarm", vmin=-lim, vmax=lim)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        ax.set_title(f"{what}\n{title}", fontsize=7), ax.set_xticks([]), ax.set_yticks([])
+    for ax, q in ((axes[r, 0], qa), (axes[r, 1], qb)):
+        ax.add_patch(plt.Rectangle((q[1] - .5, q[0] - .5), 1, 1, fill=False, ec="k", lw=1.5))
+fig.suptitle("what a query patch (black square) gets from position, over the 8×8 key patches", fontsize=10)
+fig.tight_layout()
+plt.show()
+assert np.array_equal(bias_map(qb)[overlap[0]], bias_map(qa)[overlap[1]])       # equivariant: exactly the same
+
+# %% [markdown]
+# The relative bias of the moved query is the first map moved along, exactly (difference 0 wherever both queries see
+# a key); the absolute embeddings' similarities are not — each position's neighbourhood was learned on its own.
+# (The cosine is not part of the attention score: LayerNorm and the q/k projections act on patch + position, so the
+# absolute embedding's effect cannot be read off alone. It shows only what the embeddings themselves encode.)
+#
+# **The index.** For a window of `h × w` patches, a query patch at (r₁, c₁) and a key patch at (r₂, c₂) differ by
 # (dr, dc) = (r₁ − r₂, c₁ − c₂) ∈ [−(h−1), h−1] × [−(w−1), w−1]: `(2h−1)(2w−1)` possible offsets. Each offset gets
 # one row of a learned table of shape `(T, H)`; three more rows serve the `[CLS]` token (cls→patch, patch→cls,
 # cls→cls), so `T = (2h−1)(2w−1) + 3`. The index maps each (query, key) pair of the `N + 1` tokens to its table row.
@@ -370,23 +427,12 @@ print("mask", m.shape, f"({m.mean():.0%} masked); logits", out_m.logits.shape, "
 #   it: no module diverges); golden case `beit_classification_nonsquare` (32×48 input, a 4×6 window, random weights)
 #   shows a non-square window at its *configured* size, where the consistent read differs from the framework's in
 #   every bias. It is not a bug in the port's logic — it is a parity failure against a framework inconsistency.
+#
+# As in notebook 01, each quirk replaces one clean helper by name; `quirk_report` (in `tutorials/common.py`) shows it
+# as a diff against that helper and runs `run()` with it planted.
 
 # %%
-import difflib
-import inspect
-from contextlib import contextmanager
-
-
-@contextmanager
-def planted(name, replacement):
-    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
-    at call time), and put the clean one back afterwards."""
-    clean = globals()[name]
-    globals()[name] = replacement
-    try:
-        yield
-    finally:
-        globals()[name] = clean
+from common import quirk_report
 
 
 def window_index_key_minus_query():
@@ -398,25 +444,22 @@ def pool_with_cls(hidden):
 
 
 quirks = {"sign": ("window_index", window_index_key_minus_query), "cls_in_mean": ("pool", pool_with_cls)}
-body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
-for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
-    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
-    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
-          sep="\n    ")
-print(f"\n{'quirk':12s} {'first diverging module':64s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk, (name, replacement) in quirks.items():
+
+
+def run():
+    """The model as it now is: intermediates of the first digits, accuracy on all 360."""
     rec = {}
-    with planted(name, replacement):
-        forward(x, rec=rec)
-        acc = d.accuracy(forward(pixel_values))
-    first, err = first_divergence(rec, inter)
-    print(f"{quirk:12s} {str(first):64s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    forward(x, rec=rec)
+    return rec, d.accuracy(forward(pixel_values))
+
+
+quirk_report(globals(), quirks, run, inter, correct)
 
 square = [np.array_equal(resize_table(t, (h, w), (h, w), True), resize_table(t, (h, w), (h, w), False))
           for t in tables]
 assert all(square)
-print(f"{'width_first':12s} {'none on digits (square window: both reads are the same table)':64s} "
-      f"{0:9.2e} {correct:9.2%} {0:+7.2%}")
+print(f"width_first: no module diverges on digits (square window: both reads are the same table), accuracy "
+      f"{correct:.2%}")
 
 model_n, W_n, cfg_n, inputs_n, ref_n = golden("beit_classification_nonsquare")
 win = grid_of(cfg_n)                                                                   # (4, 6)

@@ -436,23 +436,12 @@ print("  ".join(f"keys {nk}: {t * 1e3:.0f} ms" for nk, t in timings.items()),
 #   head, so `D = C` and nothing changes: the first divergence is in **stage 1** (2 heads, scores √2 too large).
 # * `config_eps`: LayerNorms built with the config's `layer_norm_eps` (1e-12), which transformers' CvT never reads.
 # * `kv_stride1`: keys and values at stride 1 (the config's `stride_kv` ignored): a different attention altogether.
+#
+# As in notebook 01, each quirk replaces one clean helper by name; `quirk_report` (in `tutorials/common.py`) shows it
+# as a diff against that helper and runs `run()` with it planted.
 
 # %%
-import difflib
-import inspect
-from contextlib import contextmanager
-
-
-@contextmanager
-def planted(name, replacement):
-    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
-    at call time), and put the clean one back afterwards."""
-    clean = globals()[name]
-    globals()[name] = replacement
-    try:
-        yield
-    finally:
-        globals()[name] = clean
+from common import quirk_report
 
 
 def attention_scale_head_dim(C, H):
@@ -469,19 +458,16 @@ def kv_stride_1(s):
 
 quirks = {"head_dim_scale": ("attention_scale", attention_scale_head_dim), "config_eps": ("ln_eps", ln_eps_from_config),
           "kv_stride1": ("kv_stride", kv_stride_1)}
-body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
-for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
-    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
-    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
-          sep="\n    ")
-print(f"\n{'quirk':15s} {'first diverging module':70s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk, (name, replacement) in quirks.items():
+
+
+def run():
+    """The model as it now is: intermediates of the first digits, accuracy on all 360."""
     rec = {}
-    with planted(name, replacement):
-        forward(x, rec=rec)
-        acc = d.accuracy(forward(pixel_values))
-    first, err = first_divergence(rec, inter)
-    print(f"{quirk:15s} {str(first):70s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    forward(x, rec=rec)
+    return rec, d.accuracy(forward(pixel_values))
+
+
+quirk_report(globals(), quirks, run, inter, correct)
 emb0 = "cvt.encoder.stages.0.embedding.convolution_embeddings.projection"
 tok_var = to_tokens(inter[emb0].astype(np.float64)).var(-1)                        # per token, stage 0's LayerNorm
 print(f"variance of the tokens entering stage 0's embedding LayerNorm: median {np.median(tok_var):.2g}, min "

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from common import assert_close, block_diagram, check, close, digits, first_divergence
+from common import assert_close, block_diagram, check, close, digits, first_divergence, planted
 
 d = digits("digits-bit")
 cfg, Wt = d.config, d.weights                       # Wt: the checkpoint's raw (unstandardised) weights
@@ -224,14 +224,10 @@ def ws_raw(name):
 
 
 stats = {}
-clean_ws = ws
-for label, weight_fn in (("standardised (the model)", clean_ws), ("raw weights, no standardisation", ws_raw)):
+for label, weight_fn in (("standardised (the model)", ws), ("raw weights, no standardisation", ws_raw)):
     rec = {}
-    globals()["ws"] = weight_fn
-    try:
+    with planted(globals(), "ws", weight_fn):          # `forward` with its helper `ws` swapped (tutorials/common.py)
         forward(x, rec=rec)
-    finally:
-        globals()["ws"] = clean_ws
     stats[label] = {n: float(t.std()) for n, t in rec.items() if n.split(".")[-1].startswith("conv")}
 names = list(stats["standardised (the model)"])
 fig, ax = plt.subplots(figsize=(9, 3))
@@ -244,6 +240,68 @@ ax.legend(fontsize=8)
 plt.show()
 ratio = [stats["standardised (the model)"][n] / stats["raw weights, no standardisation"][n] for n in names]
 print(f"standardised / raw output std per conv: {np.min(ratio):.0f}x to {np.max(ratio):.0f}x")
+
+# %% [markdown]
+# **Why this helps GroupNorm.** Split each input patch of a conv into its average level and the rest: the output of
+# filter `W_o` is `mean(W_o) · n · (average input level) + W_o · (the patch minus its average)`, `n = C_in·k·k`.
+# Standardised, every filter has mean 0 and the first term is gone. With raw filters it stays, and it is a different
+# offset for every channel (each filter has its own mean) that follows the local input level (non-negative here:
+# every conv but the stem reads a ReLU's output). GroupNorm subtracts *one* mean per group of channels and divides
+# by *one* std: it cannot remove offsets that differ from channel to channel inside a group, so what it passes on
+# is partly "which channel am I" instead of "what is in the image". Measured on the same 16 digits as above: for
+# one digit and one conv, each channel's mean and spread over the positions, grouped as GroupNorm groups them; then,
+# for every conv that feeds a GroupNorm, the share of a group's variance that is differences between its channels'
+# means (per digit and group, as GroupNorm sees them, averaged).
+
+# %%
+def between_channel_share(t):
+    """(B, C, h, w) -> the mean over samples and groups of var(channel means) / var(group), GroupNorm's view."""
+    g = t.reshape(t.shape[0], G, t.shape[1] // G, -1)                              # (B, G, C/G, h·w)
+    return float(np.mean(g.mean(-1).var(-1) / g.var(axis=(2, 3))))
+
+
+recs = {}
+for label, weight_fn in (("standardised", ws), ("raw", ws_raw)):
+    recs[label] = {}
+    with planted(globals(), "ws", weight_fn):
+        forward(x, rec=recs[label])
+# what each GroupNorm normalises: the stem's pooled output, conv1, conv2, and each layer's output (conv3 + shortcut)
+feeds_gn = ["bit.embedder.pooler", *[n for n in names if n.endswith(("conv1", "conv2"))],
+            "bit.encoder.stages.0.layers.0", "bit.encoder.stages.1.layers.0"]
+short = lambda n: (n.replace("bit.embedder.pooler", "stem").replace("bit.encoder.stages.", "s")
+                   .replace(".layers.0.", " ").replace(".layers.0", " out"))
+share = {label: [between_channel_share(rec[n]) for n in feeds_gn] for label, rec in recs.items()}
+conv = "bit.encoder.stages.1.layers.0.conv1"
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), gridspec_kw=dict(width_ratios=[1, 1, 1.2]))
+axes[1].sharey(axes[0])
+for ax, label in zip(axes, ("raw", "standardised")):
+    t = recs[label][conv][0].reshape(recs[label][conv].shape[1], -1)               # digit 0: (C, h·w)
+    t = t / t.std()                                                       # in units of this output's std
+    ax.errorbar(range(len(t)), t.mean(1), yerr=t.std(1), fmt="o", ms=3, lw=1)
+    for k in range(1, G):
+        ax.axvline(k * len(t) // G - 0.5, color="0.8", lw=0.8)
+    ax.set(title=f"{label} weights: {short(conv)}, one digit", xlabel="channel (grey lines: groups)",
+           ylabel="mean ± std over positions (÷ std)")
+    ax.title.set_fontsize(8)
+xs = np.arange(len(feeds_gn))
+for k, (label, vals) in enumerate(share.items()):
+    axes[2].bar(xs + 0.4 * k - 0.2, vals, 0.4, label=label)
+axes[2].set_xticks(xs, [short(n) for n in feeds_gn], rotation=30, fontsize=7)
+axes[2].set(ylabel="share of a group's variance", title="between-channel share, every GroupNorm input")
+axes[2].title.set_fontsize(8), axes[2].legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+for label, vals in share.items():
+    print(f"{label:12s} between-channel share: " + "  ".join(f"{v:.2f}" for v in vals))
+assert all(a < b for a, b in zip(share["standardised"], share["raw"]))
+
+# %% [markdown]
+# With raw filters the channels of one group sit at visibly different levels (left) and up to about three quarters
+# of a group's variance is those differences; standardised, the channel means lie close together and the share
+# drops at every GroupNorm input — GroupNorm's one mean and one std per group then describe each channel of the
+# group much better. Same caveat as above: the raw-weight run is this WS-trained checkpoint without its
+# standardisation, not a model trained without WS. Qiao et al. add an optimisation argument (smoother loss,
+# smaller gradient norms) that one forward pass cannot show.
 
 # %% [markdown]
 # ## 4. Why batch size stops mattering
@@ -292,23 +350,12 @@ print(f"refvit, batch of 8 vs one at a time: max diff {np.abs(alone - together).
 #   `1/(2n)` with `n = C_in·k·k` (1/294 for the stem's 3·7·7 = 147 weights per filter).
 # * `pool_pad_inf`: the stem's pad-then-pool written as `MaxPool2d(3, 2, padding=1)`, which pads with −∞ instead of
 #   transformers' zeros: different wherever a border window's conv outputs are all negative.
+#
+# As in notebook 01, each quirk replaces one clean helper by name; `quirk_report` (in `tutorials/common.py`) shows it
+# as a diff against that helper and runs `run()` with it planted.
 
 # %%
-import difflib
-import inspect
-from contextlib import contextmanager
-
-
-@contextmanager
-def planted(name, replacement):
-    """Run the clean model with its helper `name` swapped for `replacement` (`forward` looks its helpers up by name
-    at call time), and put the clean one back afterwards."""
-    clean = globals()[name]
-    globals()[name] = replacement
-    try:
-        yield
-    finally:
-        globals()[name] = clean
+from common import quirk_report
 
 
 def ws_eps(name):
@@ -326,19 +373,16 @@ def pool_pad_inf(h):
 
 
 quirks = {"ws_eps": ("ws", ws_eps), "ws_unbiased": ("ws", ws_unbiased), "pool_pad_inf": ("stem_pool", pool_pad_inf)}
-body = lambda f: [line for line in inspect.getsource(f).splitlines()[1:] if not line.lstrip().startswith('"""')]
-for quirk, (name, replacement) in quirks.items():              # each quirk as a diff against the clean function
-    diff = difflib.unified_diff(body(globals()[name]), body(replacement), lineterm="", n=0)
-    print(f"{quirk} (replaces {name}):", *[line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")],
-          sep="\n    ")
-print(f"\n{'quirk':13s} {'first diverging module':44s} {'max error':>9s} {'accuracy':>9s} {'change':>7s}")
-for quirk, (name, replacement) in quirks.items():
+
+
+def run():
+    """The model as it now is: intermediates of the first digits, accuracy on all 360."""
     rec = {}
-    with planted(name, replacement):
-        forward(x, rec=rec)
-        acc = d.accuracy(forward(pixel_values))
-    first, err = first_divergence(rec, inter)
-    print(f"{quirk:13s} {str(first):44s} {err:9.2e} {acc:9.2%} {acc - correct:+7.2%}")
+    forward(x, rec=rec)
+    return rec, d.accuracy(forward(pixel_values))
+
+
+quirk_report(globals(), quirks, run, inter, correct)
 var_w = {n: t.reshape(t.shape[0], -1).var(1).min() for n, t in Wt.items() if t.ndim == 4}   # every conv's filters
 print(f"smallest filter variance {min(var_w.values()):.1e}: ε = 1e-6 changes such a filter by ≈ "
       f"{1e-6 / (2 * min(var_w.values())):.1e} relative (ε = 1e-8: {1e-8 / (2 * min(var_w.values())):.1e})")
