@@ -26,3 +26,14 @@ class ImageError(RefvitError):
 
 class InputError(RefvitError):
     """An array passed to a model or processor has the wrong rank, channel count, size or dtype."""
+
+
+def listed(names: list, limit: int = 20) -> str:
+    """Names for an error message: the first `limit`, comma-separated, then how many there are in all."""
+    return ", ".join(names[:limit]) + (f" … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def name_problems(*lists: tuple[str, list]) -> list[str]:
+    """'<what>: a, b, …' for each (what, names) whose names are not empty: what an input lacks, what it holds that
+    was not asked for. Callers report every problem in one error."""
+    return [f"{what}: {listed(names)}" for what, names in lists if names]

@@ -3,7 +3,7 @@ loading uses (`map_tensors`), over the `Architecture` rows of refvit/models (doc
 
 from __future__ import annotations
 
-from .errors import CheckpointError
+from .errors import CheckpointError, name_problems
 from .models.architecture import Architecture, CallOptions
 from .models.common import Forward, check_pixel_values
 
@@ -51,10 +51,6 @@ def strip_or_add_prefix(tensors: dict, arch: Architecture) -> tuple[dict, list, 
     return tensors, [], False
 
 
-def _listed(names: list) -> str:
-    return ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
-
-
 # ViT/DeiT/BEiT layers, CvT and BiT layers per stage, BEiT's FCN head convs: each one holds tensors of its own
 LAYER_COUNT_FIELDS = ("num_hidden_layers", "depth", "depths", "auxiliary_num_convs")
 
@@ -87,12 +83,9 @@ def map_tensors(tensors: dict, cfg, arch: Architecture, source: str) -> tuple[di
     unexpected = sorted(set(tensors) - set(allowed))
     wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)}, config expects {shape}"
              for k, shape in allowed.items() if k in tensors and tuple(tensors[k].shape) != tuple(shape)]
-    problems = []
-    if missing:
-        hint = " (this checkpoint holds a base model without this head)" if base_checkpoint else ""
-        problems.append(f"missing {len(missing)} tensor(s){hint}: {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {_listed(unexpected)}")
+    hint = " (this checkpoint holds a base model without this head)" if base_checkpoint else ""
+    problems = name_problems((f"missing {len(missing)} tensor(s){hint}", missing),
+                             (f"unexpected {len(unexpected)} tensor(s)", unexpected))
     if wrong:
         problems.append(f"wrong shape: {'; '.join(wrong[:20])}")
     if problems:

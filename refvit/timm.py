@@ -25,7 +25,7 @@ import re
 import numpy as np
 
 from .config import make_div
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, listed
 
 # timm's default LayerNorm: `partial(nn.LayerNorm, eps=1e-6)` (vision_transformer.py VisionTransformer.__init__,
 # beit.py Beit.__init__); transformers' ViT/BEiT default is 1e-12, so the mapped config sets it.
@@ -348,8 +348,7 @@ def convert_tensors(tensors: dict, hf: dict, arch: str, source: str) -> dict:
         out, used = _bit_tensors(tensors)
     left = sorted(set(tensors) - used)
     if left:
-        shown = ", ".join(left[:20]) + (" …" if len(left) > 20 else "")
-        raise CheckpointError(f"{source}: {len(left)} timm tensor(s) refvit does not map for {arch}: {shown}")
+        raise CheckpointError(f"{source}: {len(left)} timm tensor(s) refvit does not map for {arch}: {listed(left)}")
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from refvit.checkpoint.safetensors import read_safetensors
 from refvit.checkpoint.torch_bin import read_torch_bin
 from refvit import strict_json
-from refvit.errors import CheckpointError
+from refvit.errors import CheckpointError, name_problems
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -110,15 +110,9 @@ def _check_shards(index_path: str, by_shard: dict[str, set[str]], shards: dict[s
                 owner[tensor] = shard
     for shard in sorted(shards):
         present, expected = set(shards[shard]), by_shard[shard]
-        missing, unexpected = sorted(expected - present), sorted(present - expected)
-        if missing:
-            problems.append(f"shard {shard!r} lacks tensors the index assigns to it: {_names(missing)}")
-        if unexpected:
-            problems.append(f"shard {shard!r} holds tensors the index does not assign to it: {_names(unexpected)}")
+        problems += name_problems(
+            (f"shard {shard!r} lacks tensors the index assigns to it", [repr(n) for n in sorted(expected - present)]),
+            (f"shard {shard!r} holds tensors the index does not assign to it",
+             [repr(n) for n in sorted(present - expected)]))
     if problems:
         raise CheckpointError(f"{index_path}: index and shards disagree:\n  " + "\n  ".join(problems))
-
-
-def _names(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")

@@ -105,26 +105,24 @@ def _weighted_taps(x, indices, weights, axis):
     return out
 
 
-def _separable_resize(x, iy, wy, ix, wx):
-    """out[..., y, x] = sum_j wy[y, j] * sum_i wx[x, i] * x[..., iy[y, j], ix[x, i]], sums in torch's order."""
+def _separable_resize(x, out_h, out_w, indices_weights):
+    """x (..., h, w) -> (..., out_h, out_w) with (iy, wy), (ix, wx) = indices_weights(in size, out size) per axis:
+    out[..., y, x] = sum_j wy[y, j] * sum_i wx[x, i] * x[..., iy[y, j], ix[x, i]], sums in torch's order."""
+    _check_args(x, out_h, out_w)
+    iy, wy = indices_weights(x.shape[-2], int(out_h), x.dtype)  # (out_h, taps)
+    ix, wx = indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, taps)
     rows = _weighted_taps(x, ix, wx, axis=-1)  # (..., h, out_w) width pass
     return _weighted_taps(rows, iy, wy, axis=-2)  # (..., out_h, out_w) height pass
 
 
 def interpolate_bicubic_numpy(x, out_h, out_w):
     """x (..., h, w) -> (..., out_h, out_w):
-    F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False)."""
-    _check_args(x, out_h, out_w)
-    iy, wy = cubic_indices_weights(x.shape[-2], int(out_h), x.dtype)  # (out_h, 4)
-    ix, wx = cubic_indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, 4)
-    return _separable_resize(x, iy, wy, ix, wx)
+    F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False). 4 taps per output on each axis."""
+    return _separable_resize(x, out_h, out_w, cubic_indices_weights)
 
 
 def interpolate_bilinear_numpy(x, out_h, out_w):
     """x (..., h, w) -> (..., out_h, out_w):
-    F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)."""
-    _check_args(x, out_h, out_w)
-    iy, wy = linear_indices_weights(x.shape[-2], int(out_h), x.dtype)  # (out_h, 2)
-    ix, wx = linear_indices_weights(x.shape[-1], int(out_w), x.dtype)  # (out_w, 2)
-    return _separable_resize(x, iy, wy, ix, wx)
+    F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False). 2 taps per output on each axis."""
+    return _separable_resize(x, out_h, out_w, linear_indices_weights)
 

@@ -41,6 +41,20 @@ def _check_conv_transpose(x, weight, bias, stride):
     return _pair(stride, "conv_transpose2d stride")
 
 
+def _conv_transpose2d(x, weight, bias, stride, col2im):
+    """The twins' common steps: check, the GEMM, `col2im(cols (B, Cout, kh, kw, h, w), sh, sw, out)` adding the
+    columns into a zeroed output, then the bias."""
+    sh, sw = _check_conv_transpose(x, weight, bias, stride)
+    B, _, h, w = x.shape
+    _, Cout, kh, kw = weight.shape
+    cols = _columns(x, weight).reshape(B, Cout, kh, kw, h, w)  # (B, Cout, kh, kw, h, w)
+    out = np.zeros((B, Cout, (h - 1) * sh + kh, (w - 1) * sw + kw), x.dtype)
+    col2im(cols, sh, sw, out)
+    if bias is not None:
+        out += bias.astype(x.dtype, copy=False)[:, None, None]
+    return out
+
+
 def _columns(x, weight):
     """The GEMM: (B, Cout·kh·kw, h·w) = Wᵀ (Cout·kh·kw, Cin) @ x (B, Cin, h·w), in x's dtype (BLAS)."""
     B, Cin, h, w = x.shape
@@ -54,36 +68,34 @@ def _bins(in_size, out_size):
     return (i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)
 
 
-def _check_pool(x, out_h, out_w):
+def _pool_bins(x, out_h, out_w):
+    """Check the arguments; the row bins [y0, y1) and column bins [x0, x1) of every output cell."""
     check_float(x, "x")
     if x.ndim < 2 or min(x.shape[-2:]) < 1 or int(out_h) < 1 or int(out_w) < 1:
         raise InputError(f"adaptive_avg_pool2d: cannot pool x {x.shape} to ({out_h}, {out_w})")
+    h, w = x.shape[-2:]
+    return _bins(h, int(out_h)) + _bins(w, int(out_w))
 
 
 # ---------------------------------------------------------------------------------------- NumPy twins
 
 
-def conv_transpose2d_numpy(x, weight, bias, stride=(1, 1)):
-    """x (B, Cin, h, w) -> (B, Cout, (h-1)·sh + kh, (w-1)·sw + kw); see the module docstring."""
-    sh, sw = _check_conv_transpose(x, weight, bias, stride)
-    B, _, h, w = x.shape
-    _, Cout, kh, kw = weight.shape
-    cols = _columns(x, weight).reshape(B, Cout, kh, kw, h, w)  # (B, Cout, kh, kw, h, w)
-    out = np.zeros((B, Cout, (h - 1) * sh + kh, (w - 1) * sw + kw), x.dtype)
-    for di in range(kh):  # col2im: kernel positions in order, each adds an (h, w) grid at stride (sh, sw)
+def _col2im_numpy(cols, sh, sw, out):
+    """Kernel positions in order, each adds an (h, w) grid of columns at stride (sh, sw)."""
+    _, _, kh, kw, h, w = cols.shape
+    for di in range(kh):
         for dj in range(kw):
             out[:, :, di:di + (h - 1) * sh + 1:sh, dj:dj + (w - 1) * sw + 1:sw] += cols[:, :, di, dj]
-    if bias is not None:
-        out += bias.astype(x.dtype, copy=False)[:, None, None]
-    return out
+
+
+def conv_transpose2d_numpy(x, weight, bias, stride=(1, 1)):
+    """x (B, Cin, h, w) -> (B, Cout, (h-1)·sh + kh, (w-1)·sw + kw); see the module docstring."""
+    return _conv_transpose2d(x, weight, bias, stride, _col2im_numpy)
 
 
 def adaptive_avg_pool2d_numpy(x, out_h, out_w):
     """x (..., h, w) -> (..., out_h, out_w): mean over torch's uneven bins, stored as sum / kh / kw."""
-    _check_pool(x, out_h, out_w)
-    h, w = x.shape[-2:]
-    y0, y1 = _bins(h, int(out_h))
-    x0, x1 = _bins(w, int(out_w))
+    y0, y1, x0, x1 = _pool_bins(x, out_h, out_w)
     out = np.empty(x.shape[:-2] + (int(out_h), int(out_w)), x.dtype)
     for i in range(int(out_h)):
         for j in range(int(out_w)):
@@ -127,26 +139,20 @@ def _adaptive_avg_pool_kernel(x, y0, y1, x0, x1, ky, kx, zero, out):
                 out[m, i, j] = total / ky[i] / kx[j]
 
 
+def _col2im_numba(cols, sh, sw, out):
+    if out.size:
+        _col2im_kernel(np.ascontiguousarray(cols), sh, sw, out)
+
+
 def conv_transpose2d_numba(x, weight, bias, stride=(1, 1)):
     """Numba twin of `conv_transpose2d_numpy`: the same BLAS GEMM, then a compiled col2im loop."""
-    sh, sw = _check_conv_transpose(x, weight, bias, stride)
-    B, _, h, w = x.shape
-    _, Cout, kh, kw = weight.shape
-    cols = np.ascontiguousarray(_columns(x, weight).reshape(B, Cout, kh, kw, h, w))
-    out = np.zeros((B, Cout, (h - 1) * sh + kh, (w - 1) * sw + kw), x.dtype)
-    if out.size:
-        _col2im_kernel(cols, sh, sw, out)
-    if bias is not None:
-        out += bias.astype(x.dtype, copy=False)[:, None, None]
-    return out
+    return _conv_transpose2d(x, weight, bias, stride, _col2im_numba)
 
 
 def adaptive_avg_pool2d_numba(x, out_h, out_w):
     """Numba twin of `adaptive_avg_pool2d_numpy`: compiled loops over every (leading index) map."""
-    _check_pool(x, out_h, out_w)
+    y0, y1, x0, x1 = _pool_bins(x, out_h, out_w)
     h, w = x.shape[-2:]
-    y0, y1 = _bins(h, int(out_h))
-    x0, x1 = _bins(w, int(out_w))
     x3 = np.require(x, x.dtype, ["C", "A"]).reshape(-1, h, w)  # (M, h, w)
     out = np.empty((x3.shape[0], int(out_h), int(out_w)), x.dtype)
     if out.size:

@@ -34,7 +34,7 @@ from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifi
                        SemanticSegmenterOutput)
 from .common import (BN_EPS, classifier_or_identity, classifier_shapes,  # noqa: F401 (fold_batch_norm: API)
                      fold_batch_norm, fold_batch_norms, fuse_qkv, rename_modules)
-from .vit import interpolate_position_embeddings, mask_patches, patch_embeddings
+from .vit import LAYER_RENAMED_IN_TRANSFORMERS_5, interpolate_position_embeddings, mask_patches, patch_embeddings
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -170,12 +170,7 @@ RENAMED_IN_TRANSFORMERS_5 = [
      r"\1encoder.layer.\2.attention.attention.relative_position_bias."),
     (r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
     (r"(^|\.)shared_position_bias\.", r"\1encoder.relative_position_bias."),
-    (r"\.attention\.q_proj\.", ".attention.attention.query."),
-    (r"\.attention\.k_proj\.", ".attention.attention.key."),
-    (r"\.attention\.v_proj\.", ".attention.attention.value."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".intermediate.dense."),
-    (r"\.mlp\.fc2\.", ".output.dense."),
+    *LAYER_RENAMED_IN_TRANSFORMERS_5,  # the layer's q/k/v/o and MLP, renamed as in ViT
     (r"^fpn\.fpn1\.conv_transpose1\.", "fpn1.0."),
     (r"^fpn\.fpn1\.normalization\.", "fpn1.1."),
     (r"^fpn\.fpn1\.conv_transpose2\.", "fpn1.3."),
@@ -534,6 +529,7 @@ MIM = Head("mim", masked_image_modeling, mim_shapes)
 SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes)
 BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True)
 
+# Data rows, one per transformers class: Architecture(name, model_type, base model, head, transformers' output class)
 ARCHITECTURES = [
     # BEiT
     Architecture("BeitModel", "beit", BEIT, None, BaseModelOutputWithPooling),

@@ -350,6 +350,7 @@ def prepare(tensors: dict, arch) -> dict:
 BIT = Family(prefix="bit.", parse_config=parse_config, shapes=lambda cfg, arch: base_shapes(cfg), check=check,
              forward=base_forward, before_mapping=prepare, anchor="embedder.convolution.weight")
 
+# Data rows, one per transformers class: Architecture(name, model_type, base model, head, transformers' output class)
 ARCHITECTURES = [
     Architecture("BitModel", "bit", BIT, None, BaseModelOutputWithPoolingAndNoAttention),
     Architecture("BitForImageClassification", "bit", BIT,

@@ -311,6 +311,7 @@ CVT = Family(prefix="cvt.", parse_config=lambda raw, source, arch: cvt_config_fr
              after_cast=fold_projection_batch_norms,
              anchor="encoder.stages.0.embedding.convolution_embeddings.projection.weight")
 
+# Data rows, one per transformers class: Architecture(name, model_type, base model, head, transformers' output class)
 ARCHITECTURES = [
     Architecture("CvtModel", "cvt", CVT, None, BaseModelOutputWithCLSToken),
     Architecture("CvtForImageClassification", "cvt", CVT, Head("classification", image_classification, head_shapes),

@@ -66,8 +66,8 @@ def decoder_shapes(cfg) -> dict[str, tuple]:
 
 # transformers 5 renamed modules inside ViT/DeiT; `save_pretrained` converts back to the classic names, but a
 # `torch.save(model.state_dict())` of a 5.x model holds the new ones. Loading renames them to the classic names.
-RENAMED_IN_TRANSFORMERS_5 = [
-    (r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
+# The encoder layer's own modules (BEiT's layer was renamed alike: models/beit.py uses these rows too).
+LAYER_RENAMED_IN_TRANSFORMERS_5 = [
     (r"\.attention\.q_proj\.", ".attention.attention.query."),
     (r"\.attention\.k_proj\.", ".attention.attention.key."),
     (r"\.attention\.v_proj\.", ".attention.attention.value."),
@@ -75,6 +75,7 @@ RENAMED_IN_TRANSFORMERS_5 = [
     (r"\.mlp\.fc1\.", ".intermediate.dense."),
     (r"\.mlp\.fc2\.", ".output.dense."),
 ]
+RENAMED_IN_TRANSFORMERS_5 = [(r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."), *LAYER_RENAMED_IN_TRANSFORMERS_5]
 
 
 def classic_names(tensors: dict) -> dict:
@@ -298,6 +299,7 @@ CLASSIFICATION = Head("classification", image_classification, classifier_head_sh
 TEACHER = Head("teacher", image_classification_with_teacher, teacher_head_shapes)
 MIM = Head("mim", masked_image_modeling, decoder_shapes)
 
+# Data rows, one per transformers class: Architecture(name, model_type, base model, head, transformers' output class)
 ARCHITECTURES = [
     # ViT
     Architecture("ViTModel", "vit", VIT, None, BaseModelOutputWithPooling),
