@@ -31,6 +31,11 @@ CASES = {
                                            use_mean_pooling=False), {"interpolate_pos_encoding": True},
                                        (2, 40, 40), False),
     "data2vec_vision_segmentation": ("Data2VecVisionForSemanticSegmentation", d2v(**SEG), {}, (2, 32, 32), False),
+    # quirk: out_indices [0, 2, 3, 4] keeps hidden_states[idx] for idx + 1 in it, so 0 selects nothing and the FPN
+    # gets 3 levels (fpn1, fpn2, identity; no fpn4); the UperNet head's third lateral and its pooling read the same map
+    "data2vec_vision_segmentation_three_levels": ("Data2VecVisionForSemanticSegmentation",
+                                                  d2v(**{**SEG, "out_indices": [0, 2, 3, 4]}), {}, (1, 32, 32),
+                                                  False),
 }
 
 WHOLE = re.compile(r"^(data2vec_vision\.)?(embeddings|layernorm|pooler|encoder\.relative_position_bias"

@@ -132,7 +132,7 @@ def specs() -> dict:
     processor = dict(size={"height": SIZE, "width": SIZE}, do_center_crop=False, do_reduce_labels=False)
     # data2vec-vision selects differently: `idx + 1 in out_indices` over hidden_states (modeling_data2vec_vision.py,
     # Data2VecVisionForSemanticSegmentation.forward), where 0 selects nothing: [0, 2, 3, 4] would feed its FPN three
-    # levels (transformers runs that, refvit refuses it). [2, 3, 4, 5] = hidden_states[1..4], the 4 layers' outputs.
+    # levels (transformers runs that, and so does refvit). [2, 3, 4, 5] = hidden_states[1..4], the 4 layers' outputs.
     data2vec = {**common, "out_indices": [2, 3, 4, 5]}
     return {"beit": (tf.BeitForSemanticSegmentation, tf.BeitConfig(**common), tf.BeitImageProcessorPil(**processor)),
             "data2vec": (tf.Data2VecVisionForSemanticSegmentation, tf.Data2VecVisionConfig(**data2vec),

@@ -246,6 +246,61 @@ def test_every_beit_intermediate_is_compared():
             "intermediates/auxiliary_head.conv_cat", "intermediates/auxiliary_head", "logits"} <= keys
 
 
+def test_data2vec_three_pyramid_levels_as_transformers():
+    """data2vec-vision keeps hidden_states[idx] for idx + 1 in out_indices: [0, 2, 3, 4] selects 3 maps, and
+    transformers runs them through fpn1-fpn3 (no fpn4) and the UperNet head. The golden case was written by it."""
+    name = "data2vec_vision_segmentation_three_levels"
+    assert config(name)["out_indices"] == [0, 2, 3, 4]
+    ref = golden_outputs(name)
+    assert "float32/intermediates/fpn2" in ref and "float32/intermediates/fpn4" not in ref  # transformers ran 3
+    for backend in ("numpy", "numba"):
+        result = run_case(case(name), dtype="float32", backend=backend)
+        assert result.ok, result.errors
+        assert {"logits", "intermediates/fpn1", "intermediates/fpn2", "intermediates/decode_head.fpn_convs.2",
+                "intermediates/decode_head.fpn_bottleneck", "intermediates/auxiliary_head"} <= set(result.errors)
+    # the same weights read as 4 levels (BEiT's rule: 0 = the last hidden state) give other logits: 3 levels it is
+    model = refvit.from_pretrained(case(name))
+    four = refvit.from_state_dict({**config(name), "out_indices": [2, 3, 4, 5]},
+                                  tensors(name))
+    x = inputs(name)["pixel_values"]
+    assert model(x).logits.shape == four(x).logits.shape
+    assert not np.allclose(model(x).logits, four(x).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("out_indices", [[0, 0, 2, 3], [0, 6, 2, 3], [0, -1, 2, 3], [1, 1, 1, 1]])
+def test_data2vec_fewer_than_three_levels_refused(out_indices):
+    """Two levels or fewer: transformers' fpn_bottleneck gets too few channels (RuntimeError); refvit says why."""
+    with pytest.raises(ConfigError, match=r"out_indices: .* selects [0-2] hidden states.*needs 3 or 4"):
+        refvit.from_state_dict({**config("data2vec_vision_segmentation"), "out_indices": out_indices}, {})
+
+
+@pytest.mark.needs_framework
+@pytest.mark.parametrize("out_indices", [[0, 2, 3, 4], [0, 6, 2, 3]])
+def test_data2vec_levels_rule_is_transformers(out_indices):
+    """The rule refvit applies (3 or 4 selected levels run, fewer fail) is what transformers does."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    raw = {k: v for k, v in config("data2vec_vision_segmentation").items() if k not in ("architectures", "model_type")}
+    tf_model = transformers.Data2VecVisionForSemanticSegmentation(
+        transformers.Data2VecVisionConfig(**{**raw, "out_indices": out_indices})).eval()
+    x = inputs("data2vec_vision_segmentation")["pixel_values"][:1]
+    try:
+        with torch.no_grad():
+            ref = tf_model(torch.from_numpy(x)).logits.numpy()
+    except RuntimeError:
+        ref = None
+    state = {k: v.detach().numpy() for k, v in tf_model.state_dict().items()}
+    if ref is None:
+        with pytest.raises(ConfigError, match="needs 3 or 4"):
+            refvit.from_state_dict({**raw, "model_type": "data2vec-vision", "out_indices": out_indices}, state,
+                                   "Data2VecVisionForSemanticSegmentation")
+        return
+    model = refvit.from_state_dict({**raw, "model_type": "data2vec-vision", "out_indices": out_indices}, state,
+                                   "Data2VecVisionForSemanticSegmentation")
+    np.testing.assert_allclose(model(x).logits, ref, rtol=0, atol=1e-4 * max(1, np.abs(ref).max()))
+    assert out_indices == [0, 2, 3, 4]  # the case expected to run did run
+
+
 @pytest.mark.parametrize("name", ["beit_segmentation", "data2vec_vision_segmentation"])
 def test_auxiliary_logits_are_returned(name):
     """transformers computes the FCN head's logits for its loss and drops them; refvit returns them."""

@@ -175,10 +175,16 @@ def _head_problems(cfg: BeitConfig, head: str) -> list[str]:
         if len(cfg.out_indices) != 4:  # BeitForSemanticSegmentation.__init__ raises this
             problems.append(f"out_indices: semantic segmentation needs exactly 4, got {list(cfg.out_indices)}")
         elif cfg.model_type == "data2vec-vision":
+            # It keeps hidden_states[idx] for each idx with idx + 1 in out_indices (modeling_data2vec_vision.py,
+            # Data2VecVisionForSemanticSegmentation.forward), so a value outside 1..L+1 (0 among them) or a repeat
+            # selects nothing. Quirk: 3 levels still run (fpn1-fpn3, no fpn4; the UperNet head's 3 laterals and its
+            # pyramid pooling both read the third); with 2 or fewer its fpn_bottleneck gets too few channels.
             used = {i for i in cfg.out_indices if 1 <= i <= cfg.num_hidden_layers + 1}  # no loop over the layers
-            if len(used) != 4:  # it keeps hidden_states[idx] with idx + 1 in out_indices: 4 must match
-                problems.append(f"out_indices: {list(cfg.out_indices)} must be 4 distinct values in "
-                                f"1..{cfg.num_hidden_layers + 1} (data2vec-vision selects hidden_states[i - 1])")
+            if len(used) < 3:
+                problems.append(f"out_indices: {list(cfg.out_indices)} selects {len(used)} hidden states; "
+                                f"data2vec-vision keeps hidden_states[i - 1] for each distinct i in "
+                                f"1..{cfg.num_hidden_layers + 1} and its UperNet head needs 3 or 4 (transformers "
+                                f"fails with fewer)")
             if cfg.image_size[0] != cfg.image_size[1] or cfg.patch_size[0] != cfg.patch_size[1]:
                 problems.append("image_size/patch_size: data2vec-vision segmentation reshapes features to "
                                 "image_size // patch_size squared and needs square ints")

@@ -376,7 +376,8 @@ def resize_to(kernels, x, size):
 
 
 def fpn(ctx, features):
-    """BeitFPNNeck (classic fpn1 … fpn4): ×4 (ConvT, BN, GELU, ConvT), ×2 (ConvT), identity, ½ (2×2 max-pool)."""
+    """BeitFPNNeck (classic fpn1 … fpn4): ×4 (ConvT, BN, GELU, ConvT), ×2 (ConvT), identity, ½ (2×2 max-pool).
+    Quirk: data2vec-vision applies `ops[i]` to as many maps as its out_indices selected; with 3 there is no fpn4."""
     kernels, p = ctx.kernels, ctx.p
     # fpn1.0 (ConvTranspose2d) with the BatchNorm fpn1.1 folded into it at load: its output is fpn1.1's
     f1 = ctx.record("fpn1.1", kernels.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"],
@@ -384,6 +385,8 @@ def fpn(ctx, features):
     f1 = ctx.record("fpn1.2", kernels.gelu(f1))                                       # nn.GELU(): erf form
     f1 = ctx.record("fpn1", kernels.conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))
     f2 = ctx.record("fpn2", kernels.conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"], (2, 2)))
+    if len(features) == 3:                                                            # data2vec-vision only
+        return (f1, f2, features[2])
     f4 = ctx.record("fpn4", kernels.max_pool2d(features[3], (2, 2), (2, 2)))          # (B, C, h//2, w//2)
     return (f1, f2, features[2], f4)                                                  # (B, C, 4h, 4w), …
 
@@ -401,7 +404,8 @@ def pyramid_pooling(ctx, x):
 
 def uper_head(ctx, features):
     """BeitUperHead (UperNet): lateral 1×1 convs + pyramid pooling on the last map, top-down sums, 3×3 convs,
-    everything resized to the first map's size, concatenated, fused by a 3×3 conv, classified by a 1×1 conv."""
+    everything resized to the first map's size, concatenated, fused by a 3×3 conv, classified by a 1×1 conv. Given 3
+    maps (data2vec-vision), the third feeds both the last lateral and the pooling: still 4 maps into the fusion."""
     kernels = ctx.kernels
     laterals = [conv_module(ctx.at(f"lateral_convs.{i}"), f) for i, f in enumerate(features[:UPER_LATERALS])]
     laterals.append(pyramid_pooling(ctx, features[-1]))
@@ -446,9 +450,10 @@ def masked_image_modeling(ctx, base, inputs):
 
 
 def segmentation_features(hidden_states, cfg, grid):
-    """The 4 maps the FPN takes. BEiT: hidden_states[i - 1] for i in out_indices, reshaped to the input's grid.
-    data2vec-vision: hidden_states[idx] for idx + 1 in out_indices, in hidden-state order, reshaped to the
-    *configured* grid (image_size // patch_size squared), which the input's token count must match."""
+    """The maps the FPN takes. BEiT: hidden_states[i - 1] for i in out_indices (4), reshaped to the input's grid.
+    data2vec-vision: hidden_states[idx] for idx + 1 in out_indices, in hidden-state order (3 or 4 of them: values
+    outside 1..L+1 select nothing), reshaped to the *configured* grid (image_size // patch_size squared), which the
+    input's token count must match."""
     if cfg.model_type == "beit":
         return tuple(to_grid(hidden_states[i - 1], grid) for i in cfg.out_indices)    # quirk: 1-based, i=0 -> [-1]
     side = cfg.grid_size
@@ -460,7 +465,7 @@ def segmentation_features(hidden_states, cfg, grid):
 
 
 def semantic_segmentation(ctx, base, inputs):
-    """BeitForSemanticSegmentation: 4 encoder maps -> FPN -> UperNet logits (B, num_labels, 4h, 4w), and the FCN
+    """BeitForSemanticSegmentation: 4 encoder maps (data2vec-vision: 3 or 4) -> FPN -> UperNet logits (B, num_labels, 4h, 4w), and the FCN
     auxiliary logits (B, num_labels, h, w), which transformers computes for its loss but does not return."""
     features = fpn(ctx, segmentation_features(base["hidden_states"], ctx.cfg, inputs.grid))
     logits = uper_head(ctx.at("decode_head"), features)
