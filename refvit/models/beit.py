@@ -465,8 +465,9 @@ def segmentation_features(hidden_states, cfg, grid):
 
 
 def semantic_segmentation(ctx, base, inputs):
-    """BeitForSemanticSegmentation: 4 encoder maps (data2vec-vision: 3 or 4) -> FPN -> UperNet logits (B, num_labels, 4h, 4w), and the FCN
-    auxiliary logits (B, num_labels, h, w), which transformers computes for its loss but does not return."""
+    """BeitForSemanticSegmentation: 4 encoder maps (data2vec-vision: 3 or 4) -> FPN -> UperNet logits
+    (B, num_labels, 4h, 4w), and the FCN auxiliary logits (B, num_labels, h, w), which transformers computes for its
+    loss but does not return."""
     features = fpn(ctx, segmentation_features(base["hidden_states"], ctx.cfg, inputs.grid))
     logits = uper_head(ctx.at("decode_head"), features)
     aux = fcn_head(ctx.at("auxiliary_head"), features) if ctx.cfg.use_auxiliary_head else None
