@@ -274,16 +274,23 @@ print(f"one CvtLayer by hand, {len(mine)} intermediates = refvit's: queries {min
 
 probs = mine[f"{L}.dropout"]                                                       # (B, 1, 256, 64)
 hk = int(np.sqrt(probs.shape[-1]))
-fig, axes = plt.subplots(1, 5, figsize=(12, 2.6))
-axes[0].imshow(x[0, 0], cmap="gray"), axes[0].set_title("input")
+# on the digit's pixels: token (r, c) of stage 0 is centred on pixel (2r, 2c) (conv 3×3 / 2, padding 1), key (i, j)
+# on token (2i, 2j), i.e. pixel (4i, 4j): each key's square spans pixels 4i − 2 … 4i + 2
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.7))
+axes[0].imshow(x[0, 0], cmap="gray"), axes[0].set_title("input", fontsize=8)
 queries = [0, hw[1] * 5 + 5, hw[1] * 8 + 8, hw[1] * 12 + 4]
 for ax, qi in zip(axes[1:], queries):
-    im = ax.imshow(probs[0, 0, qi].reshape(hk, hk), cmap="magma", vmin=0, vmax=probs[0, 0, queries].max())
-    ax.set_title(f"query ({qi // hw[1]}, {qi % hw[1]}) of {hw[0]}×{hw[1]}", fontsize=8)
+    att = probs[0, 0, qi].reshape(hk, hk)
+    ax.imshow(x[0, 0], cmap="gray")
+    im = ax.imshow(att, cmap="magma", alpha=0.65, vmin=0, vmax=att.max(), extent=(-2, 4 * hk - 2, 4 * hk - 2, -2))
+    ax.plot(2 * (qi % hw[1]), 2 * (qi // hw[1]), "c*", ms=9)
+    ax.set(xlim=(-0.5, 31.5), ylim=(31.5, -0.5))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    ax.set_title(f"query ({qi // hw[1]}, {qi % hw[1]}) of {hw[0]}×{hw[1]} (★)", fontsize=8)
 for ax in axes:
     ax.set_xticks([]), ax.set_yticks([])
-fig.colorbar(im, ax=axes[1:], label="attention weight (shared scale)", shrink=0.9)
-fig.suptitle(f"stage 0: each query attends over a {hk}×{hk} key grid (stride-2 keys)", fontsize=10)
+fig.suptitle(f"stage 0: each query attends over a {hk}×{hk} key grid (stride-2 keys), over the digit; each panel "
+             "on its own scale", fontsize=10)
 plt.show()
 
 # %% [markdown]
