@@ -93,7 +93,7 @@ plt.show()
 # construction, and learned once for all positions. The digits model has both, so both can be drawn from its
 # trained weights: for two query patches, the layer-0 bias of one head over all 8×8 key patches (from the table row
 # of each offset, which the rest of this section derives), and, for comparison, how similar each key's absolute
-# position embedding is to the query's (cosine) — the only position signal absolute embeddings give attention.
+# position embedding is to the query's (cosine) — what the absolute code itself says about neighbourhoods.
 
 # %%
 pos = Wt["beit.embeddings.position_embeddings"][0, 1:].astype(np.float64)          # (N, C), one per patch
