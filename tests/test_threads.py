@@ -199,6 +199,39 @@ def test_conv_image_by_image_path_matches_the_twin(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_chunked_path_matches_the_twin_and_keeps_its_bits(split, monkeypatch, dtype):
+    """Convs whose columns pass CHUNKED_FROM_BYTES (BiT's big 3×3s and stem) go by chunks of output rows, im2col and
+    GEMM together; forced here with chunks of a few rows (the last one short), strides, dilation, asymmetric padding
+    and a batch: the twin's result, and the same bits for every thread count and serially."""
+    monkeypatch.setattr(conv_module, "CHUNKED_FROM_BYTES", 0)
+    monkeypatch.setattr(conv_module, "CHUNK_COLS_BYTES", 1)             # one output row per chunk at most
+    rng = np.random.default_rng(11)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    problems = [((3, 4, 11, 9), (5, 4, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+                ((2, 3, 13, 10), (6, 3, 7, 7), (2, 2), (3, 2, 3, 3), (1, 1)),
+                ((1, 2, 12, 12), (4, 2, 3, 2), (2, 1), (0, 1, 2, 0), (2, 2))]
+    for rows_bytes in (1, 1 << 20):                                     # one row per chunk; the whole image
+        monkeypatch.setattr(conv_module, "CHUNK_COLS_BYTES", rows_bytes)
+        for xs, ws, stride, padding, dilation in problems:
+            x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+            b = rng.standard_normal(ws[0]).astype(dtype)
+            expected = NP.conv2d(x, w, b, stride, padding, dilation)
+            outs = []
+            for n in (1, 2, 3):
+                split(n)
+                outs.append(NB.conv2d(x, w, b, stride, padding, dilation))
+                outs.append(NB.conv2d(x, w, None, stride, padding, dilation))
+            np.testing.assert_allclose(outs[0], expected, rtol=tol, atol=tol)
+            np.testing.assert_allclose(outs[1], NP.conv2d(x, w, None, stride, padding, dilation), rtol=tol, atol=tol)
+            for k, got in enumerate(outs):
+                assert got.dtype == dtype and np.array_equal(got, outs[k % 2]), (xs, k)
+    monkeypatch.setattr(conv_module, "CHUNK_COLS_BYTES", 1)
+    assert conv_module.chunk_rows(1, 9, 11, 9, 8) == 1
+    monkeypatch.setattr(conv_module, "CHUNK_COLS_BYTES", 1 << 20)
+    assert conv_module.chunk_rows(1, 9, 11, 9, 8) == -(-11 // threads.MAX_BLOCKS)  # a chunk for every block
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_gemm_split_matches_the_twin(split, dtype):
     """Both ways of cutting each GEMM — linear by output columns (≤ COLUMN_SPLIT_ROWS rows) or by rows, conv by
     output pixels or (≥ CHANNEL_SPLIT per group) by output channels — give the NumPy twin's result, bias included."""

@@ -282,6 +282,91 @@ def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo, cols=None):
 
 
 COLS_BATCH_BYTES = 16 << 20  # a batch's im2col columns beyond this go image by image (measured: see conv2d_numba)
+CHUNKED_FROM_BYTES = 8 << 20  # an image's im2col columns from this size on: im2col + GEMM by chunks of output rows
+CHUNK_COLS_BYTES = 1 << 20    # of about this many column bytes (one core's L2 here); measured per shape, BiT-50@448:
+                              # docs/speed.md, "BiT's convolutions"
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _im2col_rows(x, b, y0, y1, kh, kw, sh, sw, top, left, dh, dw, Wo, cols):
+    # The im2col columns of image b's output rows y0:y1 into cols (C·kh·kw, >= (y1 − y0)·Wo): column
+    # (oy − y0)·Wo + ox of row (c·kh + i)·kw + j is xpad[b, c, oy·sh + i·dh, ox·sw + j·dw] (0 in the padding).
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                off = j * dw - left
+                x0, x1 = _valid_range(Wo, sw, off, W)
+                for oy in range(y0, y1):
+                    base = (oy - y0) * Wo
+                    iy = oy * sh + i * dh - top
+                    if iy < 0 or iy >= H:
+                        row[base:base + Wo] = 0
+                        continue
+                    src = x[b, c, iy]
+                    dst = row[base:base + Wo]
+                    dst[:x0] = 0
+                    if sw == 1:
+                        dst[x0:x1] = src[x0 + off:x1 + off]      # contiguous copy
+                    else:
+                        for ox in range(x0, x1):
+                            dst[ox] = src[ox * sw + off]
+                    dst[x1:] = 0
+
+
+@blocked(fastmath=False)
+def _conv_chunk_blocks(x, weight, bias, has_bias, kh, kw, sh, sw, top, left, dh, dw, rows, out, scratch, bounds):
+    # x (B, C, H, W); weight (Cout, C·kh·kw); out (B, Cout, Ho·Wo); scratch (blocks, C·kh·kw, rows·Wo). Work item t
+    # is image t // chunks, output rows (t % chunks)·rows onwards: its im2col columns into the block's scratch, then
+    # one GEMM onto that part of out (pre-filled with the bias). The chunks depend on the sizes alone, so every
+    # output element comes from the same GEMM call whatever the blocks or threads.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
+    Cout, P = out.shape[1], out.shape[2]
+    Wo = scratch.shape[2] // rows
+    Ho = P // Wo
+    chunks = (Ho + rows - 1) // rows
+    for blk in prange(len(bounds) - 1):
+        cols = scratch[blk]
+        for t in range(bounds[blk], bounds[blk + 1]):
+            b = t // chunks
+            y0 = (t % chunks) * rows
+            y1 = min(Ho, y0 + rows)
+            _im2col_rows(x, b, y0, y1, kh, kw, sh, sw, top, left, dh, dw, Wo, cols)
+            o = out[b, :, y0 * Wo:y1 * Wo]
+            if has_bias:
+                for ch in range(Cout):
+                    o[ch, :] = bias[ch]
+            gemm(weight, cols[:, :(y1 - y0) * Wo], o, 1.0 if has_bias else 0.0)
+
+
+def chunk_rows(B, K, Ho, Wo, itemsize):
+    """Output rows per chunk of `_conv_chunk_blocks`: about CHUNK_COLS_BYTES of columns, and at least as many chunks
+    in the batch as the threads' blocks (threads.MAX_BLOCKS), so that every thread has work."""
+    rows = max(1, CHUNK_COLS_BYTES // max(1, K * Wo * itemsize))
+    per_image = -(-threads.MAX_BLOCKS // B)                                # chunks each image needs for that
+    return max(1, min(rows, Ho, -(-Ho // per_image)))
+
+
+def _conv_chunked(x, weight, bias, stride, padding, dilation, Ho, Wo):
+    """conv2d (groups 1) as chunks of output rows, each its im2col columns then one GEMM, in one parallel region:
+    the columns of a chunk stay in cache for their GEMM, and no image- or batch-sized column buffer is written.
+    Why so many parameters: conv2d's own, with the output size."""
+    B, C = x.shape[:2]
+    Cout, _, kh, kw = weight.shape
+    K = C * kh * kw
+    rows = chunk_rows(B, K, Ho, Wo, x.itemsize)
+    chunks = -(-Ho // rows)
+    bounds = threads.blocks(B * chunks, rows * Wo * K * Cout // 8, 1)    # ~2·rows·Wo·K·Cout flops per chunk
+    scratch = np.empty((len(bounds) - 1, K, rows * Wo), x.dtype)
+    out = np.empty((B, Cout, Ho * Wo), x.dtype)
+    has_bias = bias is not None
+    b = np.require(bias if has_bias else np.zeros(1), x.dtype, ["C", "A"])
+    _conv_chunk_blocks(np.require(x, x.dtype, ["C", "A"]), np.require(weight.reshape(Cout, K), x.dtype, ["C", "A"]),
+                       b, has_bias, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+                       rows, out, scratch, bounds)
+    return out.reshape(B, Cout, Ho, Wo)
 
 
 def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
@@ -289,13 +374,18 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     cols would pass COLS_BATCH_BYTES goes one image at a time through one reused cols buffer: BiT-50's first 3×3
     convs at 448² need 231 MB of cols for 8 images, which leave the caches and cost page faults; per image they stay
     in L3 (BiT-50 batch 8: im2col 46 → ~21 ms per image here). Smaller batches go whole (CvT-13 batch 8's 3×3
-    embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches).
+    embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches). A conv (groups 1, not 1×1) whose
+    image has CHUNKED_FROM_BYTES of columns or more goes by chunks of output rows instead, im2col and GEMM of each
+    chunk together, in cache (`_conv_chunked`): 0.8-0.9× the time for BiT-50@448's 3×3 convs at 112² and 56² and its
+    7×7 stem, 0.9-1.05× at 7 MB of columns, 1.05-1.25× at 3.6 MB (docs/speed.md, "BiT's convolutions").
     Why so many parameters: the same signature as its twin on the other backend."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
         return _gemm_blocks(_pointwise_cols(x, stride, groups), weight, bias, groups, Ho, Wo)
     B, Cin = x.shape[:2]
     image_cols = Cin * weight.shape[2] * weight.shape[3] * Ho * Wo * x.itemsize
+    if groups == 1 and image_cols >= CHUNKED_FROM_BYTES:
+        return _conv_chunked(x, weight, bias, stride, padding, dilation, Ho, Wo)
     if B == 1 or B * image_cols <= COLS_BATCH_BYTES:
         cols = im2col_numba(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
         return _gemm_blocks(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
