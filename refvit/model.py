@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from . import hub, kernels, timm
+from .kernels.workspace import WorkspacePool
 from .models.architecture import Architecture, CallOptions
 from .runner import map_tensors, run, strip_or_add_prefix
 from .checkpoint import load_state_dict
@@ -89,6 +90,7 @@ class Model:
         self.timm_config: dict | None = None  # config.json as timm wrote it, when loaded from timm's layout
         self.kernels = kernels.get(backend)  # this instance's kernel namespace: every forward reads it (a tool may
                                              # replace it on one instance, e.g. with timed kernels)
+        self.workspaces = WorkspacePool()    # buffers the fused kernels reuse between calls (kernels/workspace.py)
 
     def __repr__(self):
         return (f"<refvit {self.architecture.name} dtype={self.dtype} backend={self.backend} "

@@ -4,6 +4,7 @@ loading uses (`map_tensors`), over the `Architecture` rows of refvit/models (doc
 from __future__ import annotations
 
 from .errors import CheckpointError, name_problems
+from .kernels.workspace import FRESH
 from .models.architecture import Architecture, CallOptions
 from .models.common import Forward, check_pixel_values
 
@@ -14,13 +15,27 @@ def run(model, pixel_values, opts: CallOptions, recorder: dict | None = None) ->
     `model` holds what the call runs on (refvit/model.py `Model`: architecture, params, config, kernels, dtype);
     `recorder` is the {checkpoint name: array} dict intermediates are recorded into, or None. One context is built
     for the call; the base model runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field:
-    value}.
+    value}. On the Numba backend the context carries a workspace for the fused kernels (refvit/kernels/workspace.py):
+    one of the model's own, leased for the call, unless a value would leave the call through it (intermediates
+    recorded, hidden states returned); then every array is new. The arithmetic is the same either way.
     """
+    kernels = model.kernels
+    make_context = getattr(kernels, "context", None)   # an emulated arithmetic (refvit/precision.py) brings its own
+    pool = getattr(model, "workspaces", None)
+    if make_context is not None or pool is None or getattr(kernels, "name", None) != "numba":
+        return _run(model, pixel_values, opts, recorder, None)      # no fused kernels: each module its own call
+    if recorder is not None or opts.output_hidden_states:
+        return _run(model, pixel_values, opts, recorder, FRESH)     # fused kernels, every value a new array
+    with pool.lease() as workspace:                                 # fused kernels writing into reused buffers
+        return _run(model, pixel_values, opts, recorder, workspace)
+
+
+def _run(model, pixel_values, opts, recorder, workspace):
     arch, params, cfg, kernels = model.architecture, model.params, model.config, model.kernels
     x = check_pixel_values(pixel_values, cfg.num_channels, model.dtype)
-    make_context = getattr(kernels, "context", None)   # an emulated arithmetic (refvit/precision.py) brings its own
-    ctx = Forward(kernels, cfg, params, recorder) if make_context is None else make_context(kernels, cfg, params,
-                                                                                            recorder)
+    make_context = getattr(kernels, "context", None)
+    ctx = Forward(kernels, cfg, params, recorder, workspace=workspace) if make_context is None else \
+        make_context(kernels, cfg, params, recorder)
     if arch.head is None:
         base_ctx = ctx
     else:

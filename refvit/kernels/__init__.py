@@ -25,6 +25,11 @@ signatures and return arrays of the input's dtype (float32 or float64):
     adaptive_avg_pool2d(x, out_h, out_w)                F.adaptive_avg_pool2d (torch's uneven bins)
     depthwise_conv_tokens(x, height, width, weight, bias, stride, padding) -> (tokens, (ho, wo))
                                                         depthwise Conv2d on a (B, h·w, C) token grid (CvT)
+    attention_block(x, ln_weight, ln_bias, eps, qkv_weight, qkv_bias, out_weight, out_bias, num_heads, scale,
+                    need_probs=False, workspace=None) -> AttentionBlock(out, ln, qkv, context, proj, probs)
+                                                        ViT's pre-norm attention block + residual, one call
+    mlp_block(x, ln_weight, ln_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, workspace=None)
+                      -> MLPBlock(out, ln, hidden)      ViT's pre-norm GELU MLP block + residual, one call
 
 Numba kernels compile lazily (only what a model calls, once per dtype) and are cached on disk
 (`cache=True`), so a second process loads them in milliseconds. The kernel modules (and Numba) are imported
@@ -56,6 +61,7 @@ KERNELS = {
     "conv2d": "conv", "max_pool2d": "conv", "group_norm_act": "groupnorm", "depthwise_conv_tokens": "dwconv",
     "relative_position_index": "relative_position", "relative_position_bias": "relative_position",
     "conv_transpose2d": "resample", "adaptive_avg_pool2d": "resample", "linear": "linear",
+    "attention_block": "encoder", "mlp_block": "encoder",
 }
 # Kernels with no Numba build: both backends run the NumPy code (separable resizes of small grids, a few calls per
 # model; see interpolate.py). Listed here rather than aliased, so that no `*_numba` name pretends otherwise.

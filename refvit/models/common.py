@@ -31,14 +31,17 @@ class Forward:
     Recording only stores values (docs/DESIGN.md §5): the arithmetic is the same whether or not anything records.
     """
 
-    __slots__ = ("kernels", "cfg", "p", "path", "recorder")
+    __slots__ = ("kernels", "cfg", "p", "path", "recorder", "workspace")
 
-    def __init__(self, kernels, cfg, params, recorder: dict | None = None, path: str = ""):
+    def __init__(self, kernels, cfg, params, recorder: dict | None = None, path: str = "", workspace=None):
+        """Why so many parameters: what a forward call carries (§3), and the workspace of the fused kernels."""
         self.kernels = kernels     # the backend's kernel namespace (refvit.kernels.get(backend), or a wrapped one)
         self.cfg = cfg             # the model's frozen config
         self.p = params            # params node of the current module (checkpoint names; lists for numbered children)
         self.path = path           # its checkpoint-name path ("" at the top of the checkpoint)
         self.recorder = recorder   # {checkpoint name: array} being recorded, or None when nothing records
+        self.workspace = workspace  # where fused kernels write (refvit/kernels/workspace.py), or None: no fused
+                                    # kernels (the NumPy backend, an emulated arithmetic), each module its own call
 
     @property
     def recording(self) -> bool:
@@ -81,7 +84,8 @@ class Forward:
         module with no tensors of its own (BeitPooler pooling [CLS]) and its params node is empty."""
         if params is None:
             params = self.param(child, optional)
-        return Forward(self.kernels, self.cfg, {} if params is None else params, self.recorder, self.name(child))
+        return Forward(self.kernels, self.cfg, {} if params is None else params, self.recorder, self.name(child),
+                       self.workspace)
 
     def record(self, child: str, value, copy: bool = False):
         """Record `value` as the output of submodule `child` (when recording) and return it unchanged. `copy=True`
@@ -120,14 +124,23 @@ class Forward:
         were concatenated at load (`fuse_qkv`): x @ [Wq; Wk; Wv]ᵀ + [bq; bk; bv], then split along channels (views).
         Loading always fuses them or fails (`fuse_qkv`); three GEMMs run only for params replaced after load (a
         planted bug, an edited weight), with the same values up to the GEMM's rounding."""
+        fused = self.qkv_params(names)
+        if fused is None:
+            return tuple(self.linear(n, x) for n in names)
+        weight, bias = fused
+        y = self.kernels.linear(x, weight, bias)                               # (..., 3C)
+        C = weight.shape[0] // len(names)
+        return tuple(self.record(n, y[..., i * C:(i + 1) * C]) for i, n in enumerate(names))
+
+    def qkv_params(self, names=QKV):
+        """(weight (3C, C), bias (3C,) or None) of the q, k, v projections when `fuse_qkv` concatenated them at load,
+        else None."""
         ps = [self.param(n) for n in names]
         weight = fused_rows([p["weight"] for p in ps])
         bias = None if weight is None else fused_rows([p.get("bias") for p in ps], allow_missing=True)
         if bias is None:
-            return tuple(self.linear(n, x) for n in names)
-        y = self.kernels.linear(x, weight, bias if bias.size else None)        # (..., 3C)
-        C = weight.shape[0] // len(names)
-        return tuple(self.record(n, y[..., i * C:(i + 1) * C]) for i, n in enumerate(names))
+            return None
+        return weight, (bias if bias.size else None)
 
     def layer_norm(self, name: str, x, eps: float | None = None, record: bool = True):
         """torch.nn.LayerNorm `name` over the last axis; eps defaults to the config's layer_norm_eps."""

@@ -173,6 +173,10 @@ def self_attention(ctx, x, need_probs):
 
 def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
+    if ctx.workspace is not None and ctx.cfg.hidden_act == "gelu":
+        fused = fused_layer(ctx, x, need_probs)
+        if fused is not None:
+            return fused
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, need_probs)
     x = x + ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False))
@@ -180,6 +184,33 @@ def layer(ctx, x, need_probs=False):
     h = ctx.record("intermediate", ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record=False))
     x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
     return ctx.record_output(x), probs
+
+
+def fused_layer(ctx, x, need_probs):
+    """`layer` as two kernel calls (the Numba backend: `ctx.workspace` set): the attention block and the MLP block,
+    the same arithmetic as the modules one by one (refvit/kernels/encoder.py), recorded under the same names in the
+    same order. None where the weights do not allow it (q, k, v not fused at load), then `layer` runs as written."""
+    qkv = ctx.at("attention.attention").qkv_params()
+    if qkv is None:
+        return None
+    cfg, ln1, out = ctx.cfg, ctx.param("layernorm_before"), ctx.param("attention.output.dense")
+    a = ctx.kernels.attention_block(x, ln1["weight"], ln1["bias"], cfg.layer_norm_eps, *qkv, out["weight"],
+                                    out["bias"], cfg.num_attention_heads, cfg.head_dim ** -0.5,
+                                    need_probs=need_probs, workspace=ctx.workspace)
+    if ctx.recording:
+        ctx.record("layernorm_before", a.ln)
+        C = a.context.shape[-1]
+        for i, name in enumerate(("query", "key", "value")):
+            ctx.record(f"attention.attention.{name}", a.qkv[..., i * C:(i + 1) * C])
+        ctx.record("attention.attention", a.context)
+        ctx.record("attention.output", a.proj)
+    ln2, fc1, fc2 = ctx.param("layernorm_after"), ctx.param("intermediate.dense"), ctx.param("output.dense")
+    m = ctx.kernels.mlp_block(a.out, ln2["weight"], ln2["bias"], cfg.layer_norm_eps, fc1["weight"], fc1["bias"],
+                              fc2["weight"], fc2["bias"], workspace=ctx.workspace)
+    ctx.record("layernorm_after", m.ln)
+    ctx.record("intermediate", m.hidden)
+    ctx.record("output", m.out)
+    return ctx.record_output(m.out), a.probs
 
 
 def base_forward(ctx, inputs):
