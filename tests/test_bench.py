@@ -247,8 +247,9 @@ def test_profile_breaks_a_forward_into_kernels_and_restores_them(tiny_model, cap
     (row,) = result["profile"]
     assert (row["model"], row["batch"], row["impl"]) == ("tiny-vit", 2, "refvit-numba")
     names = {k["name"]: k for k in row["kernels"]}
-    assert {"linear", "attention", "layer_norm"} <= set(names)
-    assert names["linear"]["gflops"] > 0 and names["attention"]["gflops"] is None
+    assert {"linear", "attention_block", "mlp_block", "layer_norm"} <= set(names)   # ViT's layers: two fused blocks
+    assert names["linear"]["gflops"] > 0 and names["attention_block"]["gflops"] > 0
+    assert names["layer_norm"]["gflops"] is None
     assert all(k["calls"] >= 1 and k["ms"] >= 0 for k in row["kernels"])
     assert sum(k["ms"] for k in row["kernels"]) + row["python_ms"] == pytest.approx(row["total_ms"])
     assert result["environment"]["command"].endswith("--profile")

@@ -42,6 +42,21 @@ def model_kernels(model):
     return model.kernels
 
 
+def _attention_block_flops(args):
+    """The fused attention block: q/k/v and output projections, Q·Kᵀ and A·V (x (B, N, C), qkv weight args[4])."""
+    x, qkv_weight = args[0], args[4]
+    B, N, C = x.shape
+    return 2 * x.size * (qkv_weight.shape[0] + C) + 4 * B * N * N * C
+
+
+# kernel -> FLOPs of one call (its GEMMs) from its arguments
+GEMM_FLOPS = {
+    "linear": lambda args: 2 * args[0].size * args[1].shape[0],                 # x (..., in) @ weight (out, in)ᵀ
+    "attention_block": _attention_block_flops,
+    "mlp_block": lambda args: 4 * args[0].size * args[4].shape[0],             # x (B, N, C), fc1 weight (I, C)
+}
+
+
 def _profile_runs(model, namespace, forward, repeat: int) -> dict:
     seconds, calls, flops = {}, {}, {}
 
@@ -51,8 +66,8 @@ def _profile_runs(model, namespace, forward, repeat: int) -> dict:
             out = fn(*args, **kwargs)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
             calls[name] = calls.get(name, 0) + 1
-            if name == "linear":                            # x (..., in) @ weight (out, in)ᵀ
-                flops[name] = flops.get(name, 0) + 2 * args[0].size * args[1].shape[0]
+            if name in GEMM_FLOPS:
+                flops[name] = flops.get(name, 0) + GEMM_FLOPS[name](args)
             return out
         return run
 
