@@ -48,14 +48,21 @@ def _x(v) -> str:
     return f"{v:.2f}x" if v else "-"
 
 
+def _fixed_width(columns: list[tuple], rows: list[dict]) -> list[str]:
+    """A plain-text table: the header line, then a line per row. `columns`: (header, alignment and width, the cell
+    as text); each header is aligned as its column, so the two cannot drift apart."""
+    return [" ".join(format(header, spec) for header, spec, _ in columns)] + [
+        " ".join(format(cell(r), spec) for _, spec, cell in columns) for r in rows]
+
+
 def format_rows(rows: list[dict]) -> str:
     """The plain table: model, batch, impl, ms/image, vs torch, vs ORT, vs best peer, floor %."""
-    lines = [f"{'model':11s} {'batch':>5s} {'impl':18s} {'ms/image':>9s} {'vs torch':>9s} {'vs ORT':>8s} "
-             f"{'vs best peer':>12s} {'floor %':>8s}"]
-    for r in rows:
-        lines.append(f"{r['model']:11s} {r['batch']:5d} {r['impl']:18s} {r['ms_per_image']:9.1f} "
-                     f"{_x(r['vs_torch']):>9s} {_x(r['vs_ort']):>8s} {_x(r['vs_best_peer']):>12s} "
-                     f"{r['floor_pct']:7.0f}%")
+    lines = _fixed_width([("model", "<11", lambda r: r["model"]), ("batch", ">5", lambda r: f"{r['batch']:d}"),
+                          ("impl", "<18", lambda r: r["impl"]),
+                          ("ms/image", ">9", lambda r: f"{r['ms_per_image']:.1f}"),
+                          ("vs torch", ">9", lambda r: _x(r["vs_torch"])), ("vs ORT", ">8", lambda r: _x(r["vs_ort"])),
+                          ("vs best peer", ">12", lambda r: _x(r["vs_best_peer"])),
+                          ("floor %", ">8", lambda r: f"{r['floor_pct']:.0f}%")], rows)
     bad = [f"{r['model']} batch {r['batch']} {r['impl']} ({r['max_abs_diff']:.2g})"
            for r in rows if r["logits_match"] is False]
     if bad:
@@ -68,13 +75,14 @@ def format_skipped(skipped: list[dict]) -> str:
 
 
 def format_startup(rows: list[dict]) -> str:
-    lines = [f"{'process (' + rows[0]['model'] + ')':28s} {'to prediction s':>15s} {'wall s':>7s} {'import s':>8s} "
-             f"{'load s':>7s} {'forward s':>9s} {'peak RSS MiB':>12s} {'RSS after import':>16s}"]
-    for r in rows:
-        lines.append(f"{r['process']:28s} {_to_prediction(r):15.2f} {r['wall_s']:7.2f} {r['import_s']:8.2f} "
-                     f"{r['load_s']:7.2f} {r['forward_s']:9.2f} {r['peak_rss_mib']:12.0f} "
-                     f"{r['rss_after_import_mib']:16.0f}")
-    return "\n".join(lines)
+    """One line per process: launch to prediction, wall time, import, load, forward; peak and after-import RSS."""
+    return "\n".join(_fixed_width(
+        [(f"process ({rows[0]['model']})", "<28", lambda r: r["process"]),
+         ("to prediction s", ">15", lambda r: f"{_to_prediction(r):.2f}"),
+         ("wall s", ">7", lambda r: f"{r['wall_s']:.2f}"), ("import s", ">8", lambda r: f"{r['import_s']:.2f}"),
+         ("load s", ">7", lambda r: f"{r['load_s']:.2f}"), ("forward s", ">9", lambda r: f"{r['forward_s']:.2f}"),
+         ("peak RSS MiB", ">12", lambda r: f"{r['peak_rss_mib']:.0f}"),
+         ("RSS after import", ">16", lambda r: f"{r['rss_after_import_mib']:.0f}")], rows))
 
 
 def _to_prediction(row) -> float:
