@@ -9,6 +9,7 @@ import json
 import math
 import os
 from dataclasses import MISSING, fields
+from functools import partial
 from typing import Any
 
 from .. import strict_json
@@ -101,9 +102,9 @@ class PretrainedConfig:
             raise ConfigError(f"{source}: holds a {model_type!r} config, not {cls.__name__}'s {cls.MODEL_TYPE!r}")
         return cls.parse({**raw, "model_type": model_type}, source)
 
-    @classmethod
-    def parse(cls, raw: dict, source: str):
-        """The family's parser (each family's file defines it)."""
+    @staticmethod
+    def parse(raw: dict, source: str):
+        """The family's parser: the family's file marks it `@parses(TheConfig, …)`."""
         raise NotImplementedError
 
     @classmethod
@@ -163,6 +164,16 @@ def _json_value(value):
 
 
 LabelsMixin = PretrainedConfig  # the old name of the shared base
+
+
+def parses(*classes, pass_model_type: bool = False):
+    """Decorator marking a family's parser: it becomes `parse` of each class in `classes` (what `from_dict` ends in),
+    called as parser(raw, source), or with pass_model_type as parser(raw, source, family=the class's MODEL_TYPE)."""
+    def register(parser):
+        for cls in classes:
+            cls.parse = staticmethod(partial(parser, family=cls.MODEL_TYPE) if pass_model_type else parser)
+        return parser
+    return register
 
 
 def raise_problems(source: str, problems: list) -> None:

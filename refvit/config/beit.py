@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .base import (PatchGridMixin, architectures_and_labels, backbone_outputs, check_activation, check_common,
-                   check_model_type, check_number, check_type, int_list, parse_pair, positive_ints, raise_problems)
+                   check_model_type, check_number, check_type, int_list, parse_pair, parses, positive_ints,
+                   raise_problems)
 
 
 MAX_LAYERS = 4096  # far beyond any real checkpoint; bounds the work done before the tensors are checked
@@ -23,10 +24,6 @@ MAX_POOL_SCALE = 128
 class BeitConfig(PatchGridMixin):
     """transformers' `BeitConfig` (configuration_beit.py); defaults are transformers' (BEiT-B at 224²).
     `Data2VecVisionConfig` has the same fields but no backbone ones (out_features, add_fpn, reshape_hidden_states)."""
-
-    @classmethod
-    def parse(cls, raw: dict, source: str):
-        return beit_config_from_dict(raw, source, cls.MODEL_TYPE)
 
     MODEL_TYPE = "beit"
     FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -99,6 +96,7 @@ class Data2VecVisionConfig(BeitConfig):
     out_features: tuple = ()
 
 
+@parses(BeitConfig, Data2VecVisionConfig, pass_model_type=True)
 def beit_config_from_dict(raw: dict, source: str = "config.json", family: str = "beit", head: str = "") -> BeitConfig:
     """Parse and validate a BEiT / data2vec-vision config dict; every problem is listed in one ConfigError.
 

@@ -7,16 +7,12 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .base import (PretrainedConfig, architectures_and_labels, backbone_outputs, check_activation, check_common,
-                   check_model_type, check_number, check_type, int_list, positive_ints, raise_problems)
+                   check_model_type, check_number, check_type, int_list, parses, positive_ints, raise_problems)
 
 
 @dataclass(frozen=True, init=False)
 class BitConfig(PretrainedConfig):
     """transformers' `BitConfig` (configuration_bit.py); defaults are transformers' (the google/bit-50 shape)."""
-
-    @classmethod
-    def parse(cls, raw: dict, source: str):
-        return bit_config_from_dict(raw, source)
 
     MODEL_TYPE = "bit"
     FIELDS = ("num_channels", "embedding_size", "hidden_sizes", "depths", "layer_type", "hidden_act", "global_padding",
@@ -63,6 +59,7 @@ def make_div(value, divisor=8):
     return new_value
 
 
+@parses(BitConfig)
 def bit_config_from_dict(raw: dict, source: str = "config.json") -> BitConfig:
     """Parse and validate a BiT config dict; every problem is listed in one ConfigError. (What the network's shape
     makes impossible, GroupNorm widths and width_factor, is checked by refvit/models/bit.py, where that shape is.)"""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .base import (PretrainedConfig, _is_int, _is_number, architectures_and_labels, check_common, check_model_type,
-                   check_number, check_type, raise_problems)
+                   check_number, check_type, parses, raise_problems)
 
 
 PROJECTION_METHODS = ("dw_bn", "avg", "linear")  # qkv_projection_method values (see models/cvt.py)
@@ -16,10 +16,6 @@ PROJECTION_METHODS = ("dw_bn", "avg", "linear")  # qkv_projection_method values 
 class CvtConfig(PretrainedConfig):
     """transformers' `CvtConfig` (configuration_cvt.py): one entry per stage in every list; defaults are
     microsoft/cvt-13's."""
-
-    @classmethod
-    def parse(cls, raw: dict, source: str):
-        return cvt_config_from_dict(raw, source)
 
     MODEL_TYPE = "cvt"
     FIELDS = ("num_channels", "patch_sizes", "patch_stride", "patch_padding", "embed_dim", "num_heads", "depth",
@@ -84,6 +80,7 @@ def _stage_list(raw: dict, key: str, default: tuple, n: int | None, ok, what: st
     return tuple(value)
 
 
+@parses(CvtConfig)
 def cvt_config_from_dict(raw: dict, source: str = "config.json") -> CvtConfig:
     """Parse and validate a CvT config dict; every problem is listed in one ConfigError."""
     if not isinstance(raw, dict):

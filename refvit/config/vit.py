@@ -6,16 +6,12 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from .base import (PatchGridMixin, architectures_and_labels, check_activation, check_common, check_model_type,
-                   check_number, check_type, parse_pair, positive_ints, raise_problems)
+                   check_number, check_type, parse_pair, parses, positive_ints, raise_problems)
 
 
 @dataclass(frozen=True, init=False)
 class ViTConfig(PatchGridMixin):
     """transformers' `ViTConfig` (configuration_vit.py): `ViTConfig(hidden_size=384, …)`, defaults ViT-B/16 at 224²."""
-
-    @classmethod
-    def parse(cls, raw: dict, source: str):
-        return vit_config_from_dict(raw, source)
 
     MODEL_TYPE = "vit"
     FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
@@ -55,6 +51,7 @@ class DeiTConfig(ViTConfig):
     model_type: str = "deit"
 
 
+@parses(ViTConfig, DeiTConfig)
 def vit_config_from_dict(raw: dict, source: str = "config.json") -> ViTConfig:
     """Parse and validate a ViT/DeiT config dict; every problem is listed in one ConfigError. The class follows
     model_type (ViTConfig or DeiTConfig)."""
