@@ -16,9 +16,10 @@ sys.path.insert(0, str(ROOT))  # document the checkout, installed or not
 
 import refvit  # noqa: E402
 
-# The tutorial notebooks and their README are copied into docs/tutorials/ (git-ignored) at every build, not
-# symlinked: MyST resolves a link through a symlink to the file's real path, outside this folder, so links to a
-# symlinked notebook break; copies also work on checkouts without symlinks. tutorials/ stays the single source.
+# The tutorial notebooks are copied into docs/tutorials/ (git-ignored) at every build, not symlinked: MyST resolves a
+# link through a symlink to the file's real path, outside this folder, so links to a symlinked notebook break; copies
+# also work on checkouts without symlinks. tutorials/ stays the single source: docs/tutorials/index.md includes
+# tutorials/README.md (the students' page), whose links to `NN_name.ipynb` then resolve to the copies beside it.
 TUTORIALS = ROOT / "tutorials"
 COPIED = Path(__file__).resolve().parent / "tutorials"
 
@@ -28,8 +29,7 @@ def copy_tutorials() -> None:
         old.unlink()
     for notebook in sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb")):
         (COPIED / notebook.name).write_bytes(notebook.read_bytes())
-    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8").split("\n", 1)[1]  # its title line replaced
-    (COPIED / "about.md").write_text("# About the notebooks\n" + readme, encoding="utf-8")
+    (COPIED / "about.md").unlink(missing_ok=True)  # a copy of the README older builds wrote: in no toctree now
 
 
 copy_tutorials()
