@@ -7,7 +7,8 @@ helpers (digests of golden/models/ and tutorials/common.py are stored in it), or
 stale; every notebook has a figure and an assertion; the family notebooks (01-05) have exercises with a `check()`
 and a solutions file, and every exercise at least two recorded wrong answers (tutorials/wrong/) that its check must
 reject; and each notebook runs again from scratch in a fresh kernel (matplotlib on Agg) with its solutions and then
-its wrong answers appended, from a fresh build — the stored file is never touched.
+its wrong answers appended, from a fresh build — the stored file is never touched. tutorials/README.md (the docs'
+Tutorials page) opens with prerequisites, the reading order and a goals-and-time row for every notebook.
 """
 
 import importlib.util
@@ -127,3 +128,33 @@ def test_notebook_executes_with_solutions(source):
     nb = run.build(source, with_solutions=True)
     run.execute(nb, env={"MPLBACKEND": "Agg"})  # raises CellExecutionError, with the cell and traceback, on failure
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def test_readme_is_a_students_way_in():
+    """tutorials/README.md, which the docs' Tutorials page includes, opens with what a student needs first:
+    prerequisites, the reading order, and a row per notebook with what to read before it, what it teaches and the
+    time to read it and to run it. The maintainers' notes live on docs/tutorials/maintaining.md instead."""
+    text = (TUTORIALS / "README.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings[:3] == ["Before you start", "Reading order", "What you will learn, and how long it takes"], headings
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in _section(text, headings[2]).splitlines() if line.startswith("| [")]
+    for source in SOURCES:
+        row = next((r for r in rows if f"]({source.stem}.ipynb)" in r[0]), None)
+        assert row, f"{source.stem}: no row in the README's table '{headings[2]}'"
+        after, goals, reading, exercises, running = row[1:]
+        assert goals and re.search(r"\d+ min", reading) and re.fullmatch(r"\d+ s", running), (source.stem, row)
+    deit = next(r for r in rows if "](02_deit.ipynb)" in r[0])
+    assert "05" in deit[1], "02 (DeiT) learns from 05's BiT teacher: the reading order must say so"
+    for maintainers in ("Closing note", "Run, regenerate", "tests/test_tutorials.py", "wrong/NN_name.py"):
+        assert maintainers not in text, f"{maintainers!r}: maintainers' notes go to docs/tutorials/maintaining.md"
+    index = (TUTORIALS.parent / "docs" / "tutorials" / "index.md").read_text()
+    assert "```{include} ../../tutorials/README.md" in index
+    toctree = index[index.index("```{toctree}"):]
+    assert all(f"\n{source.stem}\n" in toctree for source in SOURCES), "a notebook missing from the docs' toctree"
