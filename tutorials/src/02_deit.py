@@ -1,9 +1,10 @@
 # %% [markdown]
 # # DeiT: the distillation token, told with our own data
 #
-# Touvron et al. 2021, *Training data-efficient image transformers & distillation through attention*: a ViT with a
-# second special token. Next to `[CLS]` sits a learned **distillation token** `[DIST]`; it attends and is attended
-# like any other token, and its final state feeds a second head trained to reproduce a **teacher**'s predictions
+# Touvron et al. 2021, *Training data-efficient image transformers & distillation through attention* (arXiv
+# 2012.12877, whose section and table numbers we cite; its ICML version moves the token analysis of §4 into §5.2): a
+# ViT with a second special token. Next to `[CLS]` sits a learned **distillation token** `[DIST]`; it attends and is
+# attended like any other token, and its final state feeds a second head trained to reproduce a **teacher**'s predictions
 # (hard-label distillation: `loss = ½ CE(class head, y) + ½ CE(distillation head, argmax teacher)`). At inference
 # `DeiTForImageClassificationWithTeacher` averages the two heads' *logits* (`transformers/models/deit/modeling_deit.py`);
 # the paper's "joint classifiers" add their *softmax outputs* (late fusion, §4 of the paper, evaluated in Table 3 of
