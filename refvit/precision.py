@@ -353,6 +353,9 @@ class PrecisionForward(Forward):
         return PrecisionForward(self.emulator, self.cfg, {} if params is None else params, self.recorder,
                                 self.name(child))
 
+    def kernels_named(self, op):
+        return BoundKernels(self.emulator, self.name(op))
+
     def linear(self, name, x, record=True):
         p = self.param(name)
         return self._out(name, record, self.kernels.named(self.name(name), "linear", x, p["weight"], p.get("bias")))

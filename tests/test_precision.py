@@ -237,3 +237,57 @@ def test_precision_command_table_agreement_and_keep_search(tmp_path, vit, capsys
     assert out["keep_fp32"]["reached"] and out["modules"] and (tmp_path / "r.html").read_text().startswith("<!")
     assert main(["precision", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--format", "int8-dynamic",
                  "--keep-fp32", "vit.layernorm"]) == 2
+
+
+# every family through both commands: ViT, DeiT, BEiT, CvT, BiT (digits models) and data2vec-vision's segmentation
+# model (BEiT's encoder with the UperNet head: the kernels its family code calls itself, resizes and pools, named)
+FAMILY_MODELS = ["digits-vit", "digits-deit", "digits-beit", "digits-cvt", "digits-bit", "segment-data2vec"]
+
+
+def family_pixels(name: str, n: int = 2) -> np.ndarray:
+    if name.startswith("digits-"):
+        return digits_pixel_values(DIGITS / name, n)[0]
+    size = json.loads((DIGITS / name / "config.json").read_text())["image_size"]
+    return np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_trace_and_precision_commands_on_every_family(tmp_path, name, capsys):
+    model_dir = str(DIGITS / name)
+    np.save(tmp_path / "x.npy", family_pixels(name))
+    for fmt in ("bf16", "fp16", "int8-dynamic"):
+        out = tmp_path / f"{fmt}.safetensors"
+        assert main(["trace", model_dir, str(tmp_path / "x.npy"), "--precision", fmt, "--out", str(out)]) == 0
+        t = parity.Trace.load(out)
+        assert t.meta["precision"] == fmt and np.isfinite(t["logits"]).all()
+        if fmt != "int8-dynamic":
+            assert in_format(t["logits"], fmt)
+        capsys.readouterr()
+        assert main(["precision", model_dir, str(tmp_path / "x.npy"), "--format", fmt, "--batch", "2",
+                     "--probe-images", "2", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        names = [r["module"] for r in report["modules"]]
+        assert len(names) == len(set(names)) and report["images"] == 2 and 0 <= report["agreement"] <= 100
+        # every row named by its module (or the step's name under it), never `path:2` or a bare kernel name
+        assert not [n for n in names if ":" in n or n in {r["kernel"] for r in report["modules"]}], names
+        changed = [r for r in report["modules"] if r["emulated"]]
+        assert changed and any(r["nmse"] > 0 for r in changed)
+
+
+def test_kernels_the_family_code_calls_itself_are_named_by_their_step():
+    names = {c.name: c.kernel for c in precision.emulate(refvit.from_pretrained(DIGITS / "digits-bit"), "bf16")
+             .profile(family_pixels("digits-bit"))[1]}
+    assert names["bit.encoder.stages.0.layers.0.norm2"] == "group_norm_act" and names["bit.norm"] == "group_norm_act"
+    assert names["bit.embedder.pooler"] == "max_pool2d"
+    model = refvit.from_pretrained(DIGITS / "segment-data2vec")
+    names = {c.name: c.kernel for c in precision.emulate(model, "fp16").profile(family_pixels("segment-data2vec", 1))[1]}
+    layer = "data2vec_vision.encoder.layer.0.attention.attention."
+    assert names[layer + "relative_position_bias"] == "relative_position_bias"
+    assert names["fpn1.0"] == "conv_transpose2d" and names["fpn4"] == "max_pool2d"
+    assert names["decode_head.psp_modules.blocks.1.pooling"] == "adaptive_avg_pool2d"
+    assert names["decode_head.laterals.3.interpolate"] == names["decode_head.fpn_outs.1.interpolate"] == \
+        "interpolate_bilinear"
+    digits = refvit.from_pretrained(DIGITS / "digits-vit")             # interpolated position embeddings
+    x = np.random.default_rng(1).standard_normal((1, 3, 48, 48)).astype(np.float32)
+    names = {c.name for c in precision.emulate(digits, "bf16").profile(x, interpolate_pos_encoding=True)[1]}
+    assert "vit.embeddings.interpolate_pos_encoding" in names

@@ -49,14 +49,15 @@ class HeadNames:
     bn: str              # its BatchNorm
     bottleneck: str      # the pyramid-pooling bottleneck, under decode_head
     psp: str             # pyramid-pooling block i's conv module, under decode_head ({i})
+    pool: str            # pyramid-pooling block i's adaptive average pool, under decode_head ({i}; no tensors)
 
 
 # BeitUperHead reads 4 feature maps (in_channels = [hidden_size] * 4): a lateral and an fpn conv for each but the last,
 # which goes through the pyramid pooling
 UPER_LATERALS = 3
-HEAD_NAMES = {"beit": HeadNames("conv", "bn", "bottleneck", "psp_modules.{i}.1"),
+HEAD_NAMES = {"beit": HeadNames("conv", "bn", "bottleneck", "psp_modules.{i}.1", "psp_modules.{i}.0"),
               "data2vec-vision": HeadNames("convolution", "normalization", "psp_bottleneck",
-                                           "psp_modules.blocks.{i}.conv")}
+                                           "psp_modules.blocks.{i}.conv", "psp_modules.blocks.{i}.pooling")}
 
 
 def table_shape(cfg) -> tuple:
@@ -232,8 +233,8 @@ def embeddings(ctx, inputs):
     cls = np.broadcast_to(ctx.param("cls_token"), (B, 1, ctx.cfg.hidden_size))
     x = np.concatenate([cls, x], axis=1)                                              # (B, 1 + N, C)
     if ctx.has("position_embeddings"):
-        x = x + interpolate_position_embeddings(ctx.kernels, ctx.param("position_embeddings"), 1, ctx.cfg,
-                                                height, width)
+        x = x + interpolate_position_embeddings(ctx.kernels_named("interpolate_pos_encoding"),
+                                                ctx.param("position_embeddings"), 1, ctx.cfg, height, width)
     return x
 
 
@@ -282,11 +283,12 @@ def relative_position_bias(ctx, inputs, seq_len):
     (1, H, N+1, N+1). With interpolate_pos_encoding the bias is then bilinearly resized to (seq_len, seq_len) — the
     size it already has, so that step is the identity: skipped for a finite bias, as the table's same-size resize
     (`resize_relative_table`), and run for any other (a non-finite bias gets NaN where transformers' does)."""
-    kernels = ctx.kernels
-    table = resize_relative_table(ctx.param("relative_position_bias_table"), ctx.cfg, inputs.grid, kernels)  # (T', H)
-    bias = kernels.relative_position_bias(table, relative_position_index(kernels.relative_position_index, inputs.grid))
+    table = resize_relative_table(ctx.param("relative_position_bias_table"), ctx.cfg, inputs.grid,
+                                  ctx.kernels_named("interpolate_table"))                                  # (T', H)
+    index = relative_position_index(ctx.kernels_named("index").relative_position_index, inputs.grid)
+    bias = ctx.kernels.relative_position_bias(table, index)                            # (H, N+1, N+1)
     if inputs.interpolate and (bias.shape[1:] != (seq_len, seq_len) or not is_finite(bias)):
-        bias = kernels.interpolate_bilinear(bias, seq_len, seq_len)                    # (H, N+1, N+1)
+        bias = ctx.kernels_named("interpolate").interpolate_bilinear(bias, seq_len, seq_len)
     ctx.record_output(bias[None])                                                        # (1, H, N+1, N+1)
     return bias
 
@@ -378,27 +380,30 @@ def resize_to(kernels, x, size):
 def fpn(ctx, features):
     """BeitFPNNeck (classic fpn1 … fpn4): ×4 (ConvT, BN, GELU, ConvT), ×2 (ConvT), identity, ½ (2×2 max-pool).
     Quirk: data2vec-vision applies `ops[i]` to as many maps as its out_indices selected; with 3 there is no fpn4."""
-    kernels, p = ctx.kernels, ctx.p
+    k, p = ctx.kernels_named, ctx.p                   # each kernel call named by its module (the precision reports)
     # fpn1.0 (ConvTranspose2d) with the BatchNorm fpn1.1 folded into it at load: its output is fpn1.1's
-    f1 = ctx.record("fpn1.1", kernels.conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"],
-                                                       (2, 2)))
-    f1 = ctx.record("fpn1.2", kernels.gelu(f1))                                       # nn.GELU(): erf form
-    f1 = ctx.record("fpn1", kernels.conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))
-    f2 = ctx.record("fpn2", kernels.conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"], (2, 2)))
+    f1 = ctx.record("fpn1.1", k("fpn1.0").conv_transpose2d(features[0], p["fpn1"][0]["weight"], p["fpn1"][0]["bias"],
+                                                           (2, 2)))
+    f1 = ctx.record("fpn1.2", k("fpn1.2").gelu(f1))                                   # nn.GELU(): erf form
+    f1 = ctx.record("fpn1", k("fpn1.3").conv_transpose2d(f1, p["fpn1"][3]["weight"], p["fpn1"][3]["bias"], (2, 2)))
+    f2 = ctx.record("fpn2", k("fpn2.0").conv_transpose2d(features[1], p["fpn2"][0]["weight"], p["fpn2"][0]["bias"],
+                                                         (2, 2)))
     if len(features) == 3:                                                            # data2vec-vision only
         return (f1, f2, features[2])
-    f4 = ctx.record("fpn4", kernels.max_pool2d(features[3], (2, 2), (2, 2)))          # (B, C, h//2, w//2)
+    f4 = ctx.record("fpn4", k("fpn4").max_pool2d(features[3], (2, 2), (2, 2)))         # (B, C, h//2, w//2)
     return (f1, f2, features[2], f4)                                                  # (B, C, 4h, 4w), …
 
 
 def pyramid_pooling(ctx, x):
     """BeitPyramidPoolingModule + bottleneck: adaptive average pools to each scale, conv module, bilinear back to
     x's size, concatenated with x, then a 3×3 conv module (PSPNet, Zhao et al. 2017). ctx at `decode_head`."""
-    names, kernels = HEAD_NAMES[ctx.cfg.model_type], ctx.kernels
+    names = HEAD_NAMES[ctx.cfg.model_type]
     outs = [x]
     for i, scale in enumerate(ctx.cfg.pool_scales):
-        y = conv_module(ctx.at(names.psp.format(i=i)), kernels.adaptive_avg_pool2d(x, scale, scale))
-        outs.append(resize_to(kernels, y, x.shape[2:]))                               # (B, C, h, w)
+        pooled = ctx.kernels_named(names.pool.format(i=i)).adaptive_avg_pool2d(x, scale, scale)
+        y = conv_module(ctx.at(names.psp.format(i=i)), pooled)
+        block = names.pool.format(i=i).rsplit(".", 1)[0]                              # the pyramid-pooling block
+        outs.append(resize_to(ctx.kernels_named(block + ".interpolate"), y, x.shape[2:]))  # (B, C, h, w)
     return conv_module(ctx.at(names.bottleneck), np.concatenate(outs, axis=1), padding=1)
 
 
@@ -406,14 +411,16 @@ def uper_head(ctx, features):
     """BeitUperHead (UperNet): lateral 1×1 convs + pyramid pooling on the last map, top-down sums, 3×3 convs,
     everything resized to the first map's size, concatenated, fused by a 3×3 conv, classified by a 1×1 conv. Given 3
     maps (data2vec-vision), the third feeds both the last lateral and the pooling: still 4 maps into the fusion."""
-    kernels = ctx.kernels
+    k = ctx.kernels_named             # the resizes named after transformers' variables (laterals, fpn_outs)
     laterals = [conv_module(ctx.at(f"lateral_convs.{i}"), f) for i, f in enumerate(features[:UPER_LATERALS])]
     laterals.append(pyramid_pooling(ctx, features[-1]))
     for i in range(len(laterals) - 1, 0, -1):                                         # top-down path
-        laterals[i - 1] = laterals[i - 1] + resize_to(kernels, laterals[i], laterals[i - 1].shape[2:])
+        laterals[i - 1] = laterals[i - 1] + resize_to(k(f"laterals.{i}.interpolate"), laterals[i],
+                                                      laterals[i - 1].shape[2:])
     outs = [conv_module(ctx.at(f"fpn_convs.{i}"), laterals[i], padding=1)
             for i in range(UPER_LATERALS)] + [laterals[-1]]
-    outs = [outs[0]] + [resize_to(kernels, o, outs[0].shape[2:]) for o in outs[1:]]   # all at (4h, 4w)
+    outs = [outs[0]] + [resize_to(k(f"fpn_outs.{i}.interpolate"), o, outs[0].shape[2:])
+                        for i, o in enumerate(outs[1:], 1)]                           # all at (4h, 4w)
     x = conv_module(ctx.at("fpn_bottleneck"), np.concatenate(outs, axis=1), padding=1)
     return ctx.record_output(ctx.conv2d("classifier", x))                               # (B, num_labels, 4h, 4w)
 

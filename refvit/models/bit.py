@@ -168,8 +168,8 @@ def group_norm_act(ctx, name, x, apply_activation=True, record=True):
     kernel)."""
     cfg, p = ctx.cfg, ctx.param(name)
     relu = apply_activation and cfg.hidden_act == "relu"
-    y = ctx.kernels.group_norm_act(x, cfg.num_groups, p["weight"], p["bias"], GN_EPS, relu)
-    y = ctx.act(cfg.hidden_act, y) if apply_activation and not relu else y
+    y = ctx.kernels_named(name).group_norm_act(x, cfg.num_groups, p["weight"], p["bias"], GN_EPS, relu)
+    y = ctx.at(f"{name}.activation", optional=True).act(cfg.hidden_act, y) if apply_activation and not relu else y
     return ctx.record(name, y) if record else y
 
 
@@ -186,7 +186,7 @@ def embeddings(ctx, x):
     # not -inf: quirk reproduced (visible on preactivation stems, whose input to the pool can be negative)
     pad = (dynamic_pad(x.shape[2], POOL_KERNEL, POOL_STRIDE, 1) + dynamic_pad(x.shape[3], POOL_KERNEL, POOL_STRIDE, 1)
            if cfg.embedding_dynamic_padding else (0, 0, 0, 0))
-    x = ctx.record("pooler", ctx.kernels.max_pool2d(x, POOL_KERNEL, POOL_STRIDE, pad, False, 0.0))
+    x = ctx.record("pooler", ctx.kernels_named("pooler").max_pool2d(x, POOL_KERNEL, POOL_STRIDE, pad, False, 0.0))
     return ctx.record_output(x)                                                          # (B, E, h, w)
 
 

@@ -98,6 +98,12 @@ class Forward:
         """Record `value` as the output of this module itself (under `ctx.path`) and return it unchanged."""
         return self.record("", value, copy)
 
+    def kernels_named(self, op: str):
+        """The kernels for a step the family code runs itself (a resize, a pool, a table lookup: no linear, conv or
+        norm of its own), its calls named `<path>.<op>` where calls are named (the precision emulation's context,
+        refvit/precision.py, reports every kernel call by name); the plain backends ignore the name."""
+        return self.kernels
+
     # torch.nn modules by checkpoint name: params p[name], the output recorded under `name` unless record=False
     # (a module whose output transformers' hooks see at its parent: record the parent, `ctx.record(parent, …)`)
 

@@ -136,7 +136,8 @@ def position_embeddings(ctx, num_special, height, width, interpolate):
     """The (possibly interpolated) position embeddings; without interpolation the input must be the config's size."""
     pos, cfg = ctx.param("position_embeddings"), ctx.cfg
     if interpolate:
-        return interpolate_position_embeddings(ctx.kernels, pos, num_special, cfg, height, width)
+        return interpolate_position_embeddings(ctx.kernels_named("interpolate_pos_encoding"), pos, num_special, cfg,
+                                               height, width)
     if (height, width) != tuple(cfg.image_size):
         raise InputError(f"pixel_values: input image size ({height}*{width}) doesn't match model "
                          f"({cfg.image_size[0]}*{cfg.image_size[1]}); pass interpolate_pos_encoding=True to resize "
