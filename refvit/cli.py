@@ -620,6 +620,16 @@ def _scaling_options(p) -> None:
                    "missing there are computed")
 
 
+def _emulation_options(p) -> None:
+    """How a reduced format is emulated: `trace --precision` and `precision --format` take the same options."""
+    p.add_argument("--accumulate", choices=["fp32", "fp16", "bf16"], default="fp32", help="where GEMM/conv "
+                   "products accumulate under bf16/fp16 (default fp32; or the format itself)")
+    p.add_argument("--strict", action="store_true", help="LayerNorm/GroupNorm/softmax/GELU internals in the format "
+                   "too (default: float32 internals, output rounded, the common mixed-precision convention)")
+    p.add_argument("--per-channel", action="store_true", help="int8-dynamic: int8 weights per output channel "
+                   "(default per tensor, quantize_dynamic's default)")
+
+
 def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="run every golden case and print the parity table, a row as each run "
                        "finishes (exit 1 on any mismatch; a processing case with no golden for the installed Pillow is "
@@ -752,12 +762,7 @@ def add_trace_parser(sub) -> None:
                    "resized to each size, position embeddings interpolated; compare two such directories")
     p.add_argument("--precision", choices=["bf16", "fp16", "int8-dynamic"], help="emulate a reduced-precision "
                    "arithmetic (refvit's own model, from float32; the header records the arithmetic model)")
-    p.add_argument("--accumulate", choices=["fp32", "fp16", "bf16"], default="fp32", help="where GEMM/conv "
-                   "products accumulate under --precision bf16/fp16 (default fp32; or the format itself)")
-    p.add_argument("--strict", action="store_true", help="LayerNorm/GroupNorm/softmax/GELU internals in the format "
-                   "too (default: float32 internals, output rounded, the common mixed-precision convention)")
-    p.add_argument("--per-channel", action="store_true", help="int8-dynamic: int8 weights per output channel "
-                   "(default per tensor, quantize_dynamic's default)")
+    _emulation_options(p)
     p.set_defaults(func=cmd_trace)
 
 
@@ -803,9 +808,7 @@ def add_precision_parser(sub) -> None:
     p.add_argument("--revision", help="the hub id's branch, tag or commit sha (default main)")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.add_argument("--processor", help="directory with preprocessor_config.json for image data (default: the model's)")
-    p.add_argument("--accumulate", choices=["fp32", "fp16", "bf16"], default="fp32")
-    p.add_argument("--strict", action="store_true", help="norm/softmax/GELU internals in the format too")
-    p.add_argument("--per-channel", action="store_true", help="int8-dynamic: int8 weights per output channel")
+    _emulation_options(p)
     p.add_argument("--keep-fp32", metavar="auto|M1,M2", help="modules run in float32; 'auto' searches the smallest "
                    "set reaching --target agreement (greedy by introduced error, then drops what is not needed)")
     p.add_argument("--target", type=float, default=99.5, help="top-1 agreement with float32 in %% (default 99.5)")
