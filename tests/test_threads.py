@@ -232,6 +232,33 @@ def test_conv_chunked_path_matches_the_twin_and_keeps_its_bits(split, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_shifted_path_matches_the_twin_and_keeps_its_bits(split, monkeypatch, dtype):
+    """Stride-1 convs with SHIFTED_FROM_BYTES of columns or more (below CHUNKED_FROM_BYTES: BiT's 3×3s at 28²) run
+    one GEMM per kernel tap on the shifted padded input; forced here: odd kernels, dilation, asymmetric padding, a
+    batch, bias or none, channel blocks of one: the twin's result, and the same bits for every thread count."""
+    monkeypatch.setattr(conv_module, "SHIFTED_FROM_BYTES", 0)
+    monkeypatch.setattr(conv_module, "CHUNKED_FROM_BYTES", 1 << 62)
+    rng = np.random.default_rng(12)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    problems = [((3, 4, 11, 9), (5, 4, 3, 3), (1, 1, 1, 1), (1, 1)),
+                ((2, 3, 8, 10), (6, 3, 2, 4), (0, 2, 3, 1), (1, 1)),
+                ((1, 2, 12, 12), (4, 2, 3, 2), (1, 0, 2, 0), (2, 3)),
+                ((2, 5, 4, 4), (3, 5, 1, 3), (0, 0, 0, 0), (1, 1))]       # a 1×3 kernel without padding
+    for xs, ws, padding, dilation in problems:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        outs = []
+        for n in (1, 2, 3):
+            split(n)
+            outs.append(NB.conv2d(x, w, b, 1, padding, dilation))
+            outs.append(NB.conv2d(x, w, None, 1, padding, dilation))
+        np.testing.assert_allclose(outs[0], NP.conv2d(x, w, b, 1, padding, dilation), rtol=tol, atol=tol)
+        np.testing.assert_allclose(outs[1], NP.conv2d(x, w, None, 1, padding, dilation), rtol=tol, atol=tol)
+        for k, got in enumerate(outs):
+            assert got.dtype == dtype and got.flags.c_contiguous and np.array_equal(got, outs[k % 2]), (xs, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_gemm_split_matches_the_twin(split, dtype):
     """Both ways of cutting each GEMM — linear by output columns (≤ COLUMN_SPLIT_ROWS rows) or by rows, conv by
     output pixels or (≥ CHANNEL_SPLIT per group) by output channels — give the NumPy twin's result, bias included."""

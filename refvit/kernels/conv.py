@@ -369,6 +369,51 @@ def _conv_chunked(x, weight, bias, stride, padding, dilation, Ho, Wo):
     return out.reshape(B, Cout, Ho, Wo)
 
 
+SHIFTED_FROM_BYTES = 4 << 20  # stride 1, from this many column bytes per image up to CHUNKED_FROM_BYTES: no im2col,
+                              # one GEMM per kernel tap on the shifted padded input (docs/speed.md, "BiT's convolutions")
+
+
+@blocked()
+def _conv_shifted_blocks(xflat, taps, bias, has_bias, kw, dh, dw, Wp, out, bounds):
+    # xflat (B, C, Hp·Wp + extra): each image zero-padded, rows Wp wide, flattened; taps (kh·kw, Cout, C); out
+    # (B, Cout, Ho·Wp), output rows Wp wide (the last Wp − Wo columns are discarded by the caller). Block i owns the
+    # output channels bounds[i]:bounds[i + 1] of every image: tap t = i·kw + j adds taps[t] @ xflat shifted by
+    # i·dh·Wp + j·dw onto them (the first tap writes, unless a bias was pre-filled), the taps always in this order.
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
+    B, P = xflat.shape[0], out.shape[2]
+    for blk in prange(len(bounds) - 1):
+        lo, hi = bounds[blk], bounds[blk + 1]
+        for b in range(B):
+            o = out[b, lo:hi, :]
+            if has_bias:
+                for ch in range(hi - lo):
+                    o[ch, :] = bias[lo + ch]
+            for t in range(taps.shape[0]):
+                off = (t // kw) * dh * Wp + (t % kw) * dw
+                gemm(taps[t, lo:hi], xflat[b, :, off:off + P], o, 1.0 if has_bias or t > 0 else 0.0)
+
+
+def _conv_shifted(x, weight, bias, padding, dilation, Ho, Wo):
+    """conv2d with stride 1 (groups 1) as one GEMM per kernel tap, no im2col: on the zero-padded input with rows of
+    the padded width Wp, output pixel (y, x) and tap (i, j) read the padded pixel y·Wp + x + i·dh·Wp + j·dw, so each
+    tap's columns are one shifted view of the padded input (output columns Wo … Wp − 1 read across a row end and
+    are dropped). Costs a padded copy of the input and a tap-major copy of the weights per call.
+    Why so many parameters: conv2d's own, with the output size."""
+    B, C, H, W = x.shape
+    Cout, _, kh, kw = weight.shape
+    top, bottom, left, right = padding
+    Hp, Wp = H + top + bottom, W + left + right
+    xflat = np.zeros((B, C, Hp * Wp + (kw - 1) * dilation[1]), x.dtype)
+    xflat[:, :, :Hp * Wp].reshape(B, C, Hp, Wp)[:, :, top:top + H, left:left + W] = x
+    taps = np.ascontiguousarray(weight.transpose(2, 3, 0, 1)).reshape(kh * kw, Cout, C)
+    out = np.empty((B, Cout, Ho * Wp), x.dtype)
+    has_bias = bias is not None
+    b = np.require(bias if has_bias else np.zeros(1), x.dtype, ["C", "A"])
+    bounds = threads.blocks(Cout, B * C * kh * kw * Ho * Wp // 8, threads.MIN_GEMM_BLOCK)  # ~2·B·K·Ho·Wp flops/channel
+    _conv_shifted_blocks(xflat, taps, b, has_bias, kw, dilation[0], dilation[1], Wp, out, bounds)
+    return np.ascontiguousarray(out.reshape(B, Cout, Ho, Wp)[:, :, :, :Wo])
+
+
 def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
     """Numba twin of `conv2d_numpy`: the im2col gather in Numba, the GEMM in BLAS (same as the twin). A batch whose
     cols would pass COLS_BATCH_BYTES goes one image at a time through one reused cols buffer: BiT-50's first 3×3
@@ -377,7 +422,9 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     embeddings: 13.7 ms whole vs 15.4 per image: fewer, larger parallel launches). A conv (groups 1, not 1×1) whose
     image has CHUNKED_FROM_BYTES of columns or more goes by chunks of output rows instead, im2col and GEMM of each
     chunk together, in cache (`_conv_chunked`): 0.8-0.9× the time for BiT-50@448's 3×3 convs at 112² and 56² and its
-    7×7 stem, 0.9-1.05× at 7 MB of columns, 1.05-1.25× at 3.6 MB (docs/speed.md, "BiT's convolutions").
+    7×7 stem, 0.9-1.05× at 7 MB of columns, 1.05-1.25× at 3.6 MB. A stride-1 conv with SHIFTED_FROM_BYTES up to
+    CHUNKED_FROM_BYTES of columns runs one GEMM per tap on the shifted padded input (`_conv_shifted`): 0.90× for
+    BiT-50@448's 3×3 at 28², 1.11× at 14², 1.07× at 112² (docs/speed.md, "BiT's convolutions").
     Why so many parameters: the same signature as its twin on the other backend."""
     stride, padding, dilation, groups, Ho, Wo = _check_conv(x, weight, bias, stride, padding, dilation, groups)
     if _is_pointwise(weight, padding):
@@ -386,6 +433,8 @@ def conv2d_numba(x, weight, bias, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     image_cols = Cin * weight.shape[2] * weight.shape[3] * Ho * Wo * x.itemsize
     if groups == 1 and image_cols >= CHUNKED_FROM_BYTES:
         return _conv_chunked(x, weight, bias, stride, padding, dilation, Ho, Wo)
+    if groups == 1 and stride == (1, 1) and image_cols >= SHIFTED_FROM_BYTES:
+        return _conv_shifted(x, weight, bias, padding, dilation, Ho, Wo)
     if B == 1 or B * image_cols <= COLS_BATCH_BYTES:
         cols = im2col_numba(x, weight.shape[2:], stride, padding, dilation, Ho, Wo)  # (B, Cin, kh, kw, Ho, Wo)
         return _gemm_blocks(cols.reshape(B, groups, -1, Ho * Wo), weight, bias, groups, Ho, Wo)
