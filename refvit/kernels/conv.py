@@ -257,14 +257,19 @@ def _im2col_row(x, r, kh, kw, sh, sw, top, left, dh, dw, cols):
         if oy < y0 or oy >= y1:
             row[:] = 0
             continue
-        src = x[b, c, oy * sh + i * dh - top]
-        row[:x0] = 0
-        if sw == 1:
-            row[x0:x1] = src[x0 + off:x1 + off]  # contiguous copy
-        else:
-            for ox in range(x0, x1):
-                row[ox] = src[ox * sw + off]
-        row[x1:] = 0
+        _tap_row(x[b, c, oy * sh + i * dh - top], x0, x1, sw, off, row)
+
+
+@njit(cache=True, fastmath=False, nogil=True, inline="always")
+def _tap_row(src, x0, x1, sw, off, dst):
+    # One output row of one kernel tap: dst[ox] = src[ox·sw + off] for ox in [x0, x1), 0 outside (the padding).
+    dst[:x0] = 0
+    if sw == 1:
+        dst[x0:x1] = src[x0 + off:x1 + off]  # contiguous copy
+    else:
+        for ox in range(x0, x1):
+            dst[ox] = src[ox * sw + off]
+    dst[x1:] = 0
 
 
 def im2col_numba(x, kernel, stride, padding, dilation, Ho, Wo, cols=None):
@@ -305,15 +310,7 @@ def _im2col_rows(x, b, y0, y1, kh, kw, sh, sw, top, left, dh, dw, Wo, cols):
                     if iy < 0 or iy >= H:
                         row[base:base + Wo] = 0
                         continue
-                    src = x[b, c, iy]
-                    dst = row[base:base + Wo]
-                    dst[:x0] = 0
-                    if sw == 1:
-                        dst[x0:x1] = src[x0 + off:x1 + off]      # contiguous copy
-                    else:
-                        for ox in range(x0, x1):
-                            dst[ox] = src[ox * sw + off]
-                    dst[x1:] = 0
+                    _tap_row(x[b, c, iy], x0, x1, sw, off, row[base:base + Wo])
 
 
 @blocked(fastmath=False)
