@@ -4,8 +4,8 @@ and their exercises solvable.
 Each `tutorials/NN_name.ipynb` is built from `tutorials/src/NN_name.py` and executed by `python tutorials/run.py`.
 Here: a stored notebook whose cells differ from its source, that was run with other trained models or other shared
 helpers (digests of golden/models/ and tutorials/common.py are stored in it), or that has an unexecuted code cell, is
-stale; every notebook has a figure and an assertion; the family notebooks (01-05) have exercises with a `check()`
-and a solutions file, and every exercise at least two recorded wrong answers (tutorials/wrong/) that its check must
+stale; every notebook has a figure and an assertion; the family notebooks (01-05) and 07 have exercises with a
+`check()` and a solutions file, and every exercise at least two recorded wrong answers (tutorials/wrong/) that its check must
 reject; and each notebook runs again from scratch in a fresh kernel (matplotlib on Agg) with its solutions and then
 its wrong answers appended, from a fresh build — the stored file is never touched. tutorials/README.md (the docs'
 Tutorials page) opens with prerequisites, the reading order and a goals-and-time row for every notebook.
@@ -22,6 +22,7 @@ EXTRA = ("nbformat", "nbclient", "ipykernel", "matplotlib")  # the `tutorials` e
 MISSING = [m for m in EXTRA if importlib.util.find_spec(m) is None]
 needs_extra = pytest.mark.skipif(bool(MISSING), reason=f"the `tutorials` extra is not installed ({MISSING})")
 FAMILIES = ["01_vit", "02_deit", "03_beit", "04_cvt", "05_bit"]
+EXERCISES = FAMILIES + ["07_precision"]  # notebooks that end with exercises (06 walks through a port instead)
 
 
 def _load_run():
@@ -47,9 +48,10 @@ def stored(source: Path):
 
 
 @needs_extra
-def test_there_are_six_tutorials():
+def test_there_are_seven_tutorials():
     assert [s.stem for s in run.sources()] == [s.stem for s in SOURCES]
-    assert [s.stem for s in SOURCES] == ["01_vit", "02_deit", "03_beit", "04_cvt", "05_bit", "06_parity"]
+    assert [s.stem for s in SOURCES] == ["01_vit", "02_deit", "03_beit", "04_cvt", "05_bit", "06_parity",
+                                         "07_precision"]
     orphans = {p.stem for p in TUTORIALS.glob("*.ipynb")} - {s.stem for s in SOURCES}
     assert not orphans, f"notebooks without a source in tutorials/src: {sorted(orphans)}"
 
@@ -79,8 +81,8 @@ def test_stored_notebook_is_executed_with_a_figure_and_an_assertion(source):
     assert any("assert" in c.source for c in code), f"{source.stem}: nothing ties a hand-built step to a reference"
 
 
-@pytest.mark.parametrize("stem", FAMILIES)
-def test_family_notebook_has_exercises_with_solutions(stem):
+@pytest.mark.parametrize("stem", EXERCISES)
+def test_notebook_has_exercises_with_solutions(stem):
     text = (TUTORIALS / "src" / f"{stem}.py").read_text()
     exercises = text.count("raise NotImplementedError")
     assert 2 <= exercises <= 4, f"{stem}: {exercises} exercises (2-4 expected, each a stub raising NotImplementedError)"
@@ -91,7 +93,7 @@ def test_family_notebook_has_exercises_with_solutions(stem):
     assert "refvit.models" not in text, f"{stem}: use refvit's public API and hand-built NumPy, not refvit.models"
 
 
-@pytest.mark.parametrize("stem", FAMILIES)
+@pytest.mark.parametrize("stem", EXERCISES)
 def test_every_exercise_has_recorded_wrong_answers(stem):
     """Each exercise's check is run (when the notebook executes with its solutions) on >= 2 wrong answers, each a
     named function with a docstring saying which mistake it makes, and must reject every one."""
@@ -109,7 +111,7 @@ def test_every_exercise_has_recorded_wrong_answers(stem):
             assert re.search(rf'^def {a}\(\):\n    """', body, flags=re.M), f"{stem}: {a} needs a docstring"
 
 
-@pytest.mark.parametrize("stem", FAMILIES)
+@pytest.mark.parametrize("stem", EXERCISES)
 def test_no_exercise_cell_echoes_a_value(stem):
     """A stub's check() returns None (no stray `False` under every exercise cell) and the stored cells show none."""
     text = (TUTORIALS / "src" / f"{stem}.py").read_text()
