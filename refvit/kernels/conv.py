@@ -367,7 +367,8 @@ def _conv_chunked(x, weight, bias, stride, padding, dilation, Ho, Wo):
 
 
 SHIFTED_FROM_BYTES = 4 << 20  # stride 1, from this many column bytes per image up to CHUNKED_FROM_BYTES: no im2col,
-                              # one GEMM per kernel tap on the shifted padded input (docs/speed.md, "BiT's convolutions")
+                              # one GEMM per kernel tap on the shifted padded input (docs/speed.md,
+                              # "BiT's convolutions")
 
 
 @blocked()
