@@ -103,19 +103,24 @@ def _linear_block(x, weight_t, bias, has_bias, by_column, lo, hi, y):
     else:
         a, w, o, c0 = x[lo:hi, :], weight_t[:, :], y[lo:hi, :], 0
     if has_bias:
+        n = o.shape[1]
         for r in range(o.shape[0]):
-            for j in range(o.shape[1]):
-                o[r, j] = bias[c0 + j]
+            row = o[r]                       # one row at a time: 1-D loops vectorise, 2-D indexing does not
+            for j in range(n):
+                row[j] = bias[c0 + j]
     gemm(a, w, o, 1.0 if has_bias else 0.0)
 
 
 @njit(cache=True, nogil=True)
 def _add_block(x, y, out, by_column, lo, hi):
-    # out = x + y over the rows lo:hi (or, by_column, the columns lo:hi); out may be y.
+    # out = x + y over the rows lo:hi (or, by_column, the columns lo:hi); out may be y. Row by row (1-D loops
+    # vectorise; the same sums as numpy's x + y, element by element).
     r0, r1, c0, c1 = (0, x.shape[0], lo, hi) if by_column else (lo, hi, 0, x.shape[1])
+    n = c1 - c0
     for r in range(r0, r1):
-        for j in range(c0, c1):
-            out[r, j] = x[r, j] + y[r, j]
+        xr, yr, o = x[r, c0:c1], y[r, c0:c1], out[r, c0:c1]
+        for j in range(n):
+            o[j] = xr[j] + yr[j]
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
