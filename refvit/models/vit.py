@@ -174,7 +174,7 @@ def self_attention(ctx, x, need_probs):
 
 def layer(ctx, x, need_probs=False):
     """ViTLayer: pre-norm attention and MLP blocks, each added to its residual."""
-    if ctx.workspace is not None and ctx.cfg.hidden_act == "gelu":
+    if ctx.workspace is not None and ctx.cfg.hidden_act == "gelu" and x.shape[0] >= FUSED_FROM_BATCH:
         fused = fused_layer(ctx, x, need_probs)
         if fused is not None:
             return fused
@@ -185,6 +185,10 @@ def layer(ctx, x, need_probs=False):
     h = ctx.record("intermediate", ctx.linear_act("intermediate.dense", h, ctx.cfg.hidden_act, record=False))
     x = ctx.record("output", ctx.linear("output.dense", h, record=False) + x)        # ViTOutput adds the residual
     return ctx.record_output(x), probs
+
+
+FUSED_FROM_BATCH = 2   # a single image runs the modules one by one: the fused blocks measured 1-3% more CPU time
+                       # there, and have no page faults to save at that size (docs/speed.md, "Small models")
 
 
 def fused_layer(ctx, x, need_probs):
