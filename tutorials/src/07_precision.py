@@ -128,6 +128,9 @@ assert np.array_equal(fp16_by_grid(sample), precision.round_fp16(sample))
 print("fp16 by hand = NumPy's float16 cast on", sample.size, "values from 1e-4 to 63,000")
 
 # %% [markdown]
+# *Try:* put your own numbers into `examples` above — `0.1 + 0.2`, `1/3`, `300.7`, `-65519.9` — and predict both
+# roundings before you run the cell.
+#
 # bf16 is the same with 7 mantissa bits, and since it keeps float32's exponent it can be done on the bits: keep the
 # top 16 bits of the float32, rounded. That is exercise 1.
 #
@@ -177,7 +180,9 @@ assert 16 < ratio < 256 and errors["float32"][-1] < 1e-9
 # fp16 has 3 more significant bits than bf16, so each rounding error is 8× smaller and its square 64× smaller: the
 # two curves run parallel, about 64× apart, from the first module to the logits. The error grows along the depth —
 # each layer adds its roundings to what it inherits — but no module stands out: on this model both formats are
-# just "float32 with fewer bits". What counts for a classifier is the top-1 class, here on 120 test digits:
+# just "float32 with fewer bits". *Try:* add `precision.emulate(model, "fp16", accumulate="fp16")` (every partial
+# sum of the matrix products rounded too; slower, it adds the products one at a time) or `strict=True` to `errors`
+# and plot it. What counts for a classifier is the top-1 class, here on 120 test digits:
 
 # %%
 x120 = d.pixel_values[:120]
@@ -233,9 +238,10 @@ print(f"fp16, strict:             the float32 class on {agreement(strict_out.log
 
 # %% [markdown]
 # With float32 statistics the scaled model is as good in fp16 as the original (floating point does not care about
-# scale until the range ends). With fp16 statistics it collapses. Look at the last LayerNorm, `vit.layernorm`, whose
-# input is the last layer's output: per token, the sum of squares against fp16's largest value, then one token's
-# LayerNorm done in fp16 by hand (every step through `round_fp16`):
+# scale until the range ends). With fp16 statistics it collapses. (*Try:* `S = 32` or `48`: where does it start?)
+# Look at the last LayerNorm, `vit.layernorm`, whose input is the last layer's output: per token, the sum of
+# squares against fp16's largest value, then one token's LayerNorm done in fp16 by hand (every step through
+# `round_fp16`):
 
 # %%
 last = scaled_out.intermediates["vit.encoder.layer.3"].astype(np.float64)       # input of vit.layernorm
@@ -405,9 +411,10 @@ assert float(refscale) >= alone.max() and nmse(logits_alone, reference) < nmse(l
 
 # %% [markdown]
 # Each image alone uses the whole uint8 range for itself; in a batch it shares the grid with the widest image, so
-# its error is larger. Measure a port's int8 accuracy the way it will be served (one image per call, or the serving
-# batch), and expect a batch-1 result to differ from a batched evaluation. `refvit precision --batch N` runs
-# the agreement with N images per call.
+# its error is larger. Measure a port's int8 accuracy the way it will be served (one image per call, or the
+# serving batch), and expect a batch-1 result to differ from a batched evaluation; `refvit precision --batch N`
+# runs the agreement with N images per call. (*Try:* `precision.emulate(model, "int8-dynamic", per_channel=True)`,
+# one weight scale per output channel, in `module_errors`.)
 #
 # ## 6. Which modules to keep in float32
 #
@@ -437,6 +444,8 @@ assert all("layernorm" in k for k in kept)
 # ten runs here, not one per subset of the 43 modules. Not every overflowing LayerNorm ends up in the set: the
 # search targets agreement with float32, not the absence of overflow, and a token that overflows in a middle layer
 # can be outvoted in the layers after it (exercise 3 counts which overflow).
+#
+# *Try:* `target=100`, or `precision.emulate(scaled, "fp16", strict=True, keep_fp32=["vit.layernorm"])` alone.
 #
 # On the command line, for a model folder and a folder of images (or a `.npy` of pixel values):
 #
