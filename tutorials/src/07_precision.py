@@ -289,7 +289,8 @@ assert collapsed.mean() > 0.5 and len(set(classes.tolist())) == 1
 # BEiT multiplies each branch by a learned per-channel vector λ before the residual add:
 # `x ← x + λ₁ ⊙ attention(LN(x))`, then `x ← x + λ₂ ⊙ MLP(LN(x))`. λ starts at `layer_scale_init_value` (0.1 in
 # transformers' `BeitConfig` and in digits-beit) so each block starts close to the identity; deeper models start
-# much smaller (CaiT, which introduced the trick, uses down to 1e-5 and 1e-6). Here are digits-beit's trained λ:
+# much smaller (CaiT, which introduced the trick, at 1e-5 or 1e-6 in its 24- to 48-layer models: timm's
+# `models/cait.py`). Here are digits-beit's trained λ:
 
 # %%
 beit = digits("digits-beit")
