@@ -53,8 +53,8 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_verify(args) -> int:
-    from .verify import (Table, find_golden_dir, format_digits_table, list_cases, list_digit_models,
-                         list_processing_cases, run_case, run_digits, run_processing_case)
+    from .verify import (Table, Worker, find_golden_dir, format_digits_table, is_real_size, list_cases,
+                         list_digit_models, list_processing_cases)
 
     golden = find_golden_dir(args.golden)
     cases = list_cases(golden)
@@ -81,23 +81,24 @@ def cmd_verify(args) -> int:
             bar.clear()
             print(f"  {what}: {'ok' if result.ok else 'FAIL'}", file=sys.stderr, flush=True)
 
-    with exits.note_on_interrupt(lambda: f"{len(results)} of {bar.total} runs finished (their rows are above)"):
+    with exits.note_on_interrupt(lambda: f"{len(results)} of {bar.total} runs finished (their rows are above)"), \
+            Worker() as worker:
         if runs or processing:  # --cases may name only trained digits models
             bar.print([f"golden cases from {golden}", table.header()])
-        for case, backend, dtype in runs:  # one model at a time: each is released before the next is built
+        for case, backend, dtype in runs:
             bar.show(f"{case.name} {backend} {dtype}")
-            r = run_case(case, dtype=dtype, backend=backend)
+            r = worker.call("run_case", case, dtype, backend, fresh=is_real_size(case))  # RSS: docs/golden.md
             finished(r, f"{case.name} {backend} {dtype}")
             bar.print(table.rows(r))
         for case in processing:
             bar.show(f"{case.name} (image processing)")
-            r = run_processing_case(case)
+            r = worker.call("run_processing_case", case)
             finished(r, case.name)
             bar.print(table.rows(r))
         digit_results = []
         for model_dir, backend, dtype in digit_runs:
             bar.show(f"{model_dir.name} {backend} {dtype}")
-            digit_results.append(run_digits(model_dir, dtype=dtype, backend=backend))
+            digit_results.append(worker.call("run_digits", model_dir, dtype, backend))
             finished(digit_results[-1], f"{model_dir.name} {backend} {dtype}")
     bar.clear()
     if digit_results:

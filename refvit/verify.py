@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,11 @@ def find_golden_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 def list_cases(golden_dir: Path) -> list[Path]:
     return sorted(p for p in (Path(golden_dir) / "cases").iterdir() if (p / "meta.json").is_file())
+
+
+def is_real_size(case_dir: Path) -> bool:
+    """Whether a golden case is a real-size model (DeiT-base, BiT-50@448 …): its runs each get a fresh process."""
+    return bool(json.loads((Path(case_dir) / "meta.json").read_text()).get("real_size"))
 
 
 class _Upcast(dict):
@@ -90,13 +96,22 @@ def load_case_model(case_dir: Path, dtype: str, backend: str):
     return _seeded(case_dir, config, shapes, meta, dtype, backend)
 
 
+def _standardised_in_float64(meta: dict) -> bool:
+    """Whether the family's load-time preparation makes a float64 copy of every convolution weight from the drawn
+    tensors whatever their dtype (BiT's weight standardisation): then the draw can stay float32, the same bits."""
+    return meta["architecture"].startswith("Bit")
+
+
 def _seeded(case_dir, config, shapes, meta, dtype, backend):
     # drawn one tensor at a time (each has its own stream: the same values) and cast at once, so a float64 run never
-    # holds the float32 draw and the float64 weights together (DeiT-base: 345 + 690 MB)
+    # holds the float32 draw and the float64 weights together (DeiT-base: 345 + 690 MB). BiT standardises each
+    # convolution weight into a new float64 array from the draw whatever its dtype (exact from float32), so its draw
+    # stays float32: BiT-50's load holds 97 + 195 MB, not 195 + 195 MB
     tensors = {}
+    cast = "float32" if _standardised_in_float64(meta) else dtype
     for name, shape in shapes.items():
         t = synthetic.random_state_dict({name: shape}, meta["seed"])[name]
-        tensors[name] = t if t.dtype.kind != "f" else t.astype(dtype, copy=False)
+        tensors[name] = t if t.dtype.kind != "f" else t.astype(cast, copy=False)
     model = from_state_dict(config, tensors, meta["architecture"], dtype, backend, source=str(case_dir))
     del tensors
     model.checkpoint = None  # verify never saves: the tensors as drawn need not outlive the load-time preparation
@@ -149,7 +164,11 @@ def run_case(case_dir: Path, dtype: str = "float32", backend: str = "numba", int
     with np.load(case_dir / "inputs.npz") as z:
         inputs = {k: z[k] for k in z.files}
     call = {k: v for k, v in meta["call"].items() if k != "bool_masked_pos"}
-    kwargs = dict(output_hidden_states=True, output_attentions=True,
+    with np.load(case_dir / "outputs.npz") as z:
+        recorded = {f.split("/")[1] for f in z.files if f.startswith(dtype + "/")}
+    # the hidden states and attention maps are asked for when the golden recorded some in this dtype (BiT-50@448's
+    # float64 feature maps, not recorded, are 55 MB held to the end of the forward for nothing)
+    kwargs = dict(output_hidden_states="hidden_states" in recorded, output_attentions="attentions" in recorded,
                   output_intermediates=intermediates and meta.get("intermediates", False), **call)
     model(**inputs, **kwargs)  # warm-up: JIT compilation is not forward time
     t0 = time.perf_counter()
@@ -172,6 +191,115 @@ def run_case(case_dir: Path, dtype: str = "float32", backend: str = "numba", int
             err = float(np.abs(ours.astype(np.float64) - ref).max(initial=0.0))
             result.errors[key] = (err, allowed_error(ref, dtype))
     return result
+
+
+# --- one run at a time in a child process (refvit verify) ------------------------------------------------------------
+
+
+RESTART_MIB = 256  # a worker whose resident set is above this after a run is replaced before the next run
+
+
+def _resident_mib() -> float:
+    """This process's resident set now, MiB (Linux /proc; elsewhere its peak so far, which only errs towards a
+    restart)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class _ChildTraceback(Exception):
+    """The traceback of an unexpected error in the worker, shown as the cause of the error raised again here."""
+
+
+def _serve(conn) -> None:
+    """The worker's loop: (function name, args) in, ("ok", result) or ("error", exception, traceback) out, each with
+    the worker's resident set after the run; None ends it. Ctrl-C is the parent's to handle (it ends the worker)."""
+    import pickle
+    import signal
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    jobs = {"run_case": run_case, "run_processing_case": run_processing_case, "run_digits": run_digits}
+    while (job := conn.recv()) is not None:
+        name, args = job
+        try:
+            reply = ("ok", jobs[name](*args), "")
+        except Exception as e:
+            error = e
+            try:
+                pickle.dumps(error)
+            except Exception:
+                error = RuntimeError(f"{type(e).__name__}: {e}")
+            reply = ("error", error, traceback.format_exc())
+        conn.send(reply + (_resident_mib(),))
+
+
+class Worker:
+    """verify's runs, one at a time, in a child process, so that one run's memory does not stay with the next: a
+    real-size case's run always starts in a fresh process, and a process left above RESTART_MIB after a run is
+    replaced. Memory freed by a run is not all given back to the system by the allocator (pages of freed arrays,
+    Numba's compiled code); a new process gives it all back. A context manager: leaving it (Ctrl-C included) ends
+    the process."""
+
+    def __init__(self):
+        import multiprocessing
+
+        self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one
+        self._process = self._conn = None
+        self._fresh = True
+        self.started = 0  # processes started so far
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        process, conn, self._process, self._conn = self._process, self._conn, None, None
+        try:
+            conn.send(None)
+            process.join(timeout=5)
+        except (OSError, ValueError):
+            pass
+        if process.is_alive():
+            process.terminate()
+            process.join()
+        conn.close()
+
+    def call(self, name: str, *args, fresh: bool = False):
+        """`name(*args)` (run_case, run_processing_case or run_digits) in the worker; `fresh`: in a new process."""
+        if self._process is None or (fresh and not self._fresh):
+            self.close()
+            self._conn, child = self._context.Pipe()
+            self._process = self._context.Process(target=_serve, args=(child,), name="refvit verify worker",
+                                                  daemon=True)
+            self._process.start()
+            child.close()
+            self.started += 1
+        self._fresh = False
+        self._conn.send((name, args))
+        try:
+            kind, value, trace, resident = self._conn.recv()
+        except EOFError:
+            code = self._process.exitcode
+            self.close()
+            raise RuntimeError(f"the process running {name}{tuple(str(a) for a in args)} ended (exit code "
+                               f"{code}) before it answered") from None
+        if resident > RESTART_MIB:
+            self.close()
+        if kind == "error":
+            if isinstance(value, (RefvitError, OSError)):
+                raise value
+            raise value from _ChildTraceback("in the worker process:\n" + trace)
+        return value
 
 
 TABLE_WIDTH = 120  # the default table fits a 120-column terminal; --wide shows every column in full

@@ -72,3 +72,47 @@ def test_upcast_float64_is_bit_identical():
     b = full(**x, output_hidden_states=True, output_attentions=True)
     assert a.logits.dtype == np.float64 and np.array_equal(a.logits, b.logits)
     assert all(np.array_equal(p, q) for p, q in zip(a.hidden_states + a.attentions, b.hidden_states + b.attentions))
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        return [x for k in sorted(node) for x in _leaves(dict.__getitem__(node, k))]
+    if isinstance(node, list):
+        return [x for v in list.__iter__(node) for x in _leaves(v)]
+    return [node]
+
+
+def test_bit_draw_kept_float32_gives_the_same_float64_params(monkeypatch):
+    """BiT standardises its convolution weights in float64 from the draw whatever its dtype: a float32 draw (what
+    verify keeps, to hold less) gives the same float64 params, bit for bit, as a draw cast to float64 first."""
+    case = ROOT / "golden" / "cases" / "bit_50_448"
+    meta = json.loads((case / "meta.json").read_text())
+    config = {**json.loads((case / "config.json").read_text()), "depths": [1, 1, 1, 1],
+              "hidden_sizes": [16, 32, 48, 64], "embedding_size": 8, "num_groups": 2}  # BiT-50's layout, small
+    shapes = verify.synthetic.shapes_for(config, meta["architecture"])
+    kept, _ = verify._seeded(case, config, shapes, meta, "float64", "numpy")
+    monkeypatch.setattr(verify, "_standardised_in_float64", lambda meta: False)
+    cast, _ = verify._seeded(case, config, shapes, meta, "float64", "numpy")
+    a, b = _leaves(kept.params), _leaves(cast.params)
+    assert len(a) == len(b) > 10
+    assert all(p.dtype == q.dtype and np.array_equal(p, q) for p, q in zip(a, b)
+               if isinstance(p, np.ndarray) and p.dtype.kind == "f")
+    assert all(p.dtype == np.float64 for p in a if isinstance(p, np.ndarray) and p.dtype.kind == "f")
+
+
+def test_runs_in_a_worker_process_fresh_when_asked_and_errors_come_back():
+    """verify's runs happen in a child process; `fresh` starts a new one; a user error comes back as itself."""
+    case = ROOT / "golden" / "cases" / "vit_model"
+    with verify.Worker() as worker:
+        first = worker.call("run_case", case, "float32", "numpy")
+        assert first.ok and first.errors and worker.started == 1
+        assert worker.call("run_case", case, "float32", "numpy").errors == first.errors and worker.started == 1
+        assert worker.call("run_case", case, "float32", "numpy", fresh=True).ok and worker.started == 2
+        process = worker._process
+        try:
+            worker.call("run_case", ROOT / "golden" / "cases" / "no_such_case", "float32", "numpy")
+        except OSError as e:
+            assert "no_such_case" in str(e)
+        else:
+            raise AssertionError("a missing case raised nothing")
+    assert worker._process is None and not process.is_alive()
