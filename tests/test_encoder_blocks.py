@@ -192,3 +192,23 @@ def test_a_model_gives_the_same_bits_with_and_without_its_workspace(case, monkey
     for t in workers:
         t.join()
     assert all(np.array_equal(r, out[key]) for rs in results for r in rs)
+
+
+def test_a_replaced_kernel_runs_instead_of_the_blocks():
+    """parity.with_kernels (or any namespace where a kernel the blocks stand for was replaced, the blocks not):
+    the modules run one by one, so the replacement is called for every layer; wrapping every kernel alike (timers,
+    counters) keeps the blocks."""
+    from refvit import parity
+
+    model = refvit.from_pretrained(golden_case("deit_teacher"))
+    with np.load(golden_case("deit_teacher") / "inputs.npz") as z:
+        x = z["pixel_values"].astype(np.float32)
+    seen = []
+    base = model.kernels
+    planted = parity.with_kernels(model, layer_norm=lambda *a: seen.append(1) or base.layer_norm(*a))
+    planted(x)
+    assert len(seen) == 2 * model.config.num_hidden_layers + 1       # two per layer and the final one
+    assert np.array_equal(planted(x).logits, model(x).logits)      # batch 3: by rows, the same bits
+    partial = type(base)(**{k: v for k, v in vars(base).items() if k != "mlp_block"})
+    model.kernels = partial                                        # a namespace without the blocks: no blocks
+    assert np.array_equal(model(x).logits, planted(x).logits)

@@ -63,6 +63,10 @@ KERNELS = {
     "conv_transpose2d": "resample", "adaptive_avg_pool2d": "resample", "linear": "linear",
     "attention_block": "encoder", "mlp_block": "encoder",
 }
+# The kernels the fused encoder blocks (attention_block, mlp_block) do the work of. A namespace where one of them was
+# replaced but the blocks were not (parity.with_kernels, a planted bug) runs the modules one by one, so that the
+# replacement takes effect (refvit/runner.py).
+BLOCK_PARTS = ("layer_norm", "linear", "attention", "bias_gelu", "gelu")
 # Kernels with no Numba build: both backends run the NumPy code (separable resizes of small grids, a few calls per
 # model; see interpolate.py). Listed here rather than aliased, so that no `*_numba` name pretends otherwise.
 NUMPY_ONLY = {"interpolate_bicubic", "interpolate_bilinear"}
