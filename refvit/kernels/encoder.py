@@ -143,6 +143,13 @@ def _attention_item(qkv, B, num_heads, chunks, scale, t, scratch, scores, keep, 
 
 
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
+def _ln_block(x, ln_w, ln_b, eps, rows, i, ln):
+    # norm.py's layer norm on block i of the rows (rows per block), as the separate kernel splits it
+    lo, hi = i * rows, min(x.shape[0], (i + 1) * rows)
+    _layer_norm_kernel(x[lo:hi], ln_w, ln_b, eps, ln[lo:hi])
+
+
+@njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _gelu_rows(hidden, bias, lo, hi):
     # activations.py's bias_gelu on rows lo:hi, in place
     if hidden.itemsize == 4:
@@ -160,11 +167,8 @@ def _attention_rows(x, ln_w, ln_b, eps, wqkv_t, bqkv, has_qkv_bias, wo_t, bo, nu
     # x, ln, context, proj, out (M, C), qkv (M, 3C), M = B·N rows. plan: [ln block rows, qkv by column, chunks,
     # out by column]; each stage one prange over its blocks (the bounds), exactly as the separate kernels split it.
     """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
-    M = x.shape[0]
-    ln_blocks = (M + plan[0] - 1) // plan[0]
-    for i in prange(ln_blocks):
-        lo, hi = i * plan[0], min(M, (i + 1) * plan[0])
-        _layer_norm_kernel(x[lo:hi], ln_w, ln_b, eps, ln[lo:hi])
+    for i in prange((x.shape[0] + plan[0] - 1) // plan[0]):
+        _ln_block(x, ln_w, ln_b, eps, plan[0], i, ln)
     for i in prange(len(qkv_bounds) - 1):
         _linear_block(ln, wqkv_t, bqkv, has_qkv_bias, plan[1] == 1, qkv_bounds[i], qkv_bounds[i + 1], qkv)
     for i in prange(len(attn_bounds) - 1):
@@ -179,11 +183,8 @@ def _attention_rows(x, ln_w, ln_b, eps, wqkv_t, bqkv, has_qkv_bias, wo_t, bo, nu
 def _mlp_rows(x, ln_w, ln_b, eps, w1_t, b1, w2_t, b2, plan, fc1_bounds, gelu_bounds, fc2_bounds, ln, hidden, out):
     # x, ln, out (M, C), hidden (M, I). plan: [ln block rows, fc1 by column, fc2 by column].
     """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
-    M = x.shape[0]
-    ln_blocks = (M + plan[0] - 1) // plan[0]
-    for i in prange(ln_blocks):
-        lo, hi = i * plan[0], min(M, (i + 1) * plan[0])
-        _layer_norm_kernel(x[lo:hi], ln_w, ln_b, eps, ln[lo:hi])
+    for i in prange((x.shape[0] + plan[0] - 1) // plan[0]):
+        _ln_block(x, ln_w, ln_b, eps, plan[0], i, ln)
     for i in prange(len(fc1_bounds) - 1):
         _linear_block(ln, w1_t, b1, False, plan[1] == 1, fc1_bounds[i], fc1_bounds[i + 1], hidden)
     for i in prange(len(gelu_bounds) - 1):
