@@ -776,12 +776,12 @@ def cmd_precision(args) -> int:
     auto = args.keep_fp32 == "auto"
     keep = () if auto or not args.keep_fp32 else tuple(n.strip() for n in args.keep_fp32.split(",") if n.strip())
     model = from_pretrained(args.model, dtype="float32", backend=args.backend)
-    x = lab.load_pixels(args.model, args.data, args.processor)
     progress = Progress(f"refvit precision {args.format}")
     batch = args.batch or (1 if args.format == "int8-dynamic" else 16)
     try:
-        report = lab.analyse(model, x, args.format, args.accumulate, args.strict, args.per_channel, keep,
-                             target=args.target, auto=auto, batch=batch, probe=args.probe_images, progress=progress)
+        report = lab.analyse(model, args.data, args.format, args.accumulate, args.strict, args.per_channel, keep,
+                             target=args.target, auto=auto, batch=batch, probe=args.probe_images, progress=progress,
+                             workers=args.workers, scheduler=args.scheduler, processor=args.processor)
     finally:
         progress.close()
     comparison = report.pop("comparison")
@@ -813,9 +813,16 @@ def add_precision_parser(sub) -> None:
     p.add_argument("--keep-fp32", metavar="auto|M1,M2", help="modules run in float32; 'auto' searches the smallest "
                    "set reaching --target agreement (greedy by introduced error, then drops what is not needed)")
     p.add_argument("--target", type=float, default=99.5, help="top-1 agreement with float32 in %% (default 99.5)")
-    p.add_argument("--batch", type=int, help="images per call (default 1 for int8-dynamic: activation scales are per "
+    p.add_argument("--batch", type=_count(1), help="images per call (default 1 for int8-dynamic: activation scales are per "
                    "call; 16 otherwise)")
-    p.add_argument("--probe-images", type=int, default=8, help="images (one call) for the per-module table")
+    p.add_argument("--probe-images", type=_count(1), default=8, help="images (one call) for the per-module table")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count(0), metavar="N", help="run on a Dask LocalCluster of N worker "
+                       "processes (refvit[dask]): the table, the float32 and emulated predictions and every step of "
+                       "--keep-fp32 auto as tasks over parts of DATA; the report is identical to the in-process one; "
+                       "0 or 1: in-process")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786 "
+                       "(its workers must read DATA and the model directory at the same paths)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--report", help="write an HTML report of the per-module error (float32 vs emulated)")
     p.set_defaults(func=cmd_precision)

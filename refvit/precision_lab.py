@@ -7,11 +7,23 @@ emulated values are inf/nan, the NMSE against float32 and what the module introd
 block verdicts by the parity toolkit's introduced/inherited rule). Over all of DATA: top-1 agreement with float32.
 `keep_fp32="auto"`: greedily keep the module that introduced most error in float32 until the agreement reaches the
 target, then drop again every kept module the target does not need; each step's agreement and cost is reported.
+
+On Dask (`workers=N`, `scheduler=ADDRESS` or `client=`, the `refvit[dask]` extra, set up as `refvit.batch` does):
+DATA is cut into parts whose bounds are multiples of every batch the run calls with (the float32 reference's and the
+emulation's), the workers read and preprocess their parts (or receive their slice of a pixel array) and keep them;
+the per-module table (one task on the probe images), the float32 predictions and the emulated predictions of every
+agreement the keep-fp32 search asks for are tasks over those parts. A call sees the same images on a worker as in
+one process, and thread counts never change refvit's bits, so the report is identical to the in-process one. Each
+worker process loads the model once from its directory (a loaded model: the directory it was loaded from; changes
+made to it in memory do not travel) and keeps its last few emulated copies.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -102,35 +114,218 @@ def module_table(model, x, arith: Arithmetic) -> tuple[list[dict], object]:
 
 def analyse(model, x, format: str, accumulate="fp32", strict=False, per_channel=False, keep_fp32=(),
             target: float = 99.5, auto: bool = False, batch: int = 1, probe: int = 8, max_steps: int = 40,
-            progress=None) -> dict:
+            progress=None, workers: int | None = None, scheduler: str | None = None, client=None,
+            processor=None) -> dict:
     """The whole report (see the module docstring) as a JSON-able dict.
 
+    model: the float32 refvit model. x: pixel values (B, C, H, W), or DATA as `refvit precision` takes it (an image,
+    a .npy, an ImageFolder tree, a folder, a .csv/.jsonl list), preprocessed with the model's processor (or
+    `processor`, a directory). workers / scheduler / client: run on Dask (module docstring); None: in this process.
     Why so many parameters: they are the command's options (format, arithmetic, keep-fp32 search, batching,
-    progress), passed through one by one so that the Python API and `refvit precision` take the same names."""
+    progress, Dask), passed through one by one so that the Python API and `refvit precision` take the same names."""
     arith = check_arithmetic(format, accumulate, strict, per_channel, keep_fp32)
     if np.dtype(getattr(model, "dtype", "float32")) != np.float32:
         raise InputError("precision: start from the float32 model (dtype='float32')")
     if not 0 < target <= 100:
         raise InputError(f"precision: the agreement target is a percentage in (0, 100], got {target}")
-    rows, comparison = module_table(model, x[:probe], arith)
-    n = len(x)
-    total = n * (2 + (max_steps if auto else 0))
-    truth = top1(model, x, max(batch, 16), progress, 0, total)
-    counter = {"done": n}
+    if batch < 1 or probe < 1:
+        raise InputError(f"precision: --batch and --probe-images are at least 1, got {batch} and {probe}")
+    with runner(model, x, processor, workers, scheduler, client, [max(batch, 16), batch]) as run:
+        rows, comparison = run.table(arith, probe)
+        n = run.count
+        total = n * (2 + (max_steps if auto else 0))
+        counter = {"done": 0}
 
-    def agreement(keep) -> float:
-        emu = emulate(model, format, accumulate, strict, per_channel, keep)
-        pred = top1(emu, x, batch, progress, counter["done"], total)
-        counter["done"] += n
-        return 100.0 * float((pred == truth).mean())
+        def predictions(arith_or_none, per_call) -> np.ndarray:
+            pred = run.top1(arith_or_none, per_call, progress, counter["done"], total)
+            counter["done"] += n
+            return pred
 
-    base = agreement(tuple(arith.keep_fp32))
-    report = {"format": format, "arithmetic": arith.to_meta(), "images": n, "probe_images": len(x[:probe]),
-              "batch_per_call": batch, "agreement": base, "target": target, "modules": rows}
-    if auto:
-        report["keep_fp32"] = keep_search(rows, arith, agreement, base, target, max_steps)
+        truth = predictions(None, max(batch, 16))
+
+        def agreement(keep) -> float:
+            pred = predictions(check_arithmetic(format, accumulate, strict, per_channel, keep), batch)
+            return 100.0 * float((pred == truth).mean())
+
+        base = agreement(tuple(arith.keep_fp32))
+        report = {"format": format, "arithmetic": arith.to_meta(), "images": n, "probe_images": min(probe, n),
+                  "batch_per_call": batch, "agreement": base, "target": target, "modules": rows}
+        if auto:
+            report["keep_fp32"] = keep_search(rows, arith, agreement, base, target, max_steps)
     report["comparison"] = comparison
     return report
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Where the forwards run: in this process, or on Dask (module docstring). Both give the same arrays.
+
+
+class InProcess:
+    def __init__(self, model, x):
+        self.model, self.x, self.count = model, x, len(x)
+
+    def table(self, arith: Arithmetic, probe: int):
+        return module_table(self.model, self.x[:probe], arith)
+
+    def top1(self, arith, per_call, progress, done, total) -> np.ndarray:
+        m = self.model if arith is None else emulate(self.model, arith.format, arith.accumulate, arith.strict,
+                                                     arith.per_channel, tuple(arith.keep_fp32))
+        return top1(m, self.x, per_call, progress, done, total)
+
+
+def _is_pixels(x) -> bool:
+    return isinstance(x, np.ndarray) or os.fspath(x).endswith(".npy")
+
+
+def _source_dir(model) -> str:
+    source = getattr(getattr(model, "model", model), "source", "") or ""
+    path = source if os.path.isdir(source) else os.path.dirname(source)
+    if not path or not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError("precision on Dask: the workers load the model from its directory, and this model was not "
+                         "loaded from one: load it with refvit.from_pretrained(directory)")
+    return os.path.abspath(path)
+
+
+def part_size(count: int, per_calls, parts_wanted: int) -> int:
+    """Images per part: a multiple of every batch a call uses (so each call sees the images it sees in one process),
+    about count / parts_wanted."""
+    step = math.lcm(*per_calls)
+    return step * max(1, math.ceil(count / max(1, parts_wanted) / step))
+
+
+class OnDask:
+    """The same three operations as InProcess, as tasks over parts of DATA held by the workers."""
+
+    def __init__(self, client, threads, model, x, processor, per_calls):
+        from .batch import ModelSpec, _is_image, load_dataset
+
+        self.client, self.threads = client, threads
+        self.spec = ModelSpec(_source_dir(model), "float32", getattr(model, "backend", "numba"))
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        if _is_pixels(x):
+            pixels = x if isinstance(x, np.ndarray) else load_pixels(self.spec.path, x)
+            self.count = len(pixels)
+            size = part_size(self.count, per_calls, 4 * workers)
+            slices = [pixels[i:i + size] for i in range(0, self.count, size)]
+            self.sizes = [len(s) for s in slices]
+            self.parts = client.scatter(slices)
+        else:
+            data = os.fspath(x)
+            files = [data] if os.path.isfile(data) and _is_image(data) else [i.file for i in load_dataset(data).items]
+            files = [os.path.abspath(f) for f in files]
+            self.count = len(files)
+            size = part_size(self.count, per_calls, 4 * workers)
+            chunks = [files[i:i + size] for i in range(0, self.count, size)]
+            self.sizes = [len(c) for c in chunks]
+            where = os.path.abspath(processor) if processor else self.spec.path
+            self.parts = [client.submit(read_part, where, c, pure=False, retries=2) for c in chunks]
+
+    def table(self, arith: Arithmetic, probe: int):
+        k = next(i + 1 for i in range(len(self.sizes)) if sum(self.sizes[:i + 1]) >= min(probe, self.count))
+        return self.client.submit(table_part, self.spec, arith, probe, self.threads, *self.parts[:k],
+                                  pure=False, retries=2).result()
+
+    def top1(self, arith, per_call, progress, done, total) -> np.ndarray:
+        from distributed import as_completed
+
+        futures = [self.client.submit(top1_part, self.spec, part, per_call, arith, self.threads, pure=False,
+                                      retries=2) for part in self.parts]
+        index = {f: i for i, f in enumerate(futures)}
+        for f in as_completed(futures):
+            done += self.sizes[index[f]]
+            if progress is not None:
+                progress(done, total)
+        return np.concatenate([f.result() for f in futures])
+
+    def close(self):
+        self.client.cancel(self.parts)
+
+
+NEEDS_DASK = "refvit precision --workers/--scheduler needs Dask: pip install \"refvit[dask]\""
+
+
+@contextmanager
+def runner(model, x, processor, workers, scheduler, client, per_calls):
+    """An InProcess, or an OnDask on `client`, on a cluster at `scheduler` or on a LocalCluster of `workers`
+    processes (started and closed here, as `refvit.batch.dask_client` does for evaluate).
+    Why so many parameters: the model and DATA, and the three ways to name where to run (analyse's own)."""
+    from . import batch as batch_module
+
+    if client is None and not scheduler and (workers or 1) <= 1:
+        if isinstance(x, np.ndarray):
+            yield InProcess(model, x)
+        else:
+            where = None if _is_pixels(x) else processor or _source_dir(model)
+            yield InProcess(model, load_pixels(where, x, processor))
+        return
+    if not batch_module.dask_available():
+        raise InputError(NEEDS_DASK)
+    context = nullcontext((client, None)) if client is not None else batch_module.dask_client(
+        workers, scheduler, _warm_spec(model))
+    with context as (dask, threads):
+        run = OnDask(dask, threads, model, x, processor, per_calls)
+        try:
+            yield run
+        finally:
+            run.close()
+
+
+def _warm_spec(model):
+    """The ModelSpec `batch.dask_client` warms the workers' JIT cache with (a classifier only: its warm-up classifies
+    one image), else None (each worker compiles, or reads Numba's cache, on its first task)."""
+    from .batch import ModelSpec
+
+    if not getattr(getattr(model, "config", None), "num_labels", 0):
+        return None
+    return ModelSpec(_source_dir(model), "float32", getattr(model, "backend", "numba"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Worker tasks: pure functions of their arguments; each worker process loads the model once and keeps a few
+# emulated copies (a keep-fp32 search asks for the same arithmetic on every part of DATA)
+
+_MODELS: dict = {}
+_EMULATED: OrderedDict = OrderedDict()
+KEEP_EMULATED = 4
+
+
+def _worker_model(spec, arith):
+    from .model import from_pretrained
+
+    if spec not in _MODELS:
+        _MODELS[spec] = from_pretrained(spec.path, dtype="float32", backend=spec.backend)
+    if arith is None:
+        return _MODELS[spec]
+    key = (spec, arith)
+    if key not in _EMULATED:
+        _EMULATED[key] = emulate(_MODELS[spec], arith.format, arith.accumulate, arith.strict, arith.per_channel,
+                                 tuple(arith.keep_fp32))
+        while len(_EMULATED) > KEEP_EMULATED:
+            _EMULATED.popitem(last=False)
+    _EMULATED.move_to_end(key)
+    return _EMULATED[key]
+
+
+def read_part(where: str, files: list) -> np.ndarray:
+    """A part of image DATA as pixel values, each image preprocessed on its own (as `load_pixels` does)."""
+    from .processing import AutoImageProcessor, load_image
+
+    proc = AutoImageProcessor.from_pretrained(where)
+    return np.concatenate([proc(load_image(f), return_tensors="np")["pixel_values"] for f in files])
+
+
+def top1_part(spec, pixels, per_call: int, arith, threads) -> np.ndarray:
+    from .batch import _LOCK, numba_threads
+
+    with _LOCK, numba_threads(threads):
+        return top1(_worker_model(spec, arith), pixels, per_call)
+
+
+def table_part(spec, arith, probe: int, threads, *parts):
+    from .batch import _LOCK, numba_threads
+
+    with _LOCK, numba_threads(threads):
+        return module_table(_worker_model(spec, None), np.concatenate(parts)[:probe], arith)
 
 
 def keep_search(rows, arith, agreement, base, target, max_steps) -> dict:

@@ -293,3 +293,72 @@ def test_kernels_the_family_code_calls_itself_are_named_by_their_step():
     x = np.random.default_rng(1).standard_normal((1, 3, 48, 48)).astype(np.float32)
     names = {c.name for c in precision.emulate(digits, "bf16").profile(x, interpolate_pos_encoding=True)[1]}
     assert "vit.embeddings.interpolate_pos_encoding" in names
+
+
+# ---- on Dask: the same report, field by field --------------------------------------------------------------------
+
+needs_dask = pytest.mark.skipif(not __import__("refvit.batch").batch.dask_available(),
+                                reason="dask.distributed is not installed (pip install \"refvit[dask]\")")
+FLIPPED = 22   # the test digit digits-vit's int8-dynamic emulation (16 images per call) classifies unlike float32
+
+
+def digits_folder(root: Path, first: int = 16, count: int = 32) -> Path:
+    """Test digits first … first+count-1 as root/<NNNN>.png (a flat folder, read in that order), FLIPPED among them."""
+    from refvit.datasets import digit_image
+
+    root.mkdir(parents=True)
+    with np.load(DIGITS / "digits_test.npz") as z:
+        for i in range(first, first + count):
+            digit_image(z["images"][i]).save(root / f"{i:04d}.png")
+    return root
+
+
+@needs_dask
+def test_two_dask_workers_give_the_in_process_report(tmp_path, capsys):
+    """`refvit precision --workers 2` (a LocalCluster of two processes) against the in-process run on 32 digits read
+    from PNGs, in two parts of 16 (one per worker), one image of which int8 flips, so the keep-fp32 search has steps
+    to run on the workers too."""
+    from refvit.precision_lab import part_size
+
+    assert part_size(32, [16, 16], 4 * 2) == 16                          # two parts: each worker gets one
+    data = digits_folder(tmp_path / "digits")
+    args = ["precision", str(DIGITS / "digits-vit"), str(data), "--format", "int8-dynamic", "--batch", "16",
+            "--keep-fp32", "auto", "--target", "100", "--probe-images", "3", "--json"]
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main(args + ["--workers", "2"]) == 0
+    dask = json.loads(capsys.readouterr().out)
+    assert local["agreement"] == 100 * 31 / 32 and local["keep_fp32"]["steps"] and local["keep_fp32"]["reached"]
+    assert local.keys() == dask.keys()
+    for key in local:
+        assert local[key] == dask[key], key     # modules (every statistic), agreement, every search step, the set
+
+
+@needs_dask
+def test_dask_client_through_the_python_api_with_pixel_arrays(vit):
+    """`precision_lab.analyse(..., client=)` with pixel values in memory: the parts are scattered to the workers."""
+    from distributed import Client
+
+    from refvit import precision_lab
+
+    model, x = vit
+    local = precision_lab.analyse(model, x, "bf16", batch=3, probe=2)
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
+        dask = precision_lab.analyse(model, x, "bf16", batch=3, probe=2, client=client)
+    assert precision_lab.part_size(len(x), [16, 3], 8) % 48 == 0        # parts end where a call of either size ends
+    for key in local:
+        if key != "comparison":
+            assert local[key] == dask[key], key
+    assert [b.verdict for b in local["comparison"].blocks] == [b.verdict for b in dask["comparison"].blocks]
+
+
+def test_without_dask_workers_are_a_clear_error(monkeypatch, tmp_path, vit, capsys):
+    from refvit import batch
+
+    model, x = vit
+    np.save(tmp_path / "x.npy", x[:2])
+    monkeypatch.setattr(batch, "dask_available", lambda: False)
+    assert main(["precision", str(DIGITS / "digits-vit"), str(tmp_path / "x.npy"), "--format", "bf16",
+                 "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refvit[dask]" in err[0] and "Traceback" not in err[0]
