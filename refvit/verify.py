@@ -110,12 +110,32 @@ def _seeded(case_dir, config, shapes, meta, dtype, backend):
     tensors = {}
     cast = "float32" if _standardised_in_float64(meta) else dtype
     for name, shape in shapes.items():
+        if name in tensors:
+            continue
         t = synthetic.random_state_dict({name: shape}, meta["seed"])[name]
+        rows = _qkv_rows(name, shapes)
+        if rows and t.dtype.kind == "f":  # q, k, v drawn into the row blocks of one array: fuse_qkv keeps it as is
+            block = np.empty((len(rows) * shape[0],) + tuple(shape[1:]), cast)
+            for i, sibling in enumerate(rows):
+                block[i * shape[0]:(i + 1) * shape[0]] = (
+                    t if sibling == name else synthetic.random_state_dict({sibling: shape}, meta["seed"])[sibling])
+                tensors[sibling] = block[i * shape[0]:(i + 1) * shape[0]]
+            continue
         tensors[name] = t if t.dtype.kind != "f" else t.astype(cast, copy=False)
     model = from_state_dict(config, tensors, meta["architecture"], dtype, backend, source=str(case_dir))
     del tensors
     model.checkpoint = None  # verify never saves: the tensors as drawn need not outlive the load-time preparation
     return model, meta
+
+
+def _qkv_rows(name: str, shapes: dict) -> list:
+    """The attention's query, key and value weight names when `name` is its query weight and all three have one
+    shape (ViT, DeiT, BEiT: what `fuse_qkv` fuses), else []."""
+    from .models.common import QKV
+
+    stem, dot, leaf = name.rpartition(f".{QKV[0]}.")
+    rows = [f"{stem}.{n}.{leaf}" for n in QKV] if dot and leaf == "weight" else []
+    return rows if rows and all(shapes.get(r) == shapes[name] for r in rows) else []
 
 
 def _ours(out, key: str):

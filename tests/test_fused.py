@@ -108,3 +108,35 @@ def test_fuse_qkv_leaves_other_tensors_alone_and_refuses_odd_shapes():
     with pytest.raises(CheckpointError, match="cannot fuse"):
         fuse_qkv({k: v for k, v in t.items() if k != "l.value.weight"})
     assert fused_rows([out["l.key.weight"], out["l.query.weight"], out["l.value.weight"]]) is None  # wrong order
+
+
+def test_fuse_qkv_keeps_weights_that_already_are_row_blocks_of_one_array():
+    """q, k, v drawn into one (3C, C) array (refvit verify's seeded real-size models) are used as they are, not
+    copied: the load holds no second copy of the attention weights. Anything else is still copied."""
+    block = np.random.default_rng(1).standard_normal((12, 3))
+    t = {f"l.{n}.weight": block[4 * i:4 * (i + 1)] for i, n in enumerate(("query", "key", "value"))}
+    out = fuse_qkv(t)
+    assert fused_rows([out[f"l.{n}.weight"] for n in ("query", "key", "value")]) is block
+    shuffled = {"l.query.weight": block[4:8], "l.key.weight": block[:4], "l.value.weight": block[8:]}
+    out = fuse_qkv(shuffled)
+    base = fused_rows([out[f"l.{n}.weight"] for n in ("query", "key", "value")])
+    assert base is not block and np.array_equal(base, np.concatenate([block[4:8], block[:4], block[8:]]))
+
+
+def test_verify_draws_real_size_qkv_into_one_array_with_the_same_values():
+    """refvit verify's seeded DeiT draws q, k, v into one array; each has the values of its own stream."""
+    import json
+    from pathlib import Path
+
+    from refvit import synthetic, verify
+
+    case = Path(__file__).resolve().parents[1] / "golden" / "cases" / "deit_tiny_teacher_224"
+    meta, config = (json.loads((case / f).read_text()) for f in ("meta.json", "config.json"))
+    shapes = synthetic.shapes_for(config, meta["architecture"])
+    model, _ = verify._seeded(case, config, shapes, meta, "float32", "numpy")
+    attention = model.params["deit"]["encoder"]["layer"][3]["attention"]["attention"]
+    assert fused_rows([attention[n]["weight"] for n in ("query", "key", "value")]) is not None
+    for n in ("query", "key", "value"):
+        name = f"deit.encoder.layer.3.attention.attention.{n}.weight"
+        drawn = synthetic.random_state_dict({name: shapes[name]}, meta["seed"])[name]
+        assert np.array_equal(attention[n]["weight"], drawn)

@@ -184,7 +184,9 @@ def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
     """Family.after_cast of ViT/DeiT/BEiT: each attention's q, k, v weights copied once into one (3C, C) array and
     replaced by views of its rows, the biases likewise into one (3C,) array, zeros standing in for a missing one
     (BEiT's key has no bias; that name stays absent). The tree keeps its names and values; the originals' mapped
-    pages are released by `prepare_params`, so the copy adds no memory. `Forward.linear_qkv` then runs one GEMM."""
+    pages are released by `prepare_params`, so the copy adds no memory. Weights that already are the consecutive row
+    blocks of one array (`refvit verify`'s seeded draw) are used as they are, not copied.
+    `Forward.linear_qkv` then runs one GEMM."""
     out = dict(tensors)
     for name in tensors:
         if not name.endswith(f".{names[0]}.weight"):
@@ -196,7 +198,8 @@ def fuse_qkv(tensors: dict, arch=None, names=QKV) -> dict:
             raise CheckpointError(f"{stem}{{{','.join(names)}}}.weight: cannot fuse the q/k/v projections "
                                   f"(shapes {[None if w is None else w.shape for w in weights]}); refvit's bug, "
                                   "please report it")
-        fused = np.concatenate(weights)                                               # (3C, C)
+        fused = fused_rows(weights)                   # already the row blocks of one array (a seeded draw): as is
+        fused = np.concatenate(weights) if fused is None else fused                   # (3C, C)
         biases = [tensors.get(f"{stem}{n}.bias") for n in names]
         if any(b is not None for b in biases):
             fused_bias = np.concatenate([b if b is not None else np.zeros(w.shape[0], w.dtype)
