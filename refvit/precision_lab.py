@@ -177,12 +177,12 @@ def _is_pixels(x) -> bool:
     return isinstance(x, np.ndarray) or os.fspath(x).endswith(".npy")
 
 
-def _source_dir(model) -> str:
+def _source_dir(model, why="on Dask the workers load the model from its directory") -> str:
     source = getattr(getattr(model, "model", model), "source", "") or ""
     path = source if os.path.isdir(source) else os.path.dirname(source)
     if not path or not os.path.isfile(os.path.join(path, "config.json")):
-        raise InputError("precision on Dask: the workers load the model from its directory, and this model was not "
-                         "loaded from one: load it with refvit.from_pretrained(directory)")
+        raise InputError(f"precision: {why}, and this model was not loaded from one: load it with "
+                         "refvit.from_pretrained(directory)")
     return os.path.abspath(path)
 
 
@@ -255,7 +255,9 @@ def runner(model, x, processor, workers, scheduler, client, per_calls):
         if isinstance(x, np.ndarray):
             yield InProcess(model, x)
         else:
-            where = None if _is_pixels(x) else processor or _source_dir(model)
+            where = None if _is_pixels(x) else processor or _source_dir(
+                model, "image DATA is preprocessed with the model directory's preprocessor_config.json (or pass "
+                "processor=)")
             yield InProcess(model, load_pixels(where, x, processor))
         return
     if not batch_module.dask_available():

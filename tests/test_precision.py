@@ -350,6 +350,12 @@ def test_dask_client_through_the_python_api_with_pixel_arrays(vit):
         if key != "comparison":
             assert local[key] == dask[key], key
     assert [b.verdict for b in local["comparison"].blocks] == [b.verdict for b in dask["comparison"].blocks]
+    import copy
+
+    unsaved = copy.copy(model)
+    unsaved.source = ""                                  # workers could not load it: said before any cluster starts
+    with pytest.raises(refvit.RefvitError, match="workers load the model from its directory"):
+        precision_lab.analyse(unsaved, x, "bf16", workers=2)
 
 
 def test_without_dask_workers_are_a_clear_error(monkeypatch, tmp_path, vit, capsys):
