@@ -813,8 +813,8 @@ def add_precision_parser(sub) -> None:
     p.add_argument("--keep-fp32", metavar="auto|M1,M2", help="modules run in float32; 'auto' searches the smallest "
                    "set reaching --target agreement (greedy by introduced error, then drops what is not needed)")
     p.add_argument("--target", type=float, default=99.5, help="top-1 agreement with float32 in %% (default 99.5)")
-    p.add_argument("--batch", type=_count(1), help="images per call (default 1 for int8-dynamic: activation scales are per "
-                   "call; 16 otherwise)")
+    p.add_argument("--batch", type=_count(1), help="images per call (default 1 for int8-dynamic: activation scales "
+                   "are per call; 16 otherwise)")
     p.add_argument("--probe-images", type=_count(1), default=8, help="images (one call) for the per-module table")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_count(0), metavar="N", help="run on a Dask LocalCluster of N worker "
