@@ -145,6 +145,7 @@ def _attention_item(qkv, B, num_heads, chunks, scale, t, scratch, scores, keep, 
 @njit(cache=True, fastmath=False, error_model="numpy", nogil=True)
 def _ln_block(x, ln_w, ln_b, eps, rows, i, ln):
     # norm.py's layer norm on block i of the rows (rows per block), as the separate kernel splits it
+    """Why so many parameters: a Numba kernel takes arrays and scalars only, each its own argument."""
     lo, hi = i * rows, min(x.shape[0], (i + 1) * rows)
     _layer_norm_kernel(x[lo:hi], ln_w, ln_b, eps, ln[lo:hi])
 
