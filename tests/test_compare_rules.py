@@ -22,6 +22,8 @@ def test_elementwise_presets_hold_every_element_to_its_own_bound(preset, atol, r
     assert status({"t": ref}, {"t": one_off}, preset) == {"t": "NOT OK"}
     both_in = ref + np.array([[0.5 * atol, 0.5 * (atol + rtol * 1000)]])
     assert status({"t": ref}, {"t": both_in}, preset) == {"t": "OK"}
+    big_over = ref + np.array([[0.0, 2 * (atol + rtol * 1000)]])  # the rtol term: twice its bound at |ref| = 1000
+    assert status({"t": ref}, {"t": big_over}, preset) == {"t": "NOT OK"}
 
 
 def test_llm_c_bound_is_an_absolute_2e_2():

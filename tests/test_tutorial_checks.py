@@ -93,10 +93,10 @@ def test_rejects_uses_the_recorded_expectation(common):
 
 def test_close_and_first_divergence_follow_the_reference_order(common):
     ref = {"a": np.ones(4), "b": np.full(4, 20.0), "c": np.zeros(4), "d": np.zeros(2)}
-    mine = {"a": np.ones(4) + 5e-5, "b": np.full(4, 20.0) + 1.9e-3, "c": np.full(4, 2e-4), "d": np.zeros(2)}
+    mine = {"a": np.ones(4) + 5e-5, "b": np.full(4, 20.0) + 1.9e-3, "c": np.full(4, 2e-4), "d": np.ones(2)}
     assert common.close(mine["a"], ref["a"]) and common.close(mine["b"], ref["b"])  # b: bound 2e-3
     assert not common.close(mine["c"], ref["c"]) and not common.close(np.zeros(3), ref["c"])
-    name, err = common.first_divergence(mine, ref)
+    name, err = common.first_divergence(mine, ref)  # c and d both differ: c comes first in the reference
     assert name == "c" and err == pytest.approx(2e-4)
     assert common.first_divergence({"d": np.zeros(3)}, ref) == ("d", float("inf"))
     assert common.first_divergence({"a": ref["a"], "zz": np.ones(1)}, ref) == (None, 0.0)
