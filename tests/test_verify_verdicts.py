@@ -79,3 +79,25 @@ def test_cli_verify_exits_1_and_says_fail(tmp_path, capsys):
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and f"{KEY} max abs error" in out and "0 passed, 1 failed" in out
+
+
+def test_processing_rows_compare_and_fail_on_a_moved_pixel(tmp_path, monkeypatch):
+    """verify's processing rows: under the installed Pillow (goldens exist for 10.0-13.0) the case is compared, not
+    waved through as "not verified"; a normalized pixel 3e-6 off (bound 1e-6, as tests/test_processing.py's
+    assert_allclose) or a uint8 pixel 1 off (bit-exact stage) fails."""
+    import dataclasses
+
+    case = CASE.parents[1] / "processing" / "vit_default"
+    real = verify.run_processing_case(case)
+    assert not real.not_verified and real.ok and set(real.errors) == {"pixel_values", "pixels_uint8"}
+    golden = verify.processing_golden(case)
+    with np.load(golden.expected) as z:
+        expected = {k: z[k].copy() for k in z.files}
+    for key, step in (("pixel_values", 3e-6), ("pixels_uint8", 1)):
+        moved_arrays = {k: v.copy() for k, v in expected.items()}
+        moved_arrays[key].flat[11] += step
+        np.savez(tmp_path / f"{key}.npz", **moved_arrays)
+        monkeypatch.setattr(verify, "processing_golden",
+                            lambda _case, path=tmp_path / f"{key}.npz": dataclasses.replace(golden, expected=path))
+        result = verify.run_processing_case(case)
+        assert not result.ok and result.errors[key][0] > result.errors[key][1], key
