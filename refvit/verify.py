@@ -298,11 +298,13 @@ class Worker:
         """`name(*args)` (run_case, run_processing_case or run_digits) in the worker; `fresh`: in a new process."""
         if self._process is None or (fresh and not self._fresh):
             self.close()
-            self._conn, child = self._context.Pipe()
-            self._process = self._context.Process(target=_serve, args=(child,), name="refvit verify worker",
-                                                  daemon=True)
-            self._process.start()
-            child.close()
+            conn, child = self._context.Pipe()
+            process = self._context.Process(target=_serve, args=(child,), name="refvit verify worker", daemon=True)
+            try:
+                process.start()
+            finally:  # a process that did not start is not ours to end
+                child.close()
+            self._process, self._conn = process, conn
             self.started += 1
         self._fresh = False
         self._conn.send((name, args))
