@@ -212,3 +212,18 @@ def test_a_replaced_kernel_runs_instead_of_the_blocks():
     partial = type(base)(**{k: v for k, v in vars(base).items() if k != "mlp_block"})
     model.kernels = partial                                        # a namespace without the blocks: no blocks
     assert np.array_equal(model(x).logits, planted(x).logits)
+
+
+@pytest.mark.parametrize("case", ["deit_teacher", "vit_model"])
+def test_a_returned_output_is_not_overwritten_by_the_next_call(case):
+    """The workspace is refvit's scratch memory: what a forward returns belongs to the caller, so a later call with
+    other pixels (same shape: the same buffers) leaves it as it was."""
+    model = refvit.from_pretrained(golden_case(case))
+    with np.load(golden_case(case) / "inputs.npz") as z:
+        x = z["pixel_values"].astype(np.float32)
+    out = model(x)
+    kept = {k: v.copy() for k, v in out.items() if isinstance(v, np.ndarray)}
+    assert kept
+    model(np.ascontiguousarray(x[::-1]) * 0.5)
+    for k, v in kept.items():
+        assert np.array_equal(out[k], v), k
