@@ -353,9 +353,15 @@ def main(argv=None) -> int:
 def timm_main(args) -> int:
     """`--timm`: write golden/timm/ with timm (the timm venv), or with --check compare a fresh run with it."""
     import timm_cases
-    import timm
-    import torch
-
+    try:
+        import timm
+        import torch
+    except ImportError as exc:
+        timm = exc
+    if getattr(timm, "__file__", None) is None:  # not installed: golden/timm/ (on sys.path) imports as a namespace
+        print("golden/generate.py --timm needs timm: run it in the timm venv (torch 2.14.1 + torchvision 0.29.1 + "
+              "timm, docs/guide/timm.md)", file=sys.stderr)
+        return 2
     if timm.__version__ != timm_cases.TIMM_VERSION or not torch.__version__.startswith(timm_cases.TORCH_VERSION):
         print(f"warning: timm golden data is pinned to timm {timm_cases.TIMM_VERSION} + torch "
               f"{timm_cases.TORCH_VERSION}; found {timm.__version__} + {torch.__version__}", file=sys.stderr)

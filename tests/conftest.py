@@ -142,9 +142,16 @@ def framework(name: str = "transformers"):
 
 
 def timm_oracle(name: str = "timm"):
-    """Import timm (or torch, torchvision) for a needs_timm test; skip it, saying why, without them."""
-    return pytest.importorskip(name, reason=f"could not import '{name}': needs the timm venv (.ci/run stage `timm`: "
-                                            "torch 2.14.1 + torchvision 0.29.1 + timm, see docs/guide/timm.md)")
+    """Import timm (or torch, torchvision) for a needs_timm test; skip it, saying why, without them.
+
+    A folder named like the package on sys.path (golden/timm, once golden/ is put there for golden/timm_cases.py)
+    imports as an empty namespace package where the package is not installed; that is "not installed" too."""
+    reason = (f"could not import '{name}': needs the timm venv (.ci/run stage `timm`: torch 2.14.1 + torchvision "
+              "0.29.1 + timm, see docs/guide/timm.md)")
+    module = pytest.importorskip(name, reason=reason)
+    if getattr(module, "__file__", None) is None:
+        pytest.skip(f"{reason}; '{name}' resolved to the namespace folder(s) {list(module.__path__)}, not the package")
+    return module
 
 
 def golden_timm_case(name: str) -> Path:

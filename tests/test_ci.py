@@ -173,3 +173,17 @@ def test_ci_fails_an_unmarked_test_that_skips_without_timm(policy_dir):
     rc, out = run_policy(policy_dir, "test_needs_timm_unmarked", ci="1")
     assert rc == 1, out
     assert "not marked needs_timm" in out
+
+
+def test_a_folder_named_timm_on_sys_path_is_not_timm(tmp_path, monkeypatch):
+    """golden/timm/ (golden/ goes on sys.path for golden/timm_cases.py) imports as an empty namespace package where
+    timm is not installed: the needs_timm tests then skip, as without timm, instead of failing on timm.create_model."""
+    from conftest import timm_oracle
+
+    name = "refvit_ci_namespace_probe"
+    (tmp_path / name / "models").mkdir(parents=True)  # a folder with data in it, no __init__.py: golden/timm's shape
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"could not import '{name}'.*namespace folder"):
+        timm_oracle(name)
+    assert timm_oracle("json") is sys.modules["json"]  # a real package is returned

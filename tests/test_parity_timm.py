@@ -26,13 +26,13 @@ import refvit  # noqa: E402
 from refvit import parity  # noqa: E402
 from refvit.checkpoint import write_safetensors  # noqa: E402
 
+from conftest import timm_oracle  # noqa: E402
+
 pytestmark = pytest.mark.needs_timm
 
 
 def _timm():
-    torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
-    return torch, timm
+    return timm_oracle("torch"), timm_oracle("timm")
 
 
 def _perturb(model, seed=0):
