@@ -2,6 +2,7 @@
 columns (--wide: everything), and float64 real-size models that cast float32 weights at use, bit-identically."""
 
 import json
+import platform
 import os
 import pty
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from refvit import verify
 from refvit.cli import main
@@ -116,3 +118,43 @@ def test_runs_in_a_worker_process_fresh_when_asked_and_errors_come_back():
         else:
             raise AssertionError("a missing case raised nothing")
     assert worker._process is None and not process.is_alive()
+
+
+FREED = """
+import sys, numpy as np
+from refvit.verify import _give_freed_arrays_back, _resident_mib
+if sys.argv[1] == "fixed":
+    _give_freed_arrays_back()
+a = np.ones(2 * 2**20); del a  # a 16 MiB block mapped and freed: glibc raises its mmap threshold to 16 MiB
+pairs = [(np.ones(2**20), np.ones(2**14)) for _ in range(8)]  # 8 MiB arrays, each with a 128 KiB one after it
+small = [p[1] for p in pairs]
+before = _resident_mib()
+del pairs
+print(before - _resident_mib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mmap threshold (Linux with glibc only)")
+def test_the_worker_gives_freed_arrays_back_to_the_system():
+    """Freed 8 MiB arrays below live small ones: held by the heap under glibc's raised threshold (the control), given
+    back at once in verify's worker, whose threshold is fixed at 1 MiB (docs/golden.md, Memory)."""
+    freed = {how: float(subprocess.run([sys.executable, "-c", FREED, how], capture_output=True, text=True, env=ENV,
+                                       check=True).stdout) for how in ("default", "fixed")}
+    assert freed["default"] < 16 and freed["fixed"] > 60, freed
+
+
+SERVE = """
+import multiprocessing, threading
+from refvit import verify
+calls = []
+verify._give_freed_arrays_back = lambda: calls.append("fixed")
+parent, child = multiprocessing.Pipe()
+threading.Thread(target=parent.send, args=(None,)).start()  # None ends the worker's loop at once
+verify._serve(child)
+print(calls)
+"""
+
+
+def test_the_worker_loop_fixes_the_threshold_before_its_first_run():
+    out = subprocess.run([sys.executable, "-c", SERVE], capture_output=True, text=True, env=ENV, check=True).stdout
+    assert out.strip() == "['fixed']"
