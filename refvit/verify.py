@@ -284,7 +284,12 @@ class Worker:
     real-size case's run always starts in a fresh process, and a process left above RESTART_MIB after a run is
     replaced. Memory freed by a run is not all given back to the system by the allocator (pages of freed arrays,
     Numba's compiled code); a new process gives it all back. A context manager: leaving it (Ctrl-C included) ends
-    the process."""
+    the process.
+
+    Ctrl-C: within the block (in the main thread) SIGINT also sets `interrupted`, and every call checks it. Python
+    raises KeyboardInterrupt wherever the main thread is when the signal lands, and one raised inside a finalizer
+    (the `__del__` of a closed worker's pipe or process, run as a worker is replaced) is printed and dropped; seen
+    once under load, verify then ran to the end and exited 0. The flag makes the next call raise it again."""
 
     def __init__(self):
         import multiprocessing
@@ -293,11 +298,27 @@ class Worker:
         self._process = self._conn = None
         self._fresh = True
         self.started = 0  # processes started so far
+        self.interrupted = False
+        self._previous_handler = None
 
     def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
         return self
 
+    def _on_interrupt(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
     def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
         self.close()
 
     def close(self) -> None:
@@ -316,6 +337,8 @@ class Worker:
 
     def call(self, name: str, *args, fresh: bool = False):
         """`name(*args)` (run_case, run_processing_case or run_digits) in the worker; `fresh`: in a new process."""
+        if self.interrupted:  # a Ctrl-C whose KeyboardInterrupt was dropped (the class's docstring)
+            raise KeyboardInterrupt
         if self._process is None or (fresh and not self._fresh):
             self.close()
             conn, child = self._context.Pipe()
@@ -337,6 +360,8 @@ class Worker:
                                f"{code}) before it answered") from None
         if resident > RESTART_MIB:
             self.close()
+        if self.interrupted:
+            raise KeyboardInterrupt
         if kind == "error":
             if isinstance(value, (RefvitError, OSError)):
                 raise value

@@ -5,8 +5,10 @@ import json
 import platform
 import os
 import pty
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +160,26 @@ print(calls)
 def test_the_worker_loop_fixes_the_threshold_before_its_first_run():
     out = subprocess.run([sys.executable, "-c", SERVE], capture_output=True, text=True, env=ENV, check=True).stdout
     assert out.strip() == "['fixed']"
+
+
+class _Finalizer:
+    """Ctrl-C landing while a finalizer runs (a replaced worker's pipe or process being collected)."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the KeyboardInterrupt is raised here, inside __del__, where Python prints and drops it
+
+
+def test_a_ctrl_c_dropped_inside_a_finalizer_still_stops_verify(monkeypatch):
+    previous = signal.getsignal(signal.SIGINT)
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))  # where Python reports it
+    with verify.Worker() as worker:
+        finalizer = _Finalizer()
+        del finalizer  # Python: "Exception ignored in ... KeyboardInterrupt"; nothing propagates
+        assert worker.interrupted
+        with pytest.raises(KeyboardInterrupt):
+            worker.call("run_processing_case", ROOT / "golden" / "processing" / "vit_defaults")
+        assert worker.started == 0  # stopped before starting a process
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert dropped == [KeyboardInterrupt]
