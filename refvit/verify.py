@@ -320,6 +320,8 @@ class Worker:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
         self.close()
+        if self.interrupted and exc[0] is None:  # dropped after the last call: still an interrupted run
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         if self._process is None:

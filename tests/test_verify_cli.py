@@ -174,12 +174,21 @@ def test_a_ctrl_c_dropped_inside_a_finalizer_still_stops_verify(monkeypatch):
     previous = signal.getsignal(signal.SIGINT)
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))  # where Python reports it
-    with verify.Worker() as worker:
+    after_the_call = []
+    with pytest.raises(KeyboardInterrupt), verify.Worker() as worker:
         finalizer = _Finalizer()
         del finalizer  # Python: "Exception ignored in ... KeyboardInterrupt"; nothing propagates
         assert worker.interrupted
-        with pytest.raises(KeyboardInterrupt):
-            worker.call("run_processing_case", ROOT / "golden" / "processing" / "vit_defaults")
-        assert worker.started == 0  # stopped before starting a process
+        worker.call("run_processing_case", ROOT / "golden" / "processing" / "vit_defaults")
+        after_the_call.append(True)
+    assert not after_the_call and worker.started == 0  # the call raised it, before starting a process
     assert signal.getsignal(signal.SIGINT) is previous
     assert dropped == [KeyboardInterrupt]
+
+
+def test_a_ctrl_c_dropped_after_the_last_run_still_ends_as_interrupted(monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    with pytest.raises(KeyboardInterrupt):
+        with verify.Worker():
+            finalizer = _Finalizer()
+            del finalizer  # dropped; no call follows
