@@ -288,8 +288,8 @@ class Worker:
 
     Ctrl-C: within the block (in the main thread) SIGINT also sets `interrupted`, and every call checks it. Python
     raises KeyboardInterrupt wherever the main thread is when the signal lands, and one raised inside a finalizer
-    (the `__del__` of a closed worker's pipe or process, run as a worker is replaced) is printed and dropped; seen
-    once under load, verify then ran to the end and exited 0. The flag makes the next call raise it again."""
+    (the `__del__` of a closed worker's pipe or process, run as a worker is replaced) is printed and dropped, after
+    which verify would run to the end and exit 0. The flag makes the next call, or leaving the block, raise it."""
 
     def __init__(self):
         import multiprocessing
