@@ -16,7 +16,8 @@ import refvit
 ROOT = Path(__file__).resolve().parent.parent
 # An absolute path of a build or developer machine: a home or work folder, a temporary folder's subfolder (pytest's,
 # a worktree copy), macOS's per-user temp, a Windows user folder. Example paths a reader types (`~/.cache/...`,
-# `cat.jpg`, `golden/...`) are relative and do not match; a path must start at a boundary, so `docs/root/` does not.
+# `cat.jpg`, `golden/...`) are relative and do not match; a path must start at a boundary, so a relative path through
+# a folder named like one of those (docs, then root) does not.
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|home/[^/\s\"']+|Users/[^/\s\"']+|tmp/[^/\s\"']+|private/var"
                           r"|var/folders|mnt/[a-z])/|\b[A-Za-z]:\\\\?(?:Users|work)\\")
 ISSUE_NUMBER = re.compile(r"\b[Ii]ssues?\s*#?\d+|(?<![\w&/])#\d+\b")
@@ -48,7 +49,7 @@ def test_machine_path_pattern():
                 f"'{s}tmp{s}pytest-of-u{s}p'", f"from {s}Users{s}bob{s}refvit", f"C:{b}Users{b}bob{b}refvit",
                 f"{s}private{s}var{s}folders{s}x"):
         assert MACHINE_PATH.search(bad), bad
-    for fine in ("~/.cache/huggingface/hub", "golden/models/digits-vit", "docs/root/x", "$HF_HOME/hub", f"{s}tmp",
+    for fine in ("~/.cache/huggingface/hub", "golden/models/digits-vit", f"docs{s}root{s}x", "$HF_HOME/hub", f"{s}tmp",
                  "https://huggingface.co/api/models/x", "cat.jpg"):
         assert not MACHINE_PATH.search(fine), fine
 
