@@ -129,8 +129,8 @@ class Arithmetic:
                          "LayerNorm/GroupNorm/softmax/GELU internals in float32, output rounded")
             text = (f"{self.format}: weights stored in {self.format}; every kernel output and every elementwise "
                     f"result rounded to {self.format} (round to nearest even; overflow -> inf/nan); GEMM and conv "
-                    f"products accumulated in {acc}; {internals}; attention: q.k rounded, x scale rounded, + bias "
-                    "rounded, softmax in float32 rounded, p.v rounded")
+                    f"products accumulated in {acc}; {internals}; attention: q.k rounded, x scale (float32) rounded, "
+                    "+ bias rounded, softmax in float32 rounded, p.v rounded")
         if self.keep_fp32:
             text += f"; kept in float32: {', '.join(sorted(self.keep_fp32))}"
         return text
@@ -441,7 +441,10 @@ def _matmul(rnd, a, b, accumulate_in_format):
 
 def attention(emu, rnd, q, k, v, num_heads, scale, bias=None, need_probs=False):
     """transformers' eager attention in the format: scores = q·kᵀ (rounded), × scale (rounded), + bias (rounded),
-    softmax in float32 (strict: in the format) rounded, context = p·v (rounded).
+    softmax in float32 (strict: in the format) rounded, context = p·v (rounded). The scale is a Python float in
+    transformers (`… * scaling`): torch multiplies a bf16/fp16 tensor by it in float32 and rounds the product once,
+    so it is not rounded to the format first (a bf16 32^-½ would move every score by 1.1e-4: 2.6% of CvT's stage-0
+    scores rounded otherwise than torch's).
     Why so many parameters: the attention kernel's own, plus the emulator and the module name."""
     B, Nq, C = q.shape
     Nk = k.shape[1]
@@ -451,7 +454,7 @@ def attention(emu, rnd, q, k, v, num_heads, scale, bias=None, need_probs=False):
     kh = k.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)                                 # (B, H, Nk, D)
     vh = v.reshape(B, Nk, H, D).transpose(0, 2, 1, 3)                                 # (B, H, Nk, D)
     scores = rnd(_matmul(rnd, qh, kh.transpose(0, 1, 3, 2), fmt_acc))                # (B, H, Nq, Nk)
-    scores = rnd(scores * rnd(np.float32(scale)))
+    scores = rnd(scores * np.float32(scale))
     if bias is not None:
         scores = rnd(scores + bias)
     probs = rnd(strict_softmax(rnd, scores) if emu.arith.strict else emu.base.softmax(np.ascontiguousarray(scores)))
