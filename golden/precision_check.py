@@ -12,7 +12,7 @@ first --trace-images images in one call: activation scales are per call, so both
 and top-1 accuracy on the 360 test digits, one image per call for int8 (a deployment's usual call), one batch for
 bf16. Targets: emulated/real NMSE ratio in [0.5, 2] on the logits, [0.25, 4] per module; top-1 within 1 image.
 
-    python golden/precision_check.py [--out docs/precision_tables.md] [--json results.json] [--models vit,deit]
+    python golden/precision_check.py [--out docs/precision-modules.md] [--json results.json] [--models vit,deit]
                                      [--cases bit_bottleneck] [--case-images 200]
 """
 
@@ -178,6 +178,17 @@ def module_markdown(r: dict, fmt: str) -> str:
     return "\n".join(lines)
 
 
+PAGE = """# Precision: every module, emulated against real
+
+The per-module figures behind [Reduced precision](precision.md)'s table, written by `{command}` (needs torch,
+transformers, onnx and onnxruntime). NMSE is Σ(x − ref)²/Σref² against refvit's float64 run, on the images named in
+each table's title in one call; "emulated" is `precision.emulate(model, format)`, "real" is torch's own bf16 forward
+or ONNX Runtime's `quantize_dynamic` (QInt8) of the exported model; ratio = emulated / real (target [0.25, 4] per
+module, [0.5, 2] on the logits). What is off and why: [Reduced precision](precision.md).
+
+{tables}"""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(FAMILIES), help="digits families to check (comma-separated)")
@@ -214,7 +225,8 @@ def main(argv=None) -> int:
     text = markdown(results) + "\n\n" + "\n\n".join(module_markdown(r, f) for r in results
                                                    for f in ("bf16", "int8-dynamic") if f in r)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        command = " ".join(["python golden/precision_check.py", *(sys.argv[1:] if argv is None else argv)])
+        Path(args.out).write_text(PAGE.format(command=command, tables=text) + "\n")
     else:
         print(text)
     ok = all(r[f]["logits_ok"] and r[f]["top1_ok"] for r in results for f in ("bf16", "int8-dynamic") if f in r)
