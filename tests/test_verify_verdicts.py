@@ -101,3 +101,18 @@ def test_processing_rows_compare_and_fail_on_a_moved_pixel(tmp_path, monkeypatch
                             lambda _case, path=tmp_path / f"{key}.npz": dataclasses.replace(golden, expected=path))
         result = verify.run_processing_case(case)
         assert not result.ok and result.errors[key][0] > result.errors[key][1], key
+
+
+def test_a_digits_disagreement_fails_even_with_the_logits_inside_the_bound():
+    """A near-tie: refvit's class differs from PyTorch's on one image while every logit is within the bound and the
+    accuracy is unchanged (both wrong on it). That image alone must fail the row; the same result without the
+    disagreement is the control that passes."""
+    def result(disagreements):
+        return verify.DigitsResult("digits-vit", "ViTForImageClassification", "numba", "float32", 0.1, 1000,
+                                   framework_accuracy=0.98, accuracy=0.98, disagreements=disagreements, images=360,
+                                   errors={"logits": (2e-5, 1e-4)})
+
+    assert result([]).ok
+    assert not result([7]).ok
+    table = verify.format_digits_table([result([7])])
+    assert "359/360" in table and "FAIL" in table
