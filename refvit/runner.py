@@ -17,14 +17,16 @@ def run(model, pixel_values, opts: CallOptions, recorder: dict | None = None) ->
     for the call; the base model runs under its checkpoint prefix (`deit.`) for head classes. Returns {output field:
     value}. On the Numba backend the context carries a workspace for the fused kernels (refvit/kernels/workspace.py):
     one of the model's own, leased for the call, unless a value would leave the call through it (intermediates
-    recorded, hidden states returned); then every array is new. The arithmetic is the same either way.
+    recorded, hidden states returned) or the head reads hidden states (segmentation, backbones); then every array is
+    new. The arithmetic is the same either way.
     """
     kernels = model.kernels
     make_context = getattr(kernels, "context", None)   # an emulated arithmetic (refvit/precision.py) brings its own
     pool = getattr(model, "workspaces", None)
     if make_context is not None or pool is None or not _fusable(kernels):
         return _run(model, pixel_values, opts, recorder, None)      # no fused kernels: each module its own call
-    if recorder is not None or opts.output_hidden_states:
+    head = model.architecture.head
+    if recorder is not None or opts.output_hidden_states or (head is not None and head.reads_hidden_states):
         return _run(model, pixel_values, opts, recorder, FRESH)     # fused kernels, every value a new array
     with pool.lease() as workspace:                                 # fused kernels writing into reused buffers
         return _run(model, pixel_values, opts, recorder, workspace)

@@ -24,52 +24,61 @@ TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 SHAPES = [(1, 5, 8, 2, 16), (2, 33, 48, 3, 96), (3, 200, 64, 4, 128)]
 
 
-def params(rng, C, I, dtype, qkv_bias=True):
+def params(rng, C, I, dtype, qkv_bias=True, beit=None):
+    """A layer's weights; beit=(H, N): also BEiT's attention bias (H, N, N) and layer scales λ1, λ2 (C,)."""
     def r(*shape, scale=0.3):
         return (rng.standard_normal(shape) * scale).astype(dtype)
-    return {"ln1": (1 + r(C), r(C)), "qkv": (r(3 * C, C), r(3 * C) if qkv_bias else None), "out": (r(C, C), r(C)),
-            "ln2": (1 + r(C), r(C)), "fc1": (r(I, C), r(I)), "fc2": (r(C, I), r(C))}
+    p = {"ln1": (1 + r(C), r(C)), "qkv": (r(3 * C, C), r(3 * C) if qkv_bias else None), "out": (r(C, C), r(C)),
+         "ln2": (1 + r(C), r(C)), "fc1": (r(I, C), r(I)), "fc2": (r(C, I), r(C))}
+    if beit:
+        H, N = beit
+        p.update(bias=r(H, N, N, scale=2.0), lam1=r(C, scale=0.1), lam2=r(C, scale=0.1))
+    return p
 
 
 def separate(ns, x, p, H, scale, need_probs):
-    """The blocks as the unfused layer runs them: one kernel per module, then the residual adds."""
+    """The blocks as the unfused layer runs them: one kernel per module, then the residual adds (BeitLayer: the
+    attention bias, and each block's output times its layer scale before the add, in NumPy as models/beit.py)."""
     ln = ns.layer_norm(x, *p["ln1"], 1e-6)
     qkv = ns.linear(ln, *p["qkv"])
     C = x.shape[-1]
-    context, probs = ns.attention(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], H, scale, need_probs=need_probs)
+    context, probs = ns.attention(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], H, scale, bias=p.get("bias"),
+                                  need_probs=need_probs)
     proj = ns.linear(context, *p["out"])
-    x1 = x + proj
+    x1 = x + proj if "lam1" not in p else p["lam1"] * proj + x
     ln2 = ns.layer_norm(x1, *p["ln2"], 1e-6)
     hidden = ns.linear(ln2, p["fc1"][0])
     hidden = ns.bias_gelu(hidden, p["fc1"][1], out=hidden)
-    out = ns.linear(hidden, *p["fc2"]) + x1
-    return [x1, ln, qkv, context, proj, probs, out, ln2, hidden]
+    fc2 = ns.linear(hidden, *p["fc2"])
+    out = fc2 + x1 if "lam2" not in p else p["lam2"] * fc2 + x1
+    return [x1, ln, qkv, context, proj, probs, out, ln2, hidden, fc2]
 
 
 def fused(ns, x, p, H, scale, need_probs, workspace=None):
     a = ns.attention_block(x, *p["ln1"], 1e-6, *p["qkv"], *p["out"], H, scale, need_probs=need_probs,
-                           workspace=workspace)
-    m = ns.mlp_block(a.out, *p["ln2"], 1e-6, *p["fc1"], *p["fc2"], workspace=workspace)
-    return [a.out, a.ln, a.qkv, a.context, a.proj, a.probs, m.out, m.ln, m.hidden]
+                           workspace=workspace, bias=p.get("bias"), layer_scale=p.get("lam1"))
+    m = ns.mlp_block(a.out, *p["ln2"], 1e-6, *p["fc1"], *p["fc2"], workspace=workspace, layer_scale=p.get("lam2"))
+    return [a.out, a.ln, a.qkv, a.context, a.proj, a.probs, m.out, m.ln, m.hidden, m.fc2]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", ["plain", "probs", "no qkv bias", "workspace"])
+@pytest.mark.parametrize("variant", ["plain", "probs", "no qkv bias", "workspace", "beit", "beit probs",
+                                     "beit workspace"])
 def test_numba_blocks_are_bit_identical_to_the_separate_kernels(shape, dtype, variant, monkeypatch):
     """Split by rows (each stage as the separate kernel splits it): the same bits."""
     monkeypatch.setattr(encoder, "BY_IMAGES", False)
     B, N, C, H, I = shape
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal((B, N, C)).astype(dtype)
-    p = params(rng, C, I, dtype, qkv_bias=variant != "no qkv bias")
-    need_probs = variant == "probs"
+    p = params(rng, C, I, dtype, qkv_bias=variant != "no qkv bias", beit=(H, N) if "beit" in variant else None)
+    need_probs = "probs" in variant
     ref = separate(NB, x, p, H, (C // H) ** -0.5, need_probs)
-    got = fused(NB, x, p, H, (C // H) ** -0.5, need_probs, Workspace() if variant == "workspace" else None)
-    names = ["out", "ln", "qkv", "context", "proj", "probs", "mlp out", "mlp ln", "hidden"]
+    got = fused(NB, x, p, H, (C // H) ** -0.5, need_probs, Workspace() if "workspace" in variant else None)
+    names = ["out", "ln", "qkv", "context", "proj", "probs", "mlp out", "mlp ln", "hidden", "fc2"]
     for name, g, r in zip(names, got, ref):
-        if variant == "workspace" and name in ("ln", "proj"):
-            continue            # the workspace shares the layer norms' buffer, and proj is `out` before the residual
+        if "workspace" in variant and name in ("ln", "proj", "fc2"):
+            continue            # the workspace shares the layer norms' buffer; proj and fc2 are `out` before the add
         if r is None:
             assert g is None, name
         else:
@@ -78,11 +87,12 @@ def test_numba_blocks_are_bit_identical_to_the_separate_kernels(shape, dtype, va
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_blocks_match_their_numpy_twins(shape, dtype):
+@pytest.mark.parametrize("beit", [False, True])
+def test_numba_blocks_match_their_numpy_twins(shape, dtype, beit):
     B, N, C, H, I = shape
     rng = np.random.default_rng(7)
     x = rng.standard_normal((B, N, C)).astype(dtype)
-    p = params(rng, C, I, dtype)
+    p = params(rng, C, I, dtype, beit=(H, N) if beit else None)
     got, ref = fused(NB, x, p, H, 0.5, True), fused(NP, x, p, H, 0.5, True)
     assert all(np.array_equal(a, b) for a, b in zip(fused(NP, x, p, H, 0.5, True), separate(NP, x, p, H, 0.5, True))
                if a is not None)        # the twins are the separate twins, composed
@@ -92,7 +102,8 @@ def test_numba_blocks_match_their_numpy_twins(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_by_images_matches_the_twins_and_any_thread_count(dtype, monkeypatch):
+@pytest.mark.parametrize("beit", [False, True])
+def test_by_images_matches_the_twins_and_any_thread_count(dtype, beit, monkeypatch):
     """Split by images (whole images per block, every stage in one parallel region): within the kernel tolerance
     of the twins, and the same bits on 1 thread as on all of them."""
     import numba
@@ -103,7 +114,7 @@ def test_by_images_matches_the_twins_and_any_thread_count(dtype, monkeypatch):
     assert encoder.image_blocks(B, N, C) is not None and encoder.image_blocks(3, N, C) is None
     rng = np.random.default_rng(11)
     x = rng.standard_normal((B, N, C)).astype(dtype)
-    p = params(rng, C, I, dtype)
+    p = params(rng, C, I, dtype, beit=(H, N) if beit else None)
     before = numba.get_num_threads()
     try:
         runs = {}
@@ -158,7 +169,8 @@ def test_blocks_reject_mismatched_weights():
         NB.mlp_block(x, np.ones(8, np.float32), np.zeros(8, np.float32), 1e-6, w, w[:, 0], w[:8], w[:8, 0])
 
 
-@pytest.mark.parametrize("case", ["deit_teacher", "vit_model"])
+@pytest.mark.parametrize("case", ["deit_teacher", "vit_model", "beit_classification", "beit_classification_all_biases",
+                                  "beit_mim"])
 def test_a_model_gives_the_same_bits_with_and_without_its_workspace(case, monkeypatch):
     model = refvit.from_pretrained(golden_case(case))
     with np.load(golden_case(case) / "inputs.npz") as z:
@@ -214,7 +226,8 @@ def test_a_replaced_kernel_runs_instead_of_the_blocks():
     assert np.array_equal(model(x).logits, planted(x).logits)
 
 
-@pytest.mark.parametrize("case", ["deit_teacher", "vit_model"])
+@pytest.mark.parametrize("case", ["deit_teacher", "vit_model", "beit_classification_all_biases", "beit_model",
+                                  "beit_segmentation", "data2vec_vision_segmentation"])
 def test_a_returned_output_is_not_overwritten_by_the_next_call(case):
     """The workspace is refvit's scratch memory: what a forward returns belongs to the caller, so a later call with
     other pixels (same shape: the same buffers) leaves it as it was."""
@@ -227,3 +240,24 @@ def test_a_returned_output_is_not_overwritten_by_the_next_call(case):
     model(np.ascontiguousarray(x[::-1]) * 0.5)
     for k, v in kept.items():
         assert np.array_equal(out[k], v), k
+
+
+@pytest.mark.parametrize("case", ["beit_segmentation", "data2vec_vision_segmentation", "beit_backbone_fpn"])
+def test_a_head_reading_hidden_states_gets_arrays_of_their_own(case, monkeypatch):
+    """Segmentation heads and backbones read the feature maps of chosen layers after the encoder has run: those
+    must not be the fused blocks' reused buffers (every layer would read the last one). Split by rows, the forward
+    gives the bits of the modules run one by one."""
+    monkeypatch.setattr(encoder, "BY_IMAGES", False)
+    model = refvit.from_pretrained(golden_case(case))
+    with np.load(golden_case(case) / "inputs.npz") as z:
+        x = z["pixel_values"].astype(np.float32)
+    assert x.shape[0] >= 2                                         # the fused blocks run from batch 2
+    fused_out = model(x)
+    model.workspaces = None
+    plain = model(x)
+    for k in plain:
+        got, ref = fused_out[k], plain[k]
+        if isinstance(ref, tuple):                                  # a backbone's feature maps
+            assert len(got) == len(ref) and all(np.array_equal(a, b) for a, b in zip(got, ref)), k
+        else:
+            assert np.array_equal(got, ref), k

@@ -26,10 +26,12 @@ signatures and return arrays of the input's dtype (float32 or float64):
     depthwise_conv_tokens(x, height, width, weight, bias, stride, padding) -> (tokens, (ho, wo))
                                                         depthwise Conv2d on a (B, h·w, C) token grid (CvT)
     attention_block(x, ln_weight, ln_bias, eps, qkv_weight, qkv_bias, out_weight, out_bias, num_heads, scale,
-                    need_probs=False, workspace=None) -> AttentionBlock(out, ln, qkv, context, proj, probs)
-                                                        ViT's pre-norm attention block + residual, one call
-    mlp_block(x, ln_weight, ln_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, workspace=None)
-                      -> MLPBlock(out, ln, hidden)      ViT's pre-norm GELU MLP block + residual, one call
+                    need_probs=False, workspace=None, bias=None, layer_scale=None)
+                      -> AttentionBlock(out, ln, qkv, context, proj, probs)
+                                                        ViT's/BEiT's pre-norm attention block + residual, one call
+    mlp_block(x, ln_weight, ln_bias, eps, fc1_weight, fc1_bias, fc2_weight, fc2_bias, workspace=None,
+              layer_scale=None) -> MLPBlock(out, ln, hidden, fc2)
+                                                        ViT's/BEiT's pre-norm GELU MLP block + residual, one call
 
 Numba kernels compile lazily (only what a model calls, once per dtype) and are cached on disk
 (`cache=True`), so a second process loads them in milliseconds. The kernel modules (and Numba) are imported

@@ -60,6 +60,8 @@ class Head:
     forward: Callable                # (ctx, base outputs, Inputs) -> {output field: value}
     shapes: Callable = _no_tensors   # cfg -> {checkpoint name: shape} (names as the head class stores them)
     base_at_top: bool = False        # the class holds its base model at the top level (BeitBackbone), not under prefix
+    reads_hidden_states: bool = False  # the head reads the base's hidden states (feature maps of chosen layers), so
+                                     # they must be arrays of their own, not a fused kernel's reused buffers
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from ..outputs import (BackboneOutput, BaseModelOutputWithPooling, ImageClassifi
                        SemanticSegmenterOutput)
 from .common import (BN_EPS, classifier_or_identity, classifier_shapes,  # noqa: F401 (fold_batch_norm: API)
                      fold_batch_norm, fold_batch_norms, fuse_qkv, rename_modules)
-from .vit import LAYER_RENAMED_IN_TRANSFORMERS_5, interpolate_position_embeddings, mask_patches, patch_embeddings
+from .vit import (FUSED_FROM_BATCH, LAYER_RENAMED_IN_TRANSFORMERS_5, fused_layer, interpolate_position_embeddings,
+                  mask_patches, patch_embeddings)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,6 +314,10 @@ def layer_scale(ctx, key, h):
 
 def layer(ctx, x, bias, need_probs=False):
     """BeitLayer: pre-norm attention and MLP blocks, each scaled per channel (layer scale) and added to its residual."""
+    if ctx.workspace is not None and ctx.cfg.hidden_act == "gelu" and x.shape[0] >= FUSED_FROM_BATCH:
+        fused = fused_layer(ctx, x, need_probs, bias=bias, beit=True)   # the same arithmetic, two kernel calls
+        if fused is not None:
+            return fused
     h = ctx.layer_norm("layernorm_before", x)
     h, probs = self_attention(ctx.at("attention.attention"), h, bias, need_probs)
     h = ctx.record("attention.output", ctx.linear("attention.output.dense", h, record=False))
@@ -353,6 +358,8 @@ def base_forward(ctx, inputs):
         attentions.append(probs)
     if not cfg.use_mean_pooling:                                                      # else nn.Identity
         x = ctx.layer_norm("layernorm", x, record=False)
+    elif ctx.workspace is not None and ctx.workspace.reuses:
+        x = x.copy()             # the last layer's output leaves the call as last_hidden_state: not a reused buffer
     x = ctx.record("layernorm", x)
     pooled = ctx.record("pooler", pooler(ctx.at("pooler", optional=True), x)) if inputs.with_pooler else None
     return {"last_hidden_state": x, "pooler_output": pooled, "hidden_states": tuple(hidden_states),
@@ -539,8 +546,8 @@ def family(prefix):
 BEIT, DATA2VEC_VISION = family("beit."), family("data2vec_vision.")
 CLASSIFICATION = Head("classification", image_classification, classification_shapes)
 MIM = Head("mim", masked_image_modeling, mim_shapes)
-SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes)
-BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True)
+SEGMENTATION = Head("segmentation", semantic_segmentation, segmentation_shapes, reads_hidden_states=True)
+BACKBONE = Head("backbone", backbone, backbone_shapes, base_at_top=True, reads_hidden_states=True)
 
 # Data rows, one per transformers class: Architecture(name, model_type, base model, head, transformers' output class)
 ARCHITECTURES = [

@@ -356,5 +356,5 @@ ARCHITECTURES = [
     Architecture("BitForImageClassification", "bit", BIT,
                  Head("classification", image_classification, classification_shapes),
                  ImageClassifierOutputWithNoAttention),
-    Architecture("BitBackbone", "bit", BIT, Head("backbone", backbone), BackboneOutput),
+    Architecture("BitBackbone", "bit", BIT, Head("backbone", backbone, reads_hidden_states=True), BackboneOutput),
 ]

@@ -191,17 +191,20 @@ FUSED_FROM_BATCH = 2   # a single image runs the modules one by one: the fused b
                        # there, and have no page faults to save at that size (docs/speed.md, "Small models")
 
 
-def fused_layer(ctx, x, need_probs):
+def fused_layer(ctx, x, need_probs, bias=None, beit=False):
     """`layer` as two kernel calls (the Numba backend: `ctx.workspace` set): the attention block and the MLP block,
     the same arithmetic as the modules one by one (refvit/kernels/encoder.py), recorded under the same names in the
-    same order. None where the weights do not allow it (q, k, v not fused at load), then `layer` runs as written."""
+    same order. None where the weights do not allow it (q, k, v not fused at load), then `layer` runs as written.
+    BeitLayer (`beit`): attention's relative position `bias`, the layer scales λ1 and λ2 where the checkpoint has
+    them, and `output` recorded before λ2 and the residual (BeitOutput adds none)."""
     qkv = ctx.at("attention.attention").qkv_params()
     if qkv is None:
         return None
     cfg, ln1, out = ctx.cfg, ctx.param("layernorm_before"), ctx.param("attention.output.dense")
+    lam1, lam2 = ((ctx.param(k) if ctx.has(k) else None) if beit else None for k in ("lambda_1", "lambda_2"))
     a = ctx.kernels.attention_block(x, ln1["weight"], ln1["bias"], cfg.layer_norm_eps, *qkv, out["weight"],
                                     out["bias"], cfg.num_attention_heads, cfg.head_dim ** -0.5,
-                                    need_probs=need_probs, workspace=ctx.workspace)
+                                    need_probs=need_probs, workspace=ctx.workspace, bias=bias, layer_scale=lam1)
     if ctx.recording:
         ctx.record("layernorm_before", a.ln)
         C = a.context.shape[-1]
@@ -211,10 +214,10 @@ def fused_layer(ctx, x, need_probs):
         ctx.record("attention.output", a.proj)
     ln2, fc1, fc2 = ctx.param("layernorm_after"), ctx.param("intermediate.dense"), ctx.param("output.dense")
     m = ctx.kernels.mlp_block(a.out, ln2["weight"], ln2["bias"], cfg.layer_norm_eps, fc1["weight"], fc1["bias"],
-                              fc2["weight"], fc2["bias"], workspace=ctx.workspace)
+                              fc2["weight"], fc2["bias"], workspace=ctx.workspace, layer_scale=lam2)
     ctx.record("layernorm_after", m.ln)
     ctx.record("intermediate", m.hidden)
-    ctx.record("output", m.out)
+    ctx.record("output", m.fc2 if beit else m.out)
     return ctx.record_output(m.out), a.probs
 
 
