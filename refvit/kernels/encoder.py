@@ -318,11 +318,9 @@ def attention_block_numba(x, ln_weight, ln_bias, eps, qkv_weight, qkv_bias, out_
     scores = np.empty((B, H, N, N) if need_probs else (1, 1, 1, 1), dt)   # becomes the probs, if asked
     if bias is not None and np.shape(bias) != (H, N, N):
         raise InputError(f"attention_block: bias {np.shape(bias)} must be (H, N, N) = {(H, N, N)}")
-    has_qkv_bias = qkv_bias is not None
     weights = (_rows(ln_weight, dt), _rows(ln_bias, dt), float(eps), _rows(qkv_weight, dt).T,
-               _rows(qkv_bias if has_qkv_bias else np.empty(0), dt), has_qkv_bias, _rows(out_weight, dt).T,
-               _rows(out_bias, dt), H, dt.type(scale), *_optional(bias, dt, (1, 1, 1)),
-               *_optional(layer_scale, dt, (1,)), B)
+               *_optional(qkv_bias, dt, (0,)), _rows(out_weight, dt).T, _rows(out_bias, dt), H, dt.type(scale),
+               *_optional(bias, dt, (1, 1, 1)), *_optional(layer_scale, dt, (1,)), B)
     by_images = image_blocks(B, N, C) if M else None
     if by_images is not None:
         scratch = ws.get("attention_scratch", (len(by_images) - 1, 0 if need_probs else N + 1, N), dt)
